@@ -1,0 +1,60 @@
+"""boto3 clients for a policy: the same code for AWS and for the sandbox.
+
+Against AWS nothing is set here: boto3's standard configuration decides the
+endpoint and credentials (``AWS_ENDPOINT_URL``, profiles, the credential
+chain), so any environment can also be pointed at moto from the outside. Only
+a policy with ``aws.endpoint: sandbox`` takes its endpoint from the running
+sandbox's state file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from .policy import Policy
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    region: str
+    endpoint_url: str | None = None
+    max_attempts: int = 3
+    #: Only set for the sandbox (moto takes any key); never real credentials.
+    credentials: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+
+    def session(self) -> boto3.Session:
+        return boto3.Session(region_name=self.region, **self.credentials)
+
+    def client(self, service: str, **overrides: Any) -> Any:
+        config = Config(
+            retries={"max_attempts": overrides.pop("max_attempts", self.max_attempts), "mode": "standard"},
+            connect_timeout=overrides.pop("connect_timeout", self.connect_timeout),
+            read_timeout=overrides.pop("read_timeout", self.read_timeout),
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        return self.session().client(service, **kwargs)
+
+
+def aws_config(policy: Policy, sandbox_directory: Path | str | None = None) -> AwsConfig:
+    """The AWS configuration a policy runs with (reads the sandbox state when the policy says so)."""
+    if policy.aws.endpoint == "sandbox":
+        from .sandbox.state import SANDBOX_CREDENTIALS, SandboxState
+
+        state = SandboxState.load(sandbox_directory)
+        return AwsConfig(
+            region=state.region or policy.aws.region,
+            endpoint_url=state.aws_endpoint,
+            # moto answers unimplemented calls with 500: retrying them only wastes the bake.
+            max_attempts=min(policy.aws.max_attempts, 2),
+            credentials=dict(SANDBOX_CREDENTIALS),
+        )
+    return AwsConfig(region=policy.aws.region, max_attempts=policy.aws.max_attempts)

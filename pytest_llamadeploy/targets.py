@@ -1,0 +1,62 @@
+"""Where the gates probe: URLs and DSNs resolved from the policy.
+
+Values may reference environment variables as ``${NAME}`` so secrets come from
+CI's secret store, never from YAML. ``source: sandbox`` reads the sandbox state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .policy import Policy
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class TargetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    api_url: str
+    ws_url: str
+    postgres_dsn: str
+    redis_url: str
+    sqs_queue_url: str
+    #: "sandbox" or "env": how a version is probed directly (front door header vs Lambda invoke).
+    source: str
+
+    def require(self, name: str) -> str:
+        value = getattr(self, name)
+        if not value:
+            raise TargetError(f"target {name} is not configured for this env (policy key targets.{name})")
+        return value
+
+
+def _expand(key: str, value: str, environ: dict[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise TargetError(f"targets.{key} references ${{{name}}}, which is not set; export {name}")
+        return environ[name]
+
+    return _REF.sub(sub, value)
+
+
+def resolve_targets(policy: Policy, sandbox_directory: Path | str | None = None,
+                    environ: dict[str, str] | None = None) -> ResolvedTargets:
+    environ = dict(os.environ if environ is None else environ)
+    t = policy.targets
+    if t.source == "sandbox":
+        from .sandbox.state import SandboxState
+
+        s = SandboxState.load(sandbox_directory)
+        return ResolvedTargets(s.api_url, s.ws_url, s.postgres_dsn, s.redis_url, s.sqs_queue_url, "sandbox")
+    return ResolvedTargets(
+        *(_expand(k, getattr(t, k), environ) for k in ("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")),
+        source="env",
+    )
