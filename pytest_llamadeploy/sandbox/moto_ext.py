@@ -1,17 +1,423 @@
-"""What the sandbox's moto process adds to moto (owned by the metrics work; see MOTO.md).
+"""What the sandbox's moto process adds to moto's CloudWatch (see MOTO.md), and nothing more.
 
-``install()`` runs before the server starts (patches), ``start_background(state_dir)``
-after (threads such as alarm evaluation).
+Runs only inside ``python -m pytest_llamadeploy.sandbox.moto_server``:
+``install()`` patches the backend before the server starts, ``start_background``
+starts one daemon thread afterwards. The gate's boto3 calls stay exactly what
+they are against AWS; only the server answers more like CloudWatch does:
+
+- ``GetMetricData`` with percentile stats (``p95``, ``p99.9``...) computed from
+  the stored values (``Values``/``Counts`` included), instead of moto's HTTP 500.
+  It also reads an index per series (namespace, name, exact dimension set), so
+  a call costs the points of the series asked, not buckets x every stored point,
+  and it honours the namespace as CloudWatch does.
+- Alarm evaluation every second from the stored data (Period, EvaluationPeriods,
+  DatapointsToAlarm, Statistic/ExtendedStatistic, Threshold, ComparisonOperator,
+  TreatMissingData; metric-math alarms of simple arithmetic over their metrics),
+  states set through the backend's own ``set_alarm_state``. New alarms start in
+  INSUFFICIENT_DATA, as on AWS.
+- The SQS queue-depth metrics AWS publishes by itself (AWS/SQS, QueueName), every 5 s.
+- Points older than an hour are pruned, so the sandbox stays fast over a long day.
+
+Percentiles use the nearest-rank definition (the smallest value with at least
+p % of the samples at or below it). CloudWatch interpolates on its own sketch;
+for the gate's thresholds the difference is within one sample.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import math
+import operator
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+
+#: Guards moto's metric list and our index (moto's server answers from several threads).
+_LOCK = threading.RLock()
+_RETENTION = timedelta(hours=1)
+_INSTALLED = False
+_BACKGROUND: threading.Thread | None = None
+
+SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile of ``values`` (not empty), p in (0, 100]."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _parse_percentile(stat: str) -> float | None:
+    if len(stat) > 1 and stat[0] == "p":
+        try:
+            p = float(stat[1:])
+        except ValueError:
+            return None
+        if 0.0 < p <= 100.0:
+            return p
+    return None
+
+
+def statistic(datums: list[Any], stat: str) -> float | None:
+    """One statistic of a bucket of moto datums (single values and statistic sets)."""
+    from moto.cloudwatch.models import MetricAggregatedDatum, MetricDatum
+
+    singles = [d.value for d in datums if isinstance(d, MetricDatum)]
+    sets = [d for d in datums if isinstance(d, MetricAggregatedDatum)]
+    count = len(singles) + sum(s.sample_count for s in sets)
+    if stat == "SampleCount":
+        return float(count)
+    if stat == "Sum":
+        return float(sum(singles) + sum(s.sum for s in sets))
+    if count == 0:
+        return None
+    if stat == "Average":
+        return (sum(singles) + sum(s.sum for s in sets)) / count
+    if stat == "Minimum":
+        return float(min(singles + [s.min for s in sets]))
+    if stat == "Maximum":
+        return float(max(singles + [s.max for s in sets]))
+    p = _parse_percentile(stat)
+    if p is not None:
+        # A statistic set carries no distribution: like CloudWatch, percentiles need raw values.
+        return percentile(singles, p) if singles else None
+    raise ValueError(stat)
+
+
+# ---------------------------------------------------------------- the series index
+
+
+def _key(datum: Any) -> SeriesKey:
+    return datum.namespace, datum.name, tuple(sorted((d.name, d.value) for d in datum.dimensions))
+
+
+def _index(backend: Any) -> dict[SeriesKey, list[Any]]:
+    """Per-series lists of moto's datums, brought up to date incrementally (call under _LOCK)."""
+    index = backend.__dict__.get("_llama_index")
+    data = backend.metric_data
+    if index is None or backend.__dict__.get("_llama_list") is not data or backend._llama_indexed > len(data):
+        index = defaultdict(list)
+        backend._llama_index = index
+        backend._llama_list = data
+        backend._llama_indexed = 0
+    for datum in data[backend._llama_indexed:]:
+        index[_key(datum)].append(datum)
+    backend._llama_indexed = len(data)
+    return index
+
+
+def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _provider_series(backend: Any) -> dict[SeriesKey, list[Any]]:
+    extra: dict[SeriesKey, list[Any]] = defaultdict(list)
+    for datum in backend.aws_metric_data:
+        extra[_key(datum)].append(datum)
+    return extra
+
+
+def series_values(
+    series: list[Any], start: datetime, end: datetime, period: int, stat: str, unit: str | None = None
+) -> tuple[list[datetime], list[float]]:
+    """Buckets of ``period`` seconds from ``start`` (naive UTC) holding data, oldest first."""
+    buckets: dict[int, list[Any]] = defaultdict(list)
+    for datum in series:
+        ts = _naive_utc(datum.timestamp)
+        if start <= ts < end and (not unit or datum.unit == unit):
+            buckets[int((ts - start).total_seconds() // period)].append(datum)
+    stamps: list[datetime] = []
+    values: list[float] = []
+    for index in sorted(buckets):
+        value = statistic(buckets[index], stat)
+        if value is not None:
+            stamps.append(start + timedelta(seconds=index * period))
+            values.append(value)
+    return stamps, values
+
+
+def _get_metric_data(self: Any, queries: list[dict[str, Any]], start_time: datetime, end_time: datetime,
+                     scan_by: str = "TimestampAscending") -> list[dict[str, Any]]:
+    from moto.cloudwatch.exceptions import InvalidParameterValue, ValidationError
+    from moto.cloudwatch.metric_data_expression_parser import parse_expression
+
+    start = _naive_utc(start_time).replace(microsecond=0)
+    end = _naive_utc(end_time).replace(microsecond=0)
+    if start >= end:
+        raise ValidationError("The parameter EndTime must be greater than StartTime.")
+    with _LOCK:
+        index = _index(self)
+        snapshot = {k: list(v) for k, v in index.items()}
+    for key, datums in _provider_series(self).items():
+        snapshot.setdefault(key, []).extend(datums)
+
+    results: list[dict[str, Any]] = []
+    returned: list[dict[str, Any]] = []
+    for query in queries:
+        if "MetricStat" not in query:
+            continue
+        stat_spec = query["MetricStat"]
+        metric = stat_spec["Metric"]
+        stat = stat_spec["Stat"]
+        period = int(stat_spec["Period"])
+        if period <= 0:
+            raise InvalidParameterValue(f"The value {period} for parameter Period is invalid.")
+        if stat not in ("Sum", "Average", "Minimum", "Maximum", "SampleCount") and _parse_percentile(stat) is None:
+            raise InvalidParameterValue(f"The value {stat} for parameter MetricStat.Stat is not supported.")
+        key = (metric["Namespace"], metric["MetricName"],
+               tuple(sorted((d["Name"], d["Value"]) for d in metric.get("Dimensions", []))))
+        stamps, values = series_values(snapshot.get(key, []), start, end, period, stat, stat_spec.get("Unit"))
+        if scan_by == "TimestampDescending":
+            stamps.reverse()
+            values.reverse()
+        item = {"id": query["Id"], "label": query.get("Label") or metric["MetricName"], "values": values,
+                "timestamps": stamps, "status_code": "Complete"}
+        results.append(item)
+        if query.get("ReturnData", True) not in (False, "false"):
+            returned.append(item)
+    for query in queries:
+        if "Expression" in query and not query["Expression"].startswith("SELECT"):
+            values, stamps = parse_expression(query["Expression"], results)
+            returned.append({"id": query["Id"], "label": query.get("Label") or query["Id"], "values": values,
+                             "timestamps": stamps, "status_code": "Complete"})
+    return returned
+
+
+# ---------------------------------------------------------------- alarms
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "GreaterThanThreshold": operator.gt,
+    "GreaterThanOrEqualToThreshold": operator.ge,
+    "LessThanThreshold": operator.lt,
+    "LessThanOrEqualToThreshold": operator.le,
+}
+_WORDS = {
+    "GreaterThanThreshold": "greater than",
+    "GreaterThanOrEqualToThreshold": "greater than or equal to",
+    "LessThanThreshold": "less than",
+    "LessThanOrEqualToThreshold": "less than or equal to",
+}
+_ARITH: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+}
+
+
+def _arith(expression: str, names: dict[str, float | None]) -> float | None:
+    """Value of a metric-math expression of + - * / over query ids and numbers (None when undefined)."""
+
+    def walk(node: ast.AST) -> float | None:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return names.get(node.id)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            inner = walk(node.operand)
+            return None if inner is None else -inner
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            left, right = walk(node.left), walk(node.right)
+            if left is None or right is None:
+                return None
+            if isinstance(node.op, ast.Div) and right == 0:
+                return None
+            return _ARITH[type(node.op)](left, right)
+        raise ValueError(f"unsupported metric math in the sandbox: {expression!r}")
+
+    return walk(ast.parse(expression, mode="eval"))
+
+
+def _alarm_period_values(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: datetime) -> tuple[int, list[float | None]]:
+    """The alarm's value for each of its last EvaluationPeriods periods, newest first (None: missing)."""
+    periods = int(alarm.evaluation_periods or 1)
+    if alarm.metric_name:
+        period = int(alarm.period or 60)
+        key = (alarm.namespace, alarm.metric_name, tuple(sorted((d.name, d.value) for d in alarm.dimensions)))
+        stat = alarm.extended_statistic or alarm.statistic or "Average"
+        out: list[float | None] = []
+        for k in range(periods):
+            end = now - timedelta(seconds=k * period)
+            _, values = series_values(snapshot.get(key, []), end - timedelta(seconds=period), end, period, stat, alarm.unit)
+            out.append(values[0] if values else None)
+        return period, out
+    stats = [q for q in alarm.metric_data_queries if q.metric_stat is not None]
+    expr = [q for q in alarm.metric_data_queries if q.expression]
+    if not stats:
+        return int(alarm.period or 60), [None] * periods
+    period = int(stats[0].metric_stat.period or alarm.period or 60)
+    out = []
+    for k in range(periods):
+        end = now - timedelta(seconds=k * period)
+        named: dict[str, float | None] = {}
+        for q in stats:
+            ms = q.metric_stat
+            key = (ms.metric.namespace, ms.metric.metric_name,
+                   tuple(sorted((d.name, d.value) for d in ms.metric.dimensions)))
+            _, values = series_values(snapshot.get(key, []), end - timedelta(seconds=period), end, period, ms.stat)
+            named[q.id] = values[0] if values else None
+        if expr:
+            out.append(_arith(expr[-1].expression, named))
+        else:
+            out.append(named[stats[0].id])
+    return period, out
+
+
+def evaluate_alarm(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: datetime) -> tuple[str, str, dict[str, Any]]:
+    """(state, reason, reason data) of one metric alarm as CloudWatch would set it now."""
+    compare = _COMPARE.get(alarm.comparison_operator)
+    if compare is None:
+        return alarm.state_value, alarm.state_reason, {}
+    period, values = _alarm_period_values(alarm, snapshot, now)
+    needed = int(alarm.datapoints_to_alarm or len(values))
+    treat = alarm.treat_missing_data or "missing"
+    threshold = float(alarm.threshold)
+    present = [v for v in values if v is not None]
+    breaching = sum(1 for v in present if compare(v, threshold))
+    if treat == "breaching":
+        breaching += len(values) - len(present)
+    shown = ", ".join(f"{v:g}" for v in present[:5]) or "no datapoints"
+    data = {"version": "1.0", "queryDate": now.isoformat(), "period": period, "recentDatapoints": present[:5],
+            "threshold": threshold, "evaluatedDatapoints": len(values)}
+    word = _WORDS[alarm.comparison_operator]
+    if breaching >= needed:
+        return "ALARM", (f"Threshold Crossed: {breaching} out of the last {len(values)} datapoints [{shown}] "
+                         f"{'was' if breaching == 1 else 'were'} {word} the threshold ({threshold:g})."), data
+    if not present:
+        if treat == "missing":
+            return "INSUFFICIENT_DATA", f"Insufficient Data: {len(values)} datapoints were unknown.", data
+        if treat == "ignore":
+            return alarm.state_value, alarm.state_reason, data
+    return "OK", (f"Threshold Crossed: {len(values) - breaching} out of the last {len(values)} datapoints "
+                  f"[{shown}] {'was' if len(values) - breaching == 1 else 'were'} not {word} the threshold ({threshold:g})."), data
+
+
+def evaluate_alarms(backend: Any, now: datetime | None = None) -> int:
+    """Evaluate every metric alarm of one backend; returns how many changed state."""
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    with _LOCK:
+        snapshot = {k: list(v) for k, v in _index(backend).items()}
+    changed = 0
+    for alarm in list(backend.alarms.values()):
+        if alarm.rule is not None:
+            continue  # composite alarms: not evaluated in the sandbox
+        try:
+            state, reason, data = evaluate_alarm(alarm, snapshot, now)
+        except ValueError as exc:
+            state, reason, data = "INSUFFICIENT_DATA", f"sandbox cannot evaluate this alarm: {exc}", {}
+        if state != alarm.state_value:
+            backend.set_alarm_state(alarm.name, reason, json.dumps(data), state)
+            changed += 1
+    return changed
+
+
+# ---------------------------------------------------------------- housekeeping
+
+
+def prune(backend: Any, now: datetime | None = None) -> int:
+    """Drop points older than the retention; returns how many."""
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    cutoff = now - _RETENTION
+    with _LOCK:
+        before = len(backend.metric_data)
+        kept = [d for d in backend.metric_data if _naive_utc(d.timestamp) >= cutoff]
+        if len(kept) != before:
+            # In place: moto's own code holds a reference to this list.
+            backend.metric_data[:] = kept
+            backend.__dict__.pop("_llama_index", None)
+        return before - len(kept)
+
+
+def publish_sqs_metrics(now: datetime | None = None) -> None:
+    """The queue-depth metrics AWS publishes for every queue (moto does not)."""
+    from moto.cloudwatch.models import cloudwatch_backends
+    from moto.sqs.models import sqs_backends
+
+    stamp = now or datetime.now(timezone.utc)
+    for account, regions in list(sqs_backends.items()):
+        for region, sqs in list(regions.items()):
+            data = []
+            for queue in list(sqs.queues.values()):
+                dims = [{"Name": "QueueName", "Value": queue.name}]
+                for name, value in (
+                    ("ApproximateNumberOfMessagesVisible", queue.approximate_number_of_messages),
+                    ("ApproximateNumberOfMessagesNotVisible", queue.approximate_number_of_messages_not_visible),
+                ):
+                    data.append({"MetricName": name, "Dimensions": dims, "Value": float(value), "Timestamp": stamp,
+                                 "Unit": "Count"})
+            if data:
+                cloudwatch_backends[account][region].put_metric_data("AWS/SQS", data)
+
+
+def _backends() -> Iterable[Any]:
+    from moto.cloudwatch.models import cloudwatch_backends
+
+    for _account, regions in list(cloudwatch_backends.items()):
+        yield from list(regions.values())
+
+
+def _loop(stop: threading.Event) -> None:
+    last_prune = last_sqs = 0.0
+    while not stop.wait(1.0):
+        try:
+            now = time.time()
+            if now - last_sqs >= 5.0:
+                last_sqs = now
+                publish_sqs_metrics()
+            for backend in _backends():
+                evaluate_alarms(backend)
+                if now - last_prune >= 60.0:
+                    prune(backend)
+            if now - last_prune >= 60.0:
+                last_prune = now
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad alarm or a reset mid-pass
+            print(f"moto_ext: background pass failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- entry points
 
 
 def install() -> None:
-    """Patch moto's backends where it lacks what CloudWatch does (placeholder until filled in)."""
+    """Patch moto's CloudWatch backend (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from moto.cloudwatch import models
+
+    original_put = models.CloudWatchBackend.put_metric_data
+    original_alarm_init = models.Alarm.__init__
+
+    def put_metric_data(self: Any, namespace: str, metric_data: list[dict[str, Any]]) -> None:
+        with _LOCK:
+            original_put(self, namespace, metric_data)
+
+    def alarm_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_alarm_init(self, *args, **kwargs)
+        # AWS: a new alarm has not been evaluated yet.
+        self.state_value = "INSUFFICIENT_DATA"
+        self.state_reason = "Unchecked: Initial alarm creation"
+
+    models.CloudWatchBackend.put_metric_data = put_metric_data  # type: ignore[method-assign]
+    models.CloudWatchBackend.get_metric_data = _get_metric_data  # type: ignore[method-assign]
+    models.Alarm.__init__ = alarm_init  # type: ignore[method-assign]
+    _INSTALLED = True
 
 
 def start_background(state_dir: Path) -> None:
-    """Start background work inside the moto process (placeholder until filled in)."""
+    """Start the alarm-evaluation / SQS-metrics / pruning thread (a daemon: it ends with the process)."""
+    global _BACKGROUND
+    if _BACKGROUND is not None and _BACKGROUND.is_alive():
+        return
+    _BACKGROUND = threading.Thread(target=_loop, args=(threading.Event(),), name="moto-ext", daemon=True)
+    _BACKGROUND.start()

@@ -1,0 +1,163 @@
+"""New versus old: error rate and p95 side by side, and a rank test on per-interval samples.
+
+Absolute thresholds miss a release that doubled its latency while staying under
+500 ms; this compares the two versions serving at the same time (shift50), as
+Kayenta does:
+
+- error rate: ``new - old <= compare.max_error_rate_diff``;
+- p95 over the window: ``new / old <= compare.max_p95_ratio``;
+- Mann-Whitney U (one-sided: is the new version slower?) on per-interval p95
+  durations (one sample per ``resolution`` seconds per version), failing when
+  ``p < compare.alpha``. It needs ``compare.min_samples`` intervals per version;
+  fewer is "inconclusive", which is not a pass (lengthen the bake).
+
+Everything comes from one GetMetricData call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from .. import metricnames as mn
+from .evaluate import fetch_with_retry, resolution_for
+from .query import SeriesSpec, sum_since, valid_period
+from .signals import get_signal, series_dims
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+
+@dataclass
+class Comparison:
+    function: str
+    old_version: str
+    new_version: str
+    window: float
+    old_invocations: float
+    new_invocations: float
+    old_error_rate: float | None
+    new_error_rate: float | None
+    error_rate_diff: float | None
+    old_p95: float | None
+    new_p95: float | None
+    p95_ratio: float | None
+    old_intervals: list[float]
+    new_intervals: list[float]
+    mannwhitney_u: float | None
+    mannwhitney_p: float | None
+    error_verdict: Verdict
+    p95_verdict: Verdict
+    rank_verdict: Verdict
+    limits: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def side_by_side(self) -> str:
+        def pct(v: float | None) -> str:
+            return "no data" if v is None else f"{v * 100:.2f}%"
+
+        def ms(v: float | None) -> str:
+            return "no data" if v is None else f"{v:.1f} ms"
+
+        return (f"{self.function} over {self.window:.0f}s: "
+                f"old v{self.old_version}: {pct(self.old_error_rate)} errors, p95 {ms(self.old_p95)}, "
+                f"{self.old_invocations:g} invocations, {len(self.old_intervals)} intervals | "
+                f"new v{self.new_version}: {pct(self.new_error_rate)} errors, p95 {ms(self.new_p95)}, "
+                f"{self.new_invocations:g} invocations, {len(self.new_intervals)} intervals")
+
+    def error_message(self) -> str:
+        diff = "n/a" if self.error_rate_diff is None else f"{self.error_rate_diff * 100:+.2f} points"
+        return (f"compare error rate ({self.error_verdict}): new - old = {diff}, must be <= "
+                f"{self.limits['max_error_rate_diff'] * 100:g} points; {self.side_by_side}")
+
+    def p95_message(self) -> str:
+        ratio = "n/a" if self.p95_ratio is None else f"{self.p95_ratio:.2f}x"
+        return (f"compare p95 ({self.p95_verdict}): new / old = {ratio}, must be <= "
+                f"{self.limits['max_p95_ratio']:g}x; {self.side_by_side}")
+
+    def rank_message(self) -> str:
+        need = int(self.limits["min_samples"])
+        if self.rank_verdict == "inconclusive":
+            return (f"compare Mann-Whitney ({self.rank_verdict}): needs >= {need} per-interval samples per version, "
+                    f"has old {len(self.old_intervals)} / new {len(self.new_intervals)}: inconclusive is not a pass "
+                    f"(lengthen the bake); {self.side_by_side}")
+        return (f"compare Mann-Whitney U ({self.rank_verdict}): new slower than old? U = {self.mannwhitney_u:g}, "
+                f"p = {self.mannwhitney_p:.4g}, must be >= alpha {self.limits['alpha']:g}; {self.side_by_side}")
+
+
+def _specs(fn: str, alias: str, version: str, resolution: int, span: int) -> dict[str, SeriesSpec]:
+    dims = series_dims(get_signal("lambda.error_rate"), fn, alias, version)
+    return {
+        "invocations": SeriesSpec(mn.LAMBDA, mn.LAMBDA_INVOCATIONS, dims, "Sum", resolution),
+        "errors": SeriesSpec(mn.LAMBDA, mn.LAMBDA_ERRORS, dims, "Sum", resolution),
+        "p95": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", span),
+        "intervals": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", resolution),
+    }
+
+
+def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float | None,
+          old_p95: float | None, new_p95: float | None, old_iv: list[float], new_iv: list[float],
+          settings: Any) -> tuple[Verdict, Verdict, Verdict, float | None, float | None, float | None, float | None]:
+    """Pure decision: (error, p95, rank verdicts, diff, ratio, U, p)."""
+    need = settings.min_samples
+    enough = old_inv >= need and new_inv >= need
+    diff = None if old_err is None or new_err is None else new_err - old_err
+    error_v: Verdict = "inconclusive" if not enough or diff is None else (
+        "pass" if diff <= settings.max_error_rate_diff else "fail")
+    ratio = None
+    if old_p95 is not None and new_p95 is not None and old_p95 > 0:
+        ratio = new_p95 / old_p95
+    p95_v: Verdict = "inconclusive" if not enough or ratio is None else (
+        "pass" if ratio <= settings.max_p95_ratio else "fail")
+    u = p = None
+    rank_v: Verdict = "inconclusive"
+    if len(old_iv) >= need and len(new_iv) >= need:
+        from scipy.stats import mannwhitneyu
+
+        test = mannwhitneyu(new_iv, old_iv, alternative="greater")
+        u, p = float(test.statistic), float(test.pvalue)
+        rank_v = "fail" if p < settings.alpha else "pass"
+    return error_v, p95_v, rank_v, diff, ratio, u, p
+
+
+def compare_versions(
+    cloudwatch: Any,
+    policy: Any,
+    functions: list[str],
+    alias: str,
+    old_versions: Mapping[str, str],
+    new_versions: Mapping[str, str],
+    start: float,
+    end: float,
+) -> list[Comparison]:
+    """One Comparison per function serving both versions, from one GetMetricData call."""
+    resolution = resolution_for(policy)
+    span = valid_period(max(end - start, 1.0))
+    pairs = [(fn, str(old_versions[fn]), str(new_versions[fn])) for fn in functions
+             if fn in old_versions and fn in new_versions and str(old_versions[fn]) != str(new_versions[fn])]
+    wanted = {(fn, v): _specs(fn, alias, v, resolution, span) for fn, o, n in pairs for v in (o, n)}
+    specs = [s for d in wanted.values() for s in d.values()]
+    data = fetch_with_retry(cloudwatch, specs, start, end)
+    settings = policy.compare
+    out: list[Comparison] = []
+    for fn, old, new in pairs:
+        o, n = wanted[(fn, old)], wanted[(fn, new)]
+        since = start - resolution / 2.0
+        old_inv, new_inv = sum_since(data[o["invocations"]], since), sum_since(data[n["invocations"]], since)
+        old_err = sum_since(data[o["errors"]], since) / old_inv if old_inv else None
+        new_err = sum_since(data[n["errors"]], since) / new_inv if new_inv else None
+        old_p95 = max((v for _, v in data[o["p95"]]), default=None)
+        new_p95 = max((v for _, v in data[n["p95"]]), default=None)
+        old_iv = [v for _, v in data[o["intervals"]]]
+        new_iv = [v for _, v in data[n["intervals"]]]
+        ev, pv, rv, diff, ratio, u, p = judge(old_inv, new_inv, old_err, new_err, old_p95, new_p95, old_iv, new_iv,
+                                              settings)
+        out.append(Comparison(
+            fn, old, new, end - start, old_inv, new_inv, old_err, new_err, diff, old_p95, new_p95, ratio,
+            old_iv, new_iv, u, p, ev, pv, rv,
+            {"max_error_rate_diff": settings.max_error_rate_diff, "max_p95_ratio": settings.max_p95_ratio,
+             "alpha": settings.alpha, "min_samples": float(settings.min_samples)}))
+    return out

@@ -1,0 +1,41 @@
+"""The metrics a CloudWatch dashboard shows, read from its JSON body.
+
+Handles the console's shorthand: ``"."`` repeats the value at the same position
+of the previous row, and a trailing ``{...}`` holds rendering options such as
+``stat`` (the widget's ``stat`` is the default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .query import SeriesSpec
+
+
+class DashboardError(ValueError):
+    pass
+
+
+def dashboard_series(name: str, body: dict[str, Any], period: int) -> list[SeriesSpec]:
+    """Every metric row of every metric widget, as a SeriesSpec with the given period."""
+    specs: list[SeriesSpec] = []
+    for w, widget in enumerate(body.get("widgets", [])):
+        if widget.get("type") != "metric":
+            continue
+        props = widget.get("properties", {})
+        default_stat = props.get("stat", "Average")
+        previous: list[Any] = []
+        for r, row in enumerate(props.get("metrics", [])):
+            options = row[-1] if row and isinstance(row[-1], dict) else {}
+            parts = list(row[:-1] if options else row)
+            if "expression" in options:
+                continue  # metric math: its inputs are other rows
+            resolved = [previous[i] if p == "." and i < len(previous) else p for i, p in enumerate(parts)]
+            if len(resolved) < 2 or len(resolved) % 2 != 0:
+                raise DashboardError(
+                    f"dashboard {name}: widget {w} metric row {r} {row!r} is not "
+                    "[namespace, metric, dim, value, ...]")
+            previous = resolved
+            dims = tuple((str(resolved[i]), str(resolved[i + 1])) for i in range(2, len(resolved), 2))
+            specs.append(SeriesSpec(str(resolved[0]), str(resolved[1]), dims, options.get("stat", default_stat), period))
+    return specs

@@ -1,0 +1,455 @@
+"""The bake watch: rollback triggers polled in the background, with immediate rollback.
+
+From the moment traffic moves, a thread polls the policy's ``rollback_triggers``
+every ``watch.interval`` with ONE GetMetricData call per poll (all triggers x
+functions x old and new version), and a second thread probes the new version
+directly at ``watch.probe_rate`` per second. The first breach from either
+source calls ``on_breach`` at once (the stage rolls back inside it); the bake
+does not run to its end first.
+
+What triggers, and from which version:
+- a trigger rule failing on the new version, or on a service-wide signal
+  (API Gateway 5xx) - the old version's values are shown, never acted on;
+- a ``wait`` rule still short of ``min_samples`` after ``no_data_grace`` since the
+  start of its window, or at the end of the bake: "inconclusive" (never a pass);
+- ``provider_error_limit`` GetMetricData failures in a row: "metrics unavailable";
+- probes (source "probe"): among the last 10 probes of the new version, at least 2
+  failed and the failure ratio exceeds the ``lambda.error_rate`` trigger's bound
+  (5 %). Two failures, not one, so that a single lost packet does not roll a
+  release back; 2 of at most 10 is >= 20 %, far above 5 %, so a real fault is
+  not missed. A dead version trips it in two probes (1 s at 2 probes/s).
+
+Physics (why these numbers): at 10 % of the sandbox's 20 requests/s the new
+version serves 2 requests/s; the watch's own probes (2/s, version-targeted,
+through the front door and therefore counted by Lambda's metrics like any
+invocation) bring it to ~4/s. ``min_samples: 20`` is then reached ~5 s after the
+shift (10 s without probes), so a 10 s sandbox bake can decide, and a 5 %
+error-rate bound is measurable (one error in 20 is exactly 5 %, so the rule
+fires from the second error of 20: no single unlucky request rolls back). A
+fault of 30 % errors adds ~1.2 errors/s on the new version, crossing 5 % of the
+cumulative window within 1-3 s of onset even after a healthy first half; the
+probes cross their rule within ~3 s on their own. On AWS the same rules hold
+with Lambda's 1-minute metrics: detection then rests on the probes first, which
+is why both sources are named in the verdict.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .. import metricnames as mn
+from ..units import format_duration
+from .evaluate import ALL, RuleResult, evaluate_plan, plan_poll, plan_targets, resolution_for
+from .query import ProviderError, QueryError, SeriesSpec, fetch
+from .signals import format_value, get_signal, series_dims
+
+BreachKind = Literal["threshold", "inconclusive", "probe", "provider"]
+ProbeFn = Callable[[], tuple[bool, str]]
+OutFn = Callable[[str, bool], None]
+
+#: The probe rule (see the module docstring).
+PROBE_WINDOW = 10
+PROBE_MIN_FAILURES = 2
+_DEFAULT_PROBE_BOUND = 0.05
+
+
+@dataclass
+class Breach:
+    kind: BreachKind
+    rule: str
+    signal: str
+    value: float | None
+    threshold: float | None
+    op: str
+    window: float
+    #: Lambda version the breach was seen on ("" for a service-wide signal).
+    version: str
+    source: Literal["cloudwatch", "probe"]
+    message: str
+    function: str = ""
+    #: "new", "old" or "all".
+    label: str = ""
+    samples: float = 0.0
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class _Probe:
+    at: float
+    ok: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class _Counters:
+    calls: int = 0
+    polls: int = 0
+    provider_errors: int = 0
+    consecutive_provider_errors: int = 0
+    max_consecutive_provider_errors: int = 0
+    last_provider_error: str = ""
+    poll_seconds: list[float] = field(default_factory=list)
+
+
+class BakeWatch:
+    """Background watch of one bake; see the module docstring for what triggers."""
+
+    def __init__(
+        self,
+        cloudwatch: Any,
+        policy: Any,
+        functions: list[str],
+        alias: str,
+        old_versions: Mapping[str, str],
+        new_versions: Mapping[str, str],
+        started_at: float,
+        probe: ProbeFn | None,
+        on_breach: Callable[[Breach], None],
+        out: OutFn | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cloudwatch = cloudwatch
+        self.policy = policy
+        self.functions = list(functions)
+        self.alias = alias
+        self.versions = {"new": dict(new_versions), "old": dict(old_versions)}
+        self.started_at = started_at
+        self.probe = probe
+        self.on_breach = on_breach
+        self.out = out or (lambda line, same_line: None)
+        self.clock = clock
+        self.rules = dict(policy.rollback_triggers)
+        for name, rule in self.rules.items():
+            get_signal(rule.signal, f"rollback_triggers.{name}")  # a typo fails before traffic is watched
+        self.interval = float(policy.watch.interval)
+        self.resolution = resolution_for(policy)
+        self.probe_bound = next(
+            (r.threshold for r in self.rules.values() if r.signal == "lambda.error_rate"), _DEFAULT_PROBE_BOUND)
+
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._finished = threading.Event()
+        self._deadline: float | None = None
+        self._breach: Breach | None = None
+        self._breach_fired = False
+        self._on_breach_error = ""
+        self._counters = _Counters()
+        self._polls: list[dict[str, Any]] = []
+        self._last_results: list[RuleResult] = []
+        self._series: dict[str, Any] = {}
+        self._probes: deque[_Probe] = deque(maxlen=PROBE_WINDOW)
+        self._probe_total = 0
+        self._probe_failed = 0
+        self._probe_failures: list[dict[str, Any]] = []
+        self._threads: list[threading.Thread] = []
+        self._hook_id = f"llamadeploy-watch-{id(self)}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        try:
+            self.cloudwatch.meta.events.register(
+                "before-call.cloudwatch.GetMetricData", self._count_call, unique_id=self._hook_id)
+        except AttributeError:
+            pass  # a stub client in a unit test: calls are counted in fetch() instead
+        self._threads.append(threading.Thread(target=self._run, name="llamadeploy-watch", daemon=True))
+        if self.probe is not None and self.policy.watch.probe_rate > 0:
+            self._threads.append(threading.Thread(target=self._run_probes, name="llamadeploy-probe", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def wait(self, bake_seconds: float) -> Breach | None:
+        """Block until the bake ends (None: passed) or a breach/inconclusive verdict (returned at once)."""
+        if not self._threads:
+            raise RuntimeError("BakeWatch.wait() before start()")
+        self._deadline = self.started_at + bake_seconds
+        self._wake.set()
+        # Past the deadline the final poll may still retry provider errors: allow for that, then give up loudly.
+        limit = self._deadline + (self.policy.watch.provider_error_limit + 2) * (self.interval + 30.0)
+        while not self._finished.wait(timeout=0.2):
+            if self.clock() > limit or not self._threads[0].is_alive():
+                self._fire(Breach("inconclusive", "watch", "", None, None, "", bake_seconds, "", "cloudwatch",
+                                  "inconclusive: the metrics watch stopped without a verdict "
+                                  f"(last provider error: {self._counters.last_provider_error or 'none'})"))
+                break
+        return self._breach
+
+    def stop(self) -> None:
+        """Stop both threads and join them (idempotent)."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(5.0, self.policy.watch.probe_timeout + 2.0))
+        try:
+            self.cloudwatch.meta.events.unregister(
+                "before-call.cloudwatch.GetMetricData", unique_id=self._hook_id)
+        except AttributeError:
+            pass
+
+    @property
+    def breach(self) -> Breach | None:
+        return self._breach
+
+    # ------------------------------------------------------------ evidence
+
+    def evidence(self) -> dict[str, Any]:
+        """JSON-able record of the watch for the report and the ledger."""
+        c = self._counters
+        with self._lock:
+            probes = {"count": self._probe_total, "failed": self._probe_failed,
+                      "failures": list(self._probe_failures[-20:]),
+                      "rule": f"last {PROBE_WINDOW} probes: >= {PROBE_MIN_FAILURES} failed and ratio > "
+                              f"{self.probe_bound * 100:g}%"}
+            return {
+                "started_at": self.started_at,
+                "deadline": self._deadline,
+                "interval": self.interval,
+                "resolution": self.resolution,
+                "versions": self.versions,
+                "polls": list(self._polls),
+                "series": self._series,
+                "last_results": [r.to_json() for r in self._last_results],
+                "get_metric_data_calls": c.calls,
+                "poll_count": c.polls,
+                "poll_seconds": {"max": max(c.poll_seconds, default=0.0),
+                                 "mean": sum(c.poll_seconds) / len(c.poll_seconds) if c.poll_seconds else 0.0},
+                "provider_errors": c.provider_errors,
+                "max_consecutive_provider_errors": c.max_consecutive_provider_errors,
+                "last_provider_error": c.last_provider_error,
+                "probes": probes,
+                "breach": self._breach.to_json() if self._breach else None,
+                "on_breach_error": self._on_breach_error,
+            }
+
+    # ------------------------------------------------------------ internals
+
+    def _count_call(self, **_kwargs: Any) -> None:
+        with self._lock:
+            self._counters.calls += 1
+
+    def _fire(self, breach: Breach) -> None:
+        with self._lock:
+            if self._breach_fired:
+                return
+            self._breach_fired = True
+            breach.at = breach.at or self.clock()
+            self._breach = breach
+        self._emit(f"BREACH {breach.message}", False)
+        try:
+            self.on_breach(breach)
+        except Exception as exc:  # noqa: BLE001 - recorded; the stage sees the breach either way
+            self._on_breach_error = f"{type(exc).__name__}: {exc}"
+            self._emit(f"on_breach failed: {self._on_breach_error}", False)
+        finally:
+            self._finished.set()
+
+    def _emit(self, line: str, same_line: bool) -> None:
+        try:
+            self.out(line, same_line)
+        except Exception:  # noqa: BLE001 - progress output must never stop the watch
+            pass
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and not self._breach_fired:
+                began = self.clock()
+                if self._deadline is not None and began >= self._deadline:
+                    self._final()
+                    return
+                self.poll(final=False)
+                if self._breach_fired:
+                    return
+                next_at = began + self.interval
+                if self._deadline is not None:
+                    next_at = min(next_at, self._deadline)
+                # wait() sets the deadline and wakes us, so a bake shorter than one interval is not overslept.
+                self._wake.wait(max(0.0, next_at - self.clock()))
+                self._wake.clear()
+        except Exception as exc:  # noqa: BLE001 - a bug in the watch must fail the stage, not pass it
+            self._fire(Breach("inconclusive", "watch", "", None, None, "", 0.0, "", "cloudwatch",
+                              f"inconclusive: the metrics watch failed: {type(exc).__name__}: {exc}\n"
+                              f"{traceback.format_exc(limit=3)}"))
+        finally:
+            if self._stop.is_set():
+                self._finished.set()
+
+    def _final(self) -> None:
+        """The last poll at the deadline: wait rules without enough data end inconclusive."""
+        while not self._stop.is_set() and not self._breach_fired:
+            ok = self.poll(final=True)
+            if ok or self._breach_fired:
+                break
+            self._stop.wait(self.interval)
+        self._finished.set()
+
+    def poll(self, *, final: bool = False) -> bool:
+        """One poll and decision; True when CloudWatch answered. Public for benchmarks."""
+        t0 = time.perf_counter()
+        now = self.clock()
+        targets = plan_targets(self.rules, self.functions, self.alias, self.versions,
+                               self.policy.service.ws_function, self.started_at, now)
+        plot = self._plot_specs()
+        plan = plan_poll(targets, self.alias, now, self.resolution, extra=plot)
+        try:
+            data = fetch(self.cloudwatch, plan.specs, plan.span_start, now)
+        except ProviderError as exc:
+            self._provider_error(str(exc))
+            return False
+        except QueryError as exc:
+            self._fire(Breach("inconclusive", "watch", "", None, None, "", 0.0, "", "cloudwatch",
+                              f"inconclusive: metrics unavailable: {exc}"))
+            return False
+        c = self._counters
+        c.consecutive_provider_errors = 0
+        c.polls += 1
+        results = evaluate_plan(plan, self.alias, data, now=now, grace=self.policy.watch.no_data_grace,
+                                final=final, result_kind="rollback trigger")
+        self._record(now, results, data, plan.span_start)
+        c.poll_seconds.append(time.perf_counter() - t0)
+        for result in results:
+            if result.version not in ("new", ALL):
+                continue
+            if result.verdict in ("fail", "inconclusive"):
+                self._fire(self._breach_of(result))
+                return True
+        self._emit(self._progress(now, results, final), not final)
+        return True
+
+    def _provider_error(self, text: str) -> None:
+        c = self._counters
+        c.provider_errors += 1
+        c.consecutive_provider_errors += 1
+        c.max_consecutive_provider_errors = max(c.max_consecutive_provider_errors, c.consecutive_provider_errors)
+        c.last_provider_error = text
+        limit = self.policy.watch.provider_error_limit
+        self._emit(f"CloudWatch error {c.consecutive_provider_errors}/{limit} in a row: {text}", False)
+        if c.consecutive_provider_errors >= limit:
+            self._fire(Breach(
+                "provider", "metrics", "", None, None, "", self.clock() - self.started_at, "", "cloudwatch",
+                f"inconclusive: metrics unavailable: {c.consecutive_provider_errors} GetMetricData failures in a "
+                f"row (policy watch.provider_error_limit = {limit}); last: {text}. The stage is not passed."))
+
+    def _breach_of(self, result: RuleResult) -> Breach:
+        kind: BreachKind = "threshold" if result.verdict == "fail" and result.value is not None else "inconclusive"
+        return Breach(kind, result.rule, result.signal, result.value, result.threshold, result.op, result.window,
+                      result.version_number, "cloudwatch", result.message, function=result.function,
+                      label=result.version, samples=result.samples)
+
+    def _plot_specs(self) -> list[SeriesSpec]:
+        """Per-interval series of the API and WebSocket functions for the report's plots (same call)."""
+        signal = get_signal("lambda.error_rate")
+        shown = {self.policy.service.api_function, self.policy.service.ws_function}
+        specs = []
+        for by_fn in self.versions.values():
+            for fn, version in by_fn.items():
+                if fn not in self.functions or fn not in shown:
+                    continue
+                dims = series_dims(signal, fn, self.alias, version)
+                specs += [SeriesSpec(mn.LAMBDA, mn.LAMBDA_INVOCATIONS, dims, "Sum", self.resolution),
+                          SeriesSpec(mn.LAMBDA, mn.LAMBDA_ERRORS, dims, "Sum", self.resolution),
+                          SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", self.resolution)]
+        return specs
+
+    def _record(self, now: float, results: list[RuleResult], data: Mapping[SeriesSpec, Any], since: float) -> None:
+        poll = {"t": round(now, 3), "values": {}}
+        for r in results:
+            key = f"{r.rule}|{r.version}|{r.function}"
+            poll["values"][key] = {"value": r.value, "samples": r.samples, "verdict": r.verdict,
+                                   "version": r.version_number}
+        series: dict[str, Any] = {}
+        wanted = {mn.LAMBDA_INVOCATIONS: "invocations", mn.LAMBDA_ERRORS: "errors", mn.LAMBDA_DURATION: "p95_ms"}
+        for label, by_fn in self.versions.items():
+            for fn, version in by_fn.items():
+                dims = series_dims(get_signal("lambda.error_rate"), fn, self.alias, version)
+                entry: dict[str, Any] = {"version": version}
+                for spec, points in data.items():
+                    if spec.dims == dims and spec.metric in wanted and spec.period == self.resolution \
+                            and spec.stat in ("Sum", "p95"):
+                        entry[wanted[spec.metric]] = [[t, v] for t, v in points if t >= since]
+                series.setdefault(label, {})[fn] = entry
+        with self._lock:
+            self._polls.append(poll)
+            self._last_results = results
+            self._series = series
+
+    def _progress(self, now: float, results: list[RuleResult], final: bool) -> str:
+        left = "" if self._deadline is None else f"{max(0.0, self._deadline - now):.0f}s left"
+        parts = [f"watch {left or format_duration(round(now - self.started_at)) + ' in'}"]
+        for label in ("new", "old"):
+            shown = []
+            for r in results:
+                if r.version != label or r.function not in (self.policy.service.api_function,
+                                                            self.policy.service.ws_function):
+                    continue
+                if r.signal == "ws.connect_error_rate" or r.function == self.policy.service.api_function:
+                    short = r.rule.replace("lambda_", "").replace("_rate", "")
+                    shown.append(f"{short} {format_value(get_signal(r.signal), r.value)}")
+            if shown:
+                api = self.policy.service.api_function
+                version = self.versions[label].get(api, "?")
+                samples = next((r.samples for r in results if r.version == label and r.function == api
+                                and r.signal == "lambda.error_rate"), 0)
+                parts.append(f"{label} v{version} ({samples:g} inv): " + ", ".join(shown))
+        for r in results:
+            if r.version == ALL:
+                parts.append(f"{r.rule} {format_value(get_signal(r.signal), r.value)}")
+        if self._probe_total:
+            parts.append(f"probes {self._probe_total - self._probe_failed}/{self._probe_total} ok")
+        if final:
+            parts.append("bake complete, no trigger fired")
+        return " | ".join(parts)
+
+    # ------------------------------------------------------------ probes
+
+    def _run_probes(self) -> None:
+        assert self.probe is not None
+        period = 1.0 / float(self.policy.watch.probe_rate)
+        next_at = time.monotonic()
+        while not self._stop.is_set() and not self._finished.is_set():
+            t0 = time.monotonic()
+            try:
+                ok, detail = self.probe()
+            except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
+            next_at += period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _probe_result(self, probe: _Probe) -> None:
+        with self._lock:
+            self._probes.append(probe)
+            self._probe_total += 1
+            if not probe.ok:
+                self._probe_failed += 1
+                self._probe_failures.append({"t": round(probe.at, 3), "detail": probe.detail})
+            recent = list(self._probes)
+        failed = [p for p in recent if not p.ok]
+        ratio = len(failed) / len(recent)
+        if len(failed) >= PROBE_MIN_FAILURES and ratio > self.probe_bound:
+            version = self.versions["new"].get(self.policy.service.api_function, "?")
+            window = recent[-1].at - recent[0].at
+            self._fire(Breach(
+                "probe", "probe_failure_ratio", "probe", ratio, self.probe_bound, "<=", window, str(version), "probe",
+                f"rollback trigger probe_failure_ratio: {len(failed)} of the last {len(recent)} probes of "
+                f"{self.policy.service.api_function} version {version} (new) failed ({ratio:.0%}) over the last "
+                f"{window:.1f}s, must be <= {self.probe_bound * 100:g}% with >= {PROBE_MIN_FAILURES} failures "
+                f"(source: probe; last failure: {failed[-1].detail})",
+                function=self.policy.service.api_function, label="new", samples=len(recent)))

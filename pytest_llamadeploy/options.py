@@ -1,0 +1,136 @@
+"""The llamadeploy option group and the frozen Settings parsed from it once.
+
+Each option has an ini twin (``llamadeploy_<name>``) so a repository can pin,
+for example, its policy folder in ``pyproject.toml``; the command line wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_VERSION = re.compile(r"^\d+$")
+
+#: (option name, ini name, help, default)
+_OPTIONS: list[tuple[str, str, str, str | None]] = [
+    ("env", "llamadeploy_env", "environment: the name of a policy file in the policy folder (sandbox, dev, staging, prod)", None),
+    ("stage", "llamadeploy_stage", "stage to run: one of the env's plan (deploy, shift10, ...) or an operation (preflight, verify, rollback, backup, migrate, restore)", None),
+    ("release", "llamadeploy_release", "release tag the stage belongs to, e.g. v1.2.3", None),
+    ("policy-dir", "llamadeploy_policy_dir", "folder of policy YAML files (default: policies/ under the rootdir)", None),
+    ("approved-by", "llamadeploy_approved_by", "who approved this stage (prod requires it; CI may set it through an environment variable)", None),
+    ("to-version", "llamadeploy_to_version", "rollback target: a Lambda version for every function (N) or per function (fn=N,fn=N)", None),
+    ("reason", "llamadeploy_reason", "why: recorded with the stage (required with --emergency)", None),
+    ("llama-alluredir", "llamadeploy_alluredir", "Allure results folder for gate runs (default: allure-results)", "allure-results"),
+    ("llama-artifacts", "llamadeploy_artifacts", "folder for run artifacts: context, deploy output, load reports (default: .llamadeploy/runs)", ".llamadeploy/runs"),
+]
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llamadeploy", "llamadeploy deployment gates")
+    for name, ini, help_text, default in _OPTIONS:
+        dest = "llamadeploy_" + name.replace("-", "_")
+        group.addoption(f"--{name}", dest=dest, default=None, help=help_text)
+        parser.addini(ini, help=help_text, default=default)
+    group.addoption("--plan", dest="llamadeploy_plan", action="store_true", default=None,
+                    help="print what the stage would do (versions, weights, suites, thresholds, preconditions) and change nothing")
+    parser.addini("llamadeploy_plan", type="bool", default=False, help="same as --plan")
+    group.addoption("--emergency", dest="llamadeploy_emergency", action="store_true", default=None,
+                    help="run outside the deployment window (requires --reason; recorded)")
+    parser.addini("llamadeploy_emergency", type="bool", default=False, help="same as --emergency")
+
+
+def _get(config: pytest.Config, name: str) -> str | None:
+    dest = "llamadeploy_" + name.replace("-", "_")
+    value = config.getoption(dest)
+    if value is None:
+        value = config.getini("llamadeploy_" + name.replace("-", "_").removeprefix("llama_"))
+    return value or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str | None
+    stage: str | None
+    release: str | None
+    policy_dir: Path
+    plan: bool
+    approved_by: str | None
+    to_version: dict[str, str] | str | None
+    emergency: bool
+    reason: str | None
+    alluredir: Path
+    artifacts: Path
+    rootdir: Path
+
+    @property
+    def active(self) -> bool:
+        """The gate is active when an environment is named; otherwise the plugin stays out of the way."""
+        return self.env is not None
+
+
+def parse_to_version(raw: str | None) -> dict[str, str] | str | None:
+    """``3`` (every function) or ``onchain-api=3,onchain-ws=5``."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if _VERSION.match(raw):
+        return raw
+    mapping: dict[str, str] = {}
+    for part in raw.split(","):
+        fn, sep, version = part.partition("=")
+        if not sep or not fn.strip() or not _VERSION.match(version.strip()):
+            raise pytest.UsageError(
+                f"--to-version {raw!r}: expected a version number (e.g. 3) or function=version pairs "
+                "(e.g. onchain-api=3,onchain-ws=5)"
+            )
+        mapping[fn.strip()] = version.strip()
+    return mapping
+
+
+def get_settings(config: pytest.Config) -> Settings:
+    rootdir = Path(str(config.rootpath))
+    policy_dir = Path(_get(config, "policy-dir") or rootdir / "policies")
+    if not policy_dir.is_absolute():
+        policy_dir = (Path.cwd() / policy_dir).resolve()
+    release = _get(config, "release")
+    if release is not None and not _RELEASE.match(release):
+        raise pytest.UsageError(
+            f"--release {release!r}: use 1-64 letters, digits, '.', '_', '+' or '-' starting with a letter or digit (e.g. v1.2.3)"
+        )
+    plan = bool(config.getoption("llamadeploy_plan") or config.getini("llamadeploy_plan"))
+    emergency = bool(config.getoption("llamadeploy_emergency") or config.getini("llamadeploy_emergency"))
+    reason = _get(config, "reason")
+    if emergency and not reason:
+        raise pytest.UsageError("--emergency needs --reason TEXT: the reason is recorded with the stage")
+    alluredir = Path(config.getoption("llamadeploy_llama_alluredir") or config.getini("llamadeploy_alluredir"))
+    artifacts = Path(config.getoption("llamadeploy_llama_artifacts") or config.getini("llamadeploy_artifacts"))
+    return Settings(
+        env=_get(config, "env"),
+        stage=_get(config, "stage"),
+        release=release,
+        policy_dir=policy_dir,
+        plan=plan,
+        approved_by=_get(config, "approved-by"),
+        to_version=parse_to_version(_get(config, "to-version")),
+        emergency=emergency,
+        reason=reason,
+        alluredir=alluredir if alluredir.is_absolute() else Path.cwd() / alluredir,
+        artifacts=artifacts if artifacts.is_absolute() else Path.cwd() / artifacts,
+        rootdir=rootdir,
+    )
+
+
+def approver_from(settings: Settings, env_vars: list[str], environ: dict[str, str] | None = None) -> str | None:
+    """--approved-by, or the first non-empty of the policy's approval variables (set by CI)."""
+    if settings.approved_by:
+        return settings.approved_by
+    environ = os.environ if environ is None else environ
+    for name in env_vars:
+        if environ.get(name):
+            return environ[name]
+    return None

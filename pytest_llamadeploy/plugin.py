@@ -1,0 +1,292 @@
+"""pytest hooks of llamadeploy, and nothing else: the work lives in the modules they call.
+
+One pytest session is one stage of one release in one environment. Without
+``--env`` the plugin stays out of the way (the project's own ``pytest tests``
+needs none of its options), except that it refuses to run the gate suites
+without an environment.
+
+Order on the controller (never on an xdist worker):
+  configure      settings + policy validated (bad input: UsageError, exit 4)
+  sessionstart   decide + preconditions + lock + ``started`` record (refused: exit 4, nothing changed)
+  collection     suites the stage does not run are deselected
+  runtestloop    the action (deploy / shift / promote / rollback / operation), then the bake under the watch
+  tests          gate tests read the stage from the ``llama`` fixture
+  sessionfinish  verdict -> rollback if needed -> ledger -> exit code
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import newhooks
+from .options import Settings, add_options, get_settings
+
+pytest_plugins = ["pytest_llamadeploy.fixtures"]
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+RUNNER_KEY = pytest.StashKey[Any]()  # stage.StageRunner (imported lazily: it pulls in boto3)
+FAILURES_KEY = pytest.StashKey[list[str]]()
+RAN_KEY = pytest.StashKey[list[int]]()
+VERDICT_KEY = pytest.StashKey[tuple[str, str]]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(newhooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+    try:  # the load (Locust) options live with the load runner
+        from .load.options import add_options as add_load_options
+    except ImportError:
+        return
+    add_load_options(parser.getgroup("llamadeploy"), parser)
+
+
+def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
+    """Validate the env/stage/release against the policy; return the loaded policy."""
+    from .policy import PolicyError, available_envs, load_policy
+
+    try:
+        loaded = load_policy(settings.policy_dir, settings.env or "")
+    except PolicyError as exc:
+        raise pytest.UsageError("invalid policy:\n  " + "\n  ".join(exc.problems)) from None
+    policy = loaded.policy
+    if not settings.stage:
+        raise pytest.UsageError(
+            f"--env={settings.env} needs --stage; {settings.env} allows: {', '.join(policy.plan)} (plan) and "
+            f"{', '.join(s for s in policy.stages if s not in policy.plan)} (operations)"
+        )
+    if settings.stage not in policy.stages:
+        raise pytest.UsageError(
+            f"--stage={settings.stage} is not a stage of {settings.env} ({loaded.files[-1]}); allowed: "
+            f"{', '.join(policy.plan)} (plan) and {', '.join(s for s in policy.stages if s not in policy.plan)} "
+            f"(operations). Environments: {', '.join(available_envs(settings.policy_dir))}"
+        )
+    action = policy.stages[settings.stage].action
+    if action in ("deploy", "shift", "promote") and not settings.release:
+        raise pytest.UsageError(f"--stage={settings.stage} needs --release TAG (the release being shipped, e.g. v1.2.3)")
+    return loaded
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--plan``: print the decision and change nothing."""
+    settings = get_settings(config)
+    if not settings.plan:
+        return None
+    if not settings.active:
+        raise pytest.UsageError("--plan needs --env and --stage")
+    loaded = _gate_setup(config, settings)
+    from .plan import render_plan
+    from .stage import StageRunner
+
+    runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
+    decision = runner.decide()
+    print(render_plan(decision, loaded, runner.ledger.describe()))
+    return 0 if decision.ok else 4
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llamadeploy_suite(name): the gate suite a test belongs to")
+    settings = get_settings(config)
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[FAILURES_KEY] = []
+    config.stash[RAN_KEY] = [0]
+    if not settings.active or _is_worker(config):
+        return
+    loaded = _gate_setup(config, settings)
+    # Allure results from every gate run by default (allure-pytest reads this in its own configure).
+    if hasattr(config.option, "allure_report_dir") and not config.option.allure_report_dir:
+        config.option.allure_report_dir = str(settings.alluredir)
+    from .stage import StageRunner
+
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+
+    def out(line: str) -> None:
+        if tr is not None:
+            tr.write_line(line)
+        else:
+            print(line)
+
+    def progress(line: str, same_line: bool) -> None:
+        if tr is not None and same_line and getattr(tr, "isatty", False):
+            tr.rewrite(line, erase=True)
+        else:
+            out(line)
+
+    config.stash[RUNNER_KEY] = StageRunner(settings, loaded, config.pluginmanager.hook, out=out, progress=progress)
+    config.pluginmanager.register(_GateObserver(config), "llamadeploy-gate-observer")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: tell each worker where the controller writes the stage context."""
+    runner = node.config.stash.get(RUNNER_KEY, None)
+    if runner is not None:
+        node.workerinput["llamadeploy_run_dir"] = str(runner.run_dir)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Preconditions, lock and the ``started`` record, before xdist starts its workers."""
+    runner = session.config.stash.get(RUNNER_KEY, None)
+    if runner is None:
+        return
+    from .stage import Refused
+
+    try:
+        runner.decide()
+        runner.start()
+    except Refused as exc:
+        session.config.stash[RUNNER_KEY] = None
+        raise pytest.UsageError(
+            f"{runner.stage} of {runner.release or '(no release)'} in {runner.env} refused; nothing was changed:\n  "
+            + "\n  ".join(exc.problems)
+        ) from None
+
+
+def _suite_of(item: pytest.Item) -> tuple[str | None, bool]:
+    """(suite name, lives under a ``suites/`` folder)."""
+    from .policy import KNOWN_SUITES
+
+    marker = item.get_closest_marker("llamadeploy_suite")
+    parts = Path(str(item.path)).parts
+    under_suites = "suites" in parts
+    if marker is not None and marker.args:
+        return str(marker.args[0]), under_suites
+    for part in reversed(parts[:-1]):
+        if part in KNOWN_SUITES:
+            return part, under_suites
+    return None, under_suites
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash[SETTINGS_KEY]
+    if not settings.active:
+        gates = [i.nodeid for i in items if all(_suite_of(i))]
+        if gates:
+            raise pytest.UsageError(
+                f"the gate suites need an environment and a stage ({len(gates)} gate tests collected, e.g. {gates[0]}): "
+                "run `pytest --env=sandbox --stage=verify` (envs are the files in policies/), "
+                "or `pytest tests` for the project's own tests"
+            )
+        return
+    from .policy import load_policy
+
+    stage = load_policy(settings.policy_dir, settings.env or "").policy.stages[settings.stage or ""]
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        suite, _ = _suite_of(item)
+        item.stash[_SUITE_KEY] = suite
+        (keep if suite is None or suite in stage.suites else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    try:
+        from .reporting.labels import apply_labels
+    except ImportError:
+        return
+    runner = config.stash.get(RUNNER_KEY, None)
+    versions = runner.decision.new_versions if runner is not None and runner.decision else {}
+    for item in keep:
+        apply_labels(item, env=settings.env, stage=settings.stage, release=settings.release or "",
+                     suite=item.stash.get(_SUITE_KEY, None) or "other", versions=versions)
+
+
+_SUITE_KEY = pytest.StashKey[str | None]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """The stage's action and bake, once, on the controller, before any gate test runs."""
+    runner = session.config.stash.get(RUNNER_KEY, None)
+    if runner is None or session.config.option.collectonly:
+        return
+    runner.act()
+    if runner.failure is None:
+        probe = None
+        try:
+            from .probe import watch_probe
+
+            probe = watch_probe(runner.context, runner.policy)
+        except ImportError:
+            probe = None
+        runner.bake(probe=probe)
+    if runner.failure is not None:
+        raise session.Failed(runner.failure)
+
+
+class _GateObserver:
+    """Counts gate outcomes on the controller (xdist forwards workers' reports here).
+
+    A registered object rather than a module-level hook because the report
+    carries no config to keep the counts on.
+    """
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and report.failed):
+            self.config.stash[RAN_KEY][0] += 1
+        if report.failed:
+            crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+            message = crash.message.splitlines()[0] if crash is not None and crash.message else f"{report.when} failed"
+            self.config.stash[FAILURES_KEY].append(f"{report.nodeid}: {message}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    runner = session.config.stash.get(RUNNER_KEY, None)
+    if runner is None or runner.record is None or runner.is_final():
+        return
+    interrupted = None
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        interrupted = "interrupted"
+    elif exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        interrupted = "internal error"
+    status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0], interrupted)
+    session.config.stash[VERDICT_KEY] = (status, reason)
+    try:
+        from .reporting.stage import write_stage_result
+
+        write_stage_result(runner, session.config)
+    except ImportError:
+        pass
+    if status != "passed" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif status == "passed" and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    verdict = config.stash.get(VERDICT_KEY, None)
+    runner = config.stash.get(RUNNER_KEY, None)
+    if verdict is None or runner is None:
+        return
+    status, reason = verdict
+    terminalreporter.section("llamadeploy verdict", sep="=", green=status == "passed", red=status != "passed", bold=True)
+    terminalreporter.write_line(f"{runner.env} {runner.stage} {runner.release or ''}: {status.upper()}")
+    if reason:
+        terminalreporter.write_line(f"reason: {reason}")
+    after = runner.record.weights_after if runner.record else {}
+    for fn, state in after.items():
+        weights = ", ".join(f"v{v} {w:.0%}" for v, w in state.get("weights", {}).items())
+        terminalreporter.write_line(f"  {fn}: alias -> v{state['version']}" + (f" + {weights}" if weights else ""))
+    terminalreporter.write_line(f"ledger: {runner.ledger.describe()}; artifacts: {runner.run_dir}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, VERDICT_KEY):
+        if key in config.stash:
+            del config.stash[key]

@@ -1,0 +1,343 @@
+"""Probes of the service: through the alias, or of one Lambda version directly.
+
+Used by the health suite and by the bake watch. In the sandbox
+(``targets.source == "sandbox"``) a version is reached through the front door
+with the ``x-llama-version`` header. On AWS (``source == "env"``) a version is
+reached by invoking it (``Qualifier=N``) with an API Gateway proxy event, as
+CodeDeploy PreTraffic hooks do, since API Gateway cannot address a version.
+
+Every probe returns a :class:`ProbeResult` (never raises for what it probes),
+whose ``describe()`` says what was probed, where (secrets redacted) and what
+came back, with the latency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .redact import redact
+from .targets import ResolvedTargets
+
+VERSION_HEADER = "x-llama-version"
+RELEASE_HEADER = "x-llama-release"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_API_FUNCTION = "onchain-api"
+DEFAULT_WS_FUNCTION = "onchain-ws"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    status: int | None
+    latency_ms: float
+    release: str | None
+    error: str | None
+    target_description: str
+    #: Parsed JSON body (HTTP) or first message (WebSocket), when there was one.
+    body: Any = None
+    #: The Lambda version that served, when known (front door header / Invoke's ExecutedVersion).
+    version: str | None = None
+
+    def describe(self) -> str:
+        got = f"HTTP {self.status}" if self.status is not None else "no answer"
+        if self.error:
+            got += f": {self.error}"
+        if self.body is not None:
+            got += f"{'; body' if self.error else ':'} {_short(self.body)}"
+        served = f", release {self.release}" if self.release else ""
+        served += f", version {self.version}" if self.version else ""
+        return redact(f"{self.target_description} -> {got} ({self.latency_ms:.1f} ms{served})")
+
+
+def _short(body: Any, limit: int = 300) -> str:
+    text = body if isinstance(body, str) else json.dumps(body, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _where(url: str) -> str:
+    return redact(url)
+
+
+# -- HTTP -------------------------------------------------------------------------------
+def probe_http(targets: ResolvedTargets, path: str = "/health", version: str | None = None,
+               timeout: float = DEFAULT_TIMEOUT, *, method: str = "GET", headers: dict[str, str] | None = None,
+               expect_status: int | tuple[int, ...] = 200, function: str = DEFAULT_API_FUNCTION,
+               lambda_client: Any = None) -> ProbeResult:
+    """One HTTP request through the alias, or to ``version`` of the API function directly."""
+    if not path.startswith("/"):
+        path = "/" + path
+    expected = (expect_status,) if isinstance(expect_status, int) else tuple(expect_status)
+    if version is not None and targets.source != "sandbox":
+        return invoke_http(lambda_client, function, str(version), path, timeout=timeout, method=method,
+                           headers=headers, expect_status=expected)
+    import httpx
+
+    url = targets.require("api_url").rstrip("/") + path
+    send_headers = dict(headers or {})
+    how = "through the alias"
+    if version is not None:
+        send_headers[VERSION_HEADER] = str(version)
+        how = f"version {version} via {VERSION_HEADER}"
+    description = f"{method} {_where(url)} ({how})"
+    started = time.perf_counter()
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            response = client.request(method, url, headers=send_headers)
+    except httpx.TimeoutException:
+        return ProbeResult(False, None, _elapsed_ms(started), None, f"no answer within {timeout:g} s", description)
+    except httpx.HTTPError as exc:
+        return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+    latency = _elapsed_ms(started)
+    body: Any
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text[:500]
+    ok = response.status_code in expected
+    return ProbeResult(
+        ok=ok, status=response.status_code, latency_ms=latency,
+        release=response.headers.get(RELEASE_HEADER),
+        error=None if ok else f"expected HTTP {'/'.join(map(str, expected))}",
+        target_description=description, body=body,
+        version=response.headers.get("x-amz-executed-version"),
+    )
+
+
+def apigw_proxy_event(path: str, method: str = "GET", headers: dict[str, str] | None = None,
+                      body: str | None = None, stage: str = "live") -> dict[str, Any]:
+    """An API Gateway REST (v1) Lambda proxy event, as CodeDeploy hooks hand-craft them."""
+    split = urlsplit(path)
+    query: dict[str, str] | None = None
+    if split.query:
+        query = dict(part.split("=", 1) if "=" in part else (part, "") for part in split.query.split("&"))
+    all_headers = {"accept": "application/json", "user-agent": "llamadeploy-probe", **(headers or {})}
+    request_id = str(uuid.uuid4())
+    return {
+        "resource": "/{proxy+}",
+        "path": split.path or "/",
+        "httpMethod": method,
+        "headers": all_headers,
+        "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
+        "pathParameters": {"proxy": (split.path or "/").lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/{proxy+}", "httpMethod": method, "path": f"/{stage}{split.path or '/'}",
+            "stage": stage, "requestId": request_id, "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "llamadeploy-probe"},
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def _payload_headers(payload: dict[str, Any]) -> dict[str, str]:
+    headers = {k.lower(): str(v) for k, v in (payload.get("headers") or {}).items()}
+    for key, values in (payload.get("multiValueHeaders") or {}).items():
+        if values and key.lower() not in headers:
+            headers[key.lower()] = str(values[0])
+    return headers
+
+
+def interpret_invoke(response: dict[str, Any], description: str, latency_ms: float,
+                     expect_status: tuple[int, ...] = (200,)) -> ProbeResult:
+    """Map a boto3 ``lambda.invoke`` answer carrying an API Gateway proxy response to a ProbeResult."""
+    executed = response.get("ExecutedVersion")
+    raw = response.get("Payload")
+    data = raw.read() if hasattr(raw, "read") else (raw or b"")
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    if response.get("FunctionError"):
+        try:
+            detail = json.loads(text)
+            message = f"{detail.get('errorType', 'Error')}: {detail.get('errorMessage', '')}"
+        except (ValueError, AttributeError):
+            message = text[:300]
+        return ProbeResult(False, None, latency_ms, None, f"function error ({response['FunctionError']}): {message}",
+                           description, version=executed)
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return ProbeResult(False, None, latency_ms, None, f"payload is not an API Gateway proxy response: "
+                           f"{text[:200]!r}", description, version=executed)
+    if not isinstance(payload, dict) or "statusCode" not in payload:
+        return ProbeResult(False, None, latency_ms, None, "payload has no statusCode (not an API Gateway proxy "
+                           f"response): {_short(payload, 200)}", description, version=executed)
+    status = int(payload["statusCode"])
+    body: Any = payload.get("body")
+    if payload.get("isBase64Encoded") and isinstance(body, str):
+        import base64
+
+        body = base64.b64decode(body).decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            pass
+    headers = _payload_headers(payload)
+    ok = status in expect_status
+    return ProbeResult(ok, status, latency_ms, headers.get(RELEASE_HEADER),
+                       None if ok else f"expected HTTP {'/'.join(map(str, expect_status))}",
+                       description, body=body, version=executed)
+
+
+def invoke_http(lambda_client: Any, function: str, version: str, path: str, timeout: float = DEFAULT_TIMEOUT, *,
+                method: str = "GET", headers: dict[str, str] | None = None,
+                expect_status: tuple[int, ...] = (200,)) -> ProbeResult:
+    """Invoke ``function:version`` with an API Gateway proxy event (AWS; the PreTraffic-hook way)."""
+    description = f"lambda:Invoke {function}:{version} {method} {path} (API Gateway proxy event)"
+    if lambda_client is None:
+        return ProbeResult(False, None, 0.0, None, "no Lambda client given: a version-targeted probe on AWS "
+                           "needs lambda_client (StageContext.client('lambda'))", description)
+    event = apigw_proxy_event(path, method, headers)
+    started = time.perf_counter()
+    try:
+        response = lambda_client.invoke(FunctionName=function, Qualifier=version, InvocationType="RequestResponse",
+                                        Payload=json.dumps(event).encode())
+    except Exception as exc:
+        return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+    result = interpret_invoke(response, description, _elapsed_ms(started), expect_status)
+    if result.latency_ms > timeout * 1000.0 and result.ok:
+        return ProbeResult(False, result.status, result.latency_ms, result.release,
+                           f"answered after {result.latency_ms:.0f} ms, over the {timeout:g} s timeout",
+                           description, result.body, result.version)
+    return result
+
+
+# -- WebSocket --------------------------------------------------------------------------
+def ws_connect_event(stage: str = "live") -> dict[str, Any]:
+    """An API Gateway WebSocket ``$connect`` event for a direct invoke of the WS function."""
+    return {
+        "headers": {"host": "llamadeploy-probe", "user-agent": "llamadeploy-probe"},
+        "requestContext": {
+            "routeKey": "$connect", "eventType": "CONNECT", "stage": stage,
+            "connectionId": "probe-" + uuid.uuid4().hex[:12], "requestId": str(uuid.uuid4()),
+            "connectedAt": int(time.time() * 1000), "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "isBase64Encoded": False,
+    }
+
+
+def probe_ws(targets: ResolvedTargets, version: str | None = None, timeout: float = DEFAULT_TIMEOUT, *,
+             function: str = DEFAULT_WS_FUNCTION, lambda_client: Any = None) -> ProbeResult:
+    """Open a WebSocket and read its first message (through the alias, or to ``version`` directly).
+
+    On AWS a version is probed by invoking its ``$connect`` handler: the first
+    message of a real connection cannot be had without API Gateway, so that
+    probe checks the connect handler's answer only.
+    """
+    if version is not None and targets.source != "sandbox":
+        description = f"lambda:Invoke {function}:{version} $connect (API Gateway WebSocket event)"
+        if lambda_client is None:
+            return ProbeResult(False, None, 0.0, None, "no Lambda client given for a version-targeted probe on AWS",
+                               description)
+        started = time.perf_counter()
+        try:
+            response = lambda_client.invoke(FunctionName=function, Qualifier=str(version),
+                                            Payload=json.dumps(ws_connect_event()).encode())
+        except Exception as exc:
+            return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+        return interpret_invoke(response, description, _elapsed_ms(started))
+
+    from websockets.exceptions import InvalidStatus, WebSocketException
+    from websockets.sync.client import connect
+
+    url = targets.require("ws_url")
+    headers = {VERSION_HEADER: str(version)} if version is not None else {}
+    how = f"version {version} via {VERSION_HEADER}" if version is not None else "through the alias"
+    description = f"WebSocket {_where(url)} ({how}), first message"
+    started = time.perf_counter()
+    try:
+        with connect(url, additional_headers=headers, open_timeout=timeout, close_timeout=1) as ws:
+            status = ws.response.status_code if ws.response is not None else 101
+            served_version = ws.response.headers.get("x-amz-executed-version") if ws.response is not None else None
+            remaining = max(0.05, timeout - (time.perf_counter() - started))
+            try:
+                raw = ws.recv(timeout=remaining)
+            except TimeoutError:
+                return ProbeResult(False, status, _elapsed_ms(started), None,
+                                   f"connected, but no first message within {timeout:g} s", description,
+                                   version=served_version)
+    except InvalidStatus as exc:
+        body: Any = exc.response.body.decode("utf-8", "replace") if exc.response.body else None
+        try:
+            body = json.loads(body) if body else None
+        except ValueError:
+            pass
+        return ProbeResult(False, exc.response.status_code, _elapsed_ms(started),
+                           exc.response.headers.get(RELEASE_HEADER), "handshake refused", description, body=body)
+    except TimeoutError:
+        return ProbeResult(False, None, _elapsed_ms(started), None, f"no handshake within {timeout:g} s", description)
+    except (OSError, WebSocketException) as exc:
+        return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+    latency = _elapsed_ms(started)
+    try:
+        message: Any = json.loads(raw)
+    except (ValueError, TypeError):
+        message = raw if isinstance(raw, str) else repr(raw[:200])
+    release = message.get("release") if isinstance(message, dict) else None
+    return ProbeResult(True, status, latency, release, None, description, body=message, version=served_version)
+
+
+# -- data stores ------------------------------------------------------------------------
+def probe_postgres(dsn: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
+    """``SELECT 1`` on a fresh connection."""
+    import psycopg
+
+    description = f"PostgreSQL SELECT 1 at {_pg_where(dsn)}"
+    started = time.perf_counter()
+    try:
+        # connect_timeout is whole seconds with a floor of 2 in libpq.
+        with psycopg.connect(dsn, connect_timeout=max(2, int(round(timeout))), autocommit=True) as conn:
+            conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            row = conn.execute("SELECT 1").fetchone()
+    except Exception as exc:
+        return ProbeResult(False, None, _elapsed_ms(started), None, redact(f"{type(exc).__name__}: {exc}", [dsn]),
+                           description)
+    latency = _elapsed_ms(started)
+    ok = row is not None and row[0] == 1
+    return ProbeResult(ok, None, latency, None, None if ok else f"SELECT 1 returned {row!r}", description, body=row)
+
+
+def _pg_where(dsn: str) -> str:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(dsn)
+        host = info.get("host", "localhost")
+        if str(host).startswith("/"):
+            host = f"socket {host}"
+        return f"{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    except Exception:
+        return redact(dsn)
+
+
+def probe_redis(url: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
+    """``PING`` on a fresh connection."""
+    import redis
+
+    split = urlsplit(url)
+    description = f"Redis PING at {split.hostname}:{split.port or 6379}"
+    started = time.perf_counter()
+    client = None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        answer = client.ping()
+    except Exception as exc:
+        return ProbeResult(False, None, _elapsed_ms(started), None, redact(f"{type(exc).__name__}: {exc}", [url]),
+                           description)
+    finally:
+        if client is not None:
+            client.close()
+    latency = _elapsed_ms(started)
+    return ProbeResult(answer is True, None, latency, None, None if answer is True else f"PING answered {answer!r}",
+                       description, body="PONG" if answer is True else answer)

@@ -1,0 +1,3 @@
+-- Statements run in this order on rollback.
+DROP TABLE tvl;
+DROP TABLE protocols;

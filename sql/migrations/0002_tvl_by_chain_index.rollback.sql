@@ -1,0 +1,1 @@
+DROP INDEX tvl_chain_ts_idx;

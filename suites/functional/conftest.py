@@ -1,0 +1,151 @@
+"""Fixtures of the functional gate: clients aimed where the stage says.
+
+At a deploy stage (``llama.probe_new_directly``) the new version serves 0 % of
+traffic, so every request and WebSocket handshake names it with the
+``x-llama-version`` header (the sandbox's front door routes by it); at later
+stages they go through the alias, with no header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pytest_llamadeploy.sandbox.state import VERSION_HEADER
+
+HTTP_TIMEOUT = 10.0
+WS_OPEN_TIMEOUT = 10.0
+FUNCTIONAL_USER = "llamadeploy-functional"
+
+
+def _version_header(llama: Any, function: str) -> dict[str, str]:
+    if not llama.probe_new_directly:
+        return {}
+    version = llama.new_versions.get(function)
+    if not version:
+        pytest.fail(f"stage {llama.stage} must test the new version of {function} directly (0 % traffic), "
+                    f"but the stage context names no new version for it (new_versions={llama.new_versions})",
+                    pytrace=False)
+    return {VERSION_HEADER: str(version)}
+
+
+@pytest.fixture(scope="session")
+def api_url(llama: Any) -> str:
+    return llama.resolved_targets.require("api_url").rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def ws_url(llama: Any) -> str:
+    return llama.resolved_targets.require("ws_url")
+
+
+@pytest.fixture(scope="session")
+def where(llama: Any) -> str:
+    """How failure messages name the target: the route and, when direct, the version."""
+    if llama.probe_new_directly:
+        return (f"new version {llama.new_versions.get(llama.api_function)} of {llama.api_function} "
+                f"(release {llama.release}, named directly)")
+    return f"the alias (release {llama.release}, stage {llama.stage})"
+
+
+@pytest.fixture(scope="session")
+def api(llama: Any, api_url: str) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=api_url, headers=_version_header(llama, llama.api_function),
+                      timeout=HTTP_TIMEOUT) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def token(api: Any, api_url: str, where: str) -> str:
+    response = api.post("/auth/token", json={"user": FUNCTIONAL_USER})
+    assert response.status_code == 200, (
+        f"POST {api_url}/auth/token via {where}: expected 200 with a token, got {response.status_code} "
+        f"{response.text[:300]}")
+    return str(response.json()["token"])
+
+
+@pytest.fixture(scope="session")
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class WsSession:
+    """A WebSocket connection that keeps what it read, so waiting for one message loses no other."""
+
+    def __init__(self, connection: Any, url: str):
+        self.connection = connection
+        self.url = url
+        self.received: list[tuple[float, dict[str, Any]]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.connection.send(json.dumps(message))
+
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> tuple[float, dict[str, Any]] | None:
+        """The first (arrival time, message) matching, already read or arriving within ``timeout``; None if none."""
+        for item in self.received:
+            if match(item[1]):
+                return item
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                raw = self.connection.recv(timeout=left)
+            except TimeoutError:
+                return None
+            item = (time.monotonic(), json.loads(raw))
+            self.received.append(item)
+            if match(item[1]):
+                return item
+        return None
+
+    def all(self, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [m for _, m in self.received if match(m)]
+
+
+@pytest.fixture
+def ws_connect(llama: Any, ws_url: str) -> Iterator[Callable[[], WsSession]]:
+    """Opens WebSocket sessions to the stage's target; all closed at teardown."""
+    from websockets.sync.client import connect
+
+    opened: list[Any] = []
+
+    def open_session() -> WsSession:
+        connection = connect(ws_url, additional_headers=_version_header(llama, llama.ws_function),
+                             open_timeout=WS_OPEN_TIMEOUT, close_timeout=2)
+        opened.append(connection)
+        return WsSession(connection, ws_url)
+
+    yield open_session
+    for connection in opened:
+        connection.close()
+
+
+@pytest.fixture
+def subscribed(ws_connect: Callable[[], WsSession], where: str) -> Callable[..., WsSession]:
+    """A session past its hello, subscribed to ``channels``."""
+
+    def make(*channels: str) -> WsSession:
+        session = ws_connect()
+        hello = session.wait_for(lambda m: m.get("type") == "hello", 5.0)
+        assert hello is not None, f"WebSocket {session.url} via {where}: no hello message within 5s of connecting"
+        for channel in channels:
+            session.send({"action": "subscribe", "channel": channel})
+            ack = session.wait_for(lambda m, c=channel: m.get("type") == "subscribed" and m.get("channel") == c, 5.0)
+            assert ack is not None, (f"WebSocket {session.url} via {where}: subscribe to {channel!r} not acknowledged "
+                                     f"within 5s; got {[m for _, m in session.received]}")
+        return session
+
+    return make
+
+
+@pytest.fixture
+def fresh_chain() -> str:
+    """A chain name no one else uses: events and alerts of this test cannot mix with other traffic."""
+    return f"functional-{uuid.uuid4().hex[:12]}"
+

@@ -1,0 +1,48 @@
+"""Functional gate: WebSocket connections open, stay open, and deliver events in time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+#: How long a connection must stay usable, and how often it is pinged meanwhile.
+HOLD_SECONDS = 3.0
+PING_EVERY = 0.5
+
+
+def test_connection_opens_and_stays_open(llama: Any, ws_connect: Any, where: str) -> None:
+    session = ws_connect()
+    hello = session.wait_for(lambda m: m.get("type") == "hello", 5.0)
+    assert hello is not None, f"WebSocket {session.url} via {where}: no hello within 5s of connecting"
+    assert hello[1].get("release"), f"WebSocket {session.url} via {where}: hello names no release: {hello[1]}"
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < HOLD_SECONDS:
+        sent += 1
+        session.send({"action": "ping", "id": sent})
+        pong = session.wait_for(lambda m, n=sent: m.get("type") == "pong" and m.get("id") == n, 2.0)
+        assert pong is not None, (
+            f"WebSocket {session.url} via {where}: ping {sent} after {time.monotonic() - start:.1f}s of "
+            f"{HOLD_SECONDS:g}s got no pong within 2s (connection dropped or stalled)")
+        time.sleep(max(0.0, PING_EVERY - (time.monotonic() - pong[0])))
+
+
+def test_event_arrives_within_deadline(llama: Any, api: Any, api_url: str, auth: dict[str, str],
+                                       subscribed: Any, fresh_chain: str, where: str) -> None:
+    deadline = float(llama.policy.functional.event_deadline)
+    session = subscribed("tvl")
+    sent_at = time.monotonic()
+    response = api.post("/events/tvl", json={"chain": fresh_chain, "tvl": 42.0}, headers=auth)
+    assert response.status_code == 200, (
+        f"POST {api_url}/events/tvl via {where}: expected 200, got {response.status_code} {response.text[:300]}")
+    event_id = response.json()["id"]
+    got = session.wait_for(lambda m: m.get("type") == "event" and m.get("id") == event_id, deadline)
+    assert got is not None, (
+        f"event {event_id} ({fresh_chain}) published via POST {api_url}/events/tvl did not arrive on "
+        f"{session.url} via {where} within functional.event_deadline={deadline:g}s; "
+        f"received instead: {[m for _, m in session.received][-5:]}")
+    arrived, event = got
+    assert event.get("chain") == fresh_chain and event.get("tvl") == 42.0, (
+        f"event {event_id} on {session.url}: expected chain {fresh_chain} tvl 42.0, got {event}")
+    assert event.get("ts"), f"event {event_id} on {session.url} carries no timestamp: {event}"
+    print(f"event {event_id} delivered {1000 * (arrived - sent_at):.1f} ms after the POST started")

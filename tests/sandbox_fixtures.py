@@ -1,0 +1,109 @@
+"""One real sandbox shared by every test (and every pytest-xdist worker) of a run.
+
+Loaded from ``tests/conftest.py`` with ``pytest_plugins = ["sandbox_fixtures"]``.
+
+Lifecycle (the choice, and why): the sandbox lives in the run's shared temp
+root (``getbasetemp().parent`` under xdist, ``getbasetemp()`` without), so it
+never collides with another engineer's run. Under ``FileLock(root /
+"sandbox.lock")`` each worker increments a user counter; the first one brings
+the sandbox up (``up`` is idempotent, so whoever comes first does), and the
+worker that brings the counter back to 0 brings it down. No worker waits for
+the others at the end; the price is that a worker arriving after everyone else
+has left starts a second sandbox, which is correct, only slower.
+
+Tests that change shared routing or faults (alias weights, ``fault``) take the
+function fixture ``sandbox_exclusive``: it holds a second cross-worker lock for
+the test and resets the sandbox before and after (alias ``live`` back on the
+baseline version, no faults on any release). Tests that only read, or deploy a
+release under a name of their own, use ``sandbox`` directly and run in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_llamadeploy.sandbox.state import ENV_DIR, SandboxState
+
+#: Background traffic of the shared sandbox (requests/s); bake windows need data, tests need CPU.
+TRAFFIC_RATE_ENV = "LLAMADEPLOY_TEST_TRAFFIC_RATE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sandbox: starts real sandbox processes (slow; safe under xdist -n 2)")
+
+
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder every xdist worker of this run shares (and no other run does)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _adjust_users(counter: Path, delta: int) -> int:
+    users = int(counter.read_text() or 0) if counter.exists() else 0
+    users = max(users + delta, 0)
+    counter.write_text(str(users))
+    return users
+
+
+def reset_sandbox(state: SandboxState) -> SandboxState:
+    """Alias ``live`` back on the baseline version of each function (no weights) and no faults anywhere."""
+    from pytest_llamadeploy.sandbox.deploy import clear_faults, release_running, state_lock
+    from pytest_llamadeploy.sandbox.provision import ALIAS, sandbox_aws
+
+    with state_lock(state.directory):
+        fresh = SandboxState.load(state.directory)
+        baseline = fresh.extra["baseline"]["lambda_versions"]
+        lam = sandbox_aws(fresh).client("lambda")
+        for function, version in baseline.items():
+            lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=str(version),
+                             RoutingConfig={"AdditionalVersionWeights": {}})
+        for release in fresh.versions:
+            if release_running(fresh, release):
+                clear_faults(fresh, release)
+        fresh.save()
+        return fresh
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
+    """The running shared sandbox; ``LLAMADEPLOY_SANDBOX_DIR`` points at it for the whole session."""
+    from filelock import FileLock
+
+    from pytest_llamadeploy.sandbox import cli
+
+    root = shared_root(tmp_path_factory)
+    directory = root / "sandbox"
+    counter = root / "sandbox.users"
+    rate = float(os.environ.get(TRAFFIC_RATE_ENV, cli.DEFAULT_TRAFFIC_RATE))
+    with FileLock(str(root / "sandbox.lock")):
+        started = time.monotonic()
+        state, fresh = cli.up(directory, traffic_rate=rate)
+        if fresh:
+            (root / "sandbox.up-seconds").write_text(f"{time.monotonic() - started:.1f}")
+        _adjust_users(counter, +1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(ENV_DIR, str(directory))
+            yield state
+    finally:
+        with FileLock(str(root / "sandbox.lock")):
+            if _adjust_users(counter, -1) == 0 and not cli.down(directory):
+                raise RuntimeError(f"sandbox in {directory} did not stop cleanly (see the messages above)")
+
+
+@pytest.fixture
+def sandbox_exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
+    """The shared sandbox, reset and held for this test alone (across xdist workers)."""
+    from filelock import FileLock
+
+    with FileLock(str(shared_root(tmp_path_factory) / "sandbox-exclusive.lock")):
+        state = reset_sandbox(sandbox)
+        try:
+            yield state
+        finally:
+            reset_sandbox(sandbox)

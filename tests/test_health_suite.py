@@ -1,0 +1,188 @@
+"""The health gate suite (suites/health) run as pytest runs it, against live parts:
+moto, the front door, real PostgreSQL and Redis, and stand-in releases whose health we control.
+
+The stage context is built by hand (as the controller would write it) and
+handed to the suite through a tiny plugin that provides the ``llama`` fixture;
+the project's plugin is disabled so it does not need --env.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_frontdoor import API, ROOT, WS, Rig, free_port, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is not installed")
+
+CONTEXT_PLUGIN = '''
+import os
+import pytest
+from pytest_llamadeploy.context import StageContext
+
+@pytest.fixture(scope="session")
+def llama():
+    from pathlib import Path
+    return StageContext.load(Path(os.environ["LLAMA_TEST_CONTEXT"]))
+'''
+
+
+class Redis:
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.proc = subprocess.Popen(["/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        wait_for(lambda: self._ping(client), 10, "redis-server")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    @staticmethod
+    def _ping(client) -> bool:
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, dict[str, str]]]:
+    from pytest_llamadeploy.sandbox import postgres
+
+    base = tmp_path_factory.mktemp("health")
+    redis = Redis(base)
+    (base / "pg").mkdir()
+    pg = postgres.start(base / "pg", timeout=60)
+    rig = None
+    try:
+        rig = Rig(base / "sandbox", redis_url=redis.url, postgres_dsn=pg.dsn)
+        targets = {"api_url": rig.state.api_url, "ws_url": rig.state.ws_url, "postgres_dsn": pg.dsn,
+                   "redis_url": redis.url, "sqs_queue_url": "", "source": "sandbox"}
+        yield rig, targets
+    finally:
+        if rig is not None:
+            rig.stop()
+        postgres.stop(pg.component())
+        redis.stop()
+
+
+def run_suite(tmp_path: Path, rig: Rig, targets: dict[str, str], release: str = "r2") -> tuple[dict[str, str], str]:
+    """Run suites/health on a deploy-stage context; outcome per test id and the whole output."""
+    from pytest_llamadeploy.context import StageContext
+
+    context = StageContext(env="sandbox", stage="deploy", release=release, policy_dir=str(ROOT / "policies"),
+                           old_versions={API: rig.versions["r1"][API], WS: rig.versions["r1"][WS]},
+                           new_versions={API: rig.versions["r2"][API], WS: rig.versions["r2"][WS]},
+                           probe_new_directly=True, targets=targets)
+    context.save(tmp_path / "context.json")
+    (tmp_path / "llama_context_plugin.py").write_text(CONTEXT_PLUGIN)
+    junit = tmp_path / "junit.xml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "suites" / "health"), "-p", "no:llamadeploy",
+         "-p", "llama_context_plugin", "-p", "no:cacheprovider", "-q", "-rA", f"--junitxml={junit}",
+         "-o", "junit_family=legacy"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+             "LLAMA_TEST_CONTEXT": str(tmp_path / "context.json")},
+    )
+    outcomes = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        failed = case.find("failure")
+        skipped = case.find("skipped")
+        outcomes[case.get("name")] = ("failed: " + (failed.get("message") or "")) if failed is not None else (
+            "skipped" if skipped is not None else "passed")
+    return outcomes, result.stdout + result.stderr
+
+
+def test_health_suite_passes_on_healthy_parts(live, tmp_path: Path) -> None:
+    rig, targets = live
+    outcomes, output = run_suite(tmp_path, rig, targets)
+    assert outcomes == {
+        "test_api_health[alias]": "passed", "test_api_health[new-version]": "passed",
+        "test_websocket_first_message[alias]": "passed", "test_websocket_first_message[new-version]": "passed",
+        "test_postgres_select_1": "passed", "test_redis_ping": "passed",
+    }, output
+    assert "latency" in output or "ms" in output
+
+
+def test_failing_new_version_health_is_named_precisely(live, tmp_path: Path) -> None:
+    rig, targets = live
+    rig.backends["r2"].healthy = False
+    try:
+        outcomes, output = run_suite(tmp_path, rig, targets)
+    finally:
+        rig.backends["r2"].healthy = True
+    assert outcomes["test_api_health[alias]"] == "passed", output  # r1 serves the alias and is healthy
+    message = outcomes["test_api_health[new-version]"]
+    version = rig.versions["r2"][API]
+    for part in ("API health check failed", f"{rig.state.api_url}/health", f"version {version} via x-llama-version",
+                 "HTTP 503", '"status": "fail"', "release r2"):
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_wrong_release_behind_the_new_version_fails(live, tmp_path: Path) -> None:
+    rig, targets = live
+    outcomes, _ = run_suite(tmp_path, rig, targets, release="r9")
+    assert "served by release r2, not by the release under deployment r9" in outcomes["test_api_health[new-version]"]
+
+
+def test_unreachable_redis_and_postgres_fail_without_leaking_secrets(live, tmp_path: Path) -> None:
+    rig, _ = live
+    port = free_port()
+    targets = {"api_url": rig.state.api_url, "ws_url": rig.state.ws_url,
+               "postgres_dsn": f"postgresql://llama:pgS3cretXYZ@127.0.0.1:{port}/defillama",
+               "redis_url": f"redis://:rdS3cretXYZ@127.0.0.1:{port}/0", "sqs_queue_url": "", "source": "sandbox"}
+    outcomes, output = run_suite(tmp_path, rig, targets)
+    assert f"Redis check failed: Redis PING at 127.0.0.1:{port} -> no answer: ConnectionError" in \
+        outcomes["test_redis_ping"], output
+    assert f"PostgreSQL check failed: PostgreSQL SELECT 1 at 127.0.0.1:{port}/defillama -> no answer" in \
+        outcomes["test_postgres_select_1"], output
+    assert "S3cretXYZ" not in output and "S3cretXYZ" not in str(outcomes)
+    assert "warning" not in output.lower(), output
+
+
+def test_probe_result_of_a_lambda_invoke_is_mapped() -> None:
+    """The AWS path (Lambda invoke with an API Gateway proxy event): pure mapping, fake responses."""
+    import io
+    import json
+
+    from pytest_llamadeploy.probe import apigw_proxy_event, interpret_invoke, invoke_http
+
+    event = apigw_proxy_event("/protocols?chain=Ethereum")
+    assert event["path"] == "/protocols" and event["queryStringParameters"] == {"chain": "Ethereum"}
+    assert event["httpMethod"] == "GET" and event["requestContext"]["stage"] == "live"
+
+    class FakeLambda:
+        def __init__(self, response):
+            self.response, self.calls = response, []
+
+        def invoke(self, **kwargs):
+            self.calls.append(kwargs)
+            return {**self.response, "Payload": io.BytesIO(self.response["Payload"])}
+
+    ok = FakeLambda({"StatusCode": 200, "ExecutedVersion": "7", "Payload": json.dumps(
+        {"statusCode": 200, "headers": {"X-Llama-Release": "v1.2"}, "body": json.dumps({"status": "ok"})}).encode()})
+    result = invoke_http(ok, "onchain-api", "7", "/health")
+    assert (result.ok, result.status, result.release, result.version, result.body) == (True, 200, "v1.2", "7",
+                                                                                         {"status": "ok"})
+    assert ok.calls[0]["Qualifier"] == "7" and json.loads(ok.calls[0]["Payload"])["path"] == "/health"
+    crashed = interpret_invoke({"FunctionError": "Unhandled", "Payload": io.BytesIO(
+        b'{"errorType": "KeyError", "errorMessage": "DB_URL"}')}, "lambda:Invoke onchain-api:7", 3.0)
+    assert not crashed.ok and "KeyError: DB_URL" in crashed.describe()
+    unhealthy = interpret_invoke({"Payload": io.BytesIO(b'{"statusCode": 503, "body": "{\\"status\\": \\"fail\\"}"}')},
+                                 "x", 1.0)
+    assert not unhealthy.ok and unhealthy.status == 503 and unhealthy.body == {"status": "fail"}

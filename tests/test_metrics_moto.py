@@ -1,0 +1,355 @@
+"""Integration: the metrics watch against the sandbox's real moto server process (moto_ext installed).
+
+Each test gets its own moto process on a free 127.0.0.1 port and its own state
+folder, so the tests run in parallel under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llamadeploy import metricnames as mn
+from pytest_llamadeploy.metrics.compare import compare_versions
+from pytest_llamadeploy.metrics.evaluate import evaluate_rules
+from pytest_llamadeploy.metrics.watch import BakeWatch, Breach
+from pytest_llamadeploy.policy import load_policy
+from pytest_llamadeploy.sandbox.observability import ALARM_NAMES, DASHBOARD_NAMES, provision
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD, NEW = "3", "4"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Moto:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        for _ in range(3):
+            port = _free_port()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_llamadeploy.sandbox.moto_server", "--port", str(port),
+                 "--state-dir", str(self.tmp)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if "listening" in line:
+                self.url = f"http://127.0.0.1:{port}"
+                return
+            self.stop()
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def client(self, service: str = "cloudwatch") -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"},
+                                          connect_timeout=1, read_timeout=5))
+
+
+@pytest.fixture
+def moto(tmp_path: Path):
+    server = Moto(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    base = load_policy(ROOT / "policies", "sandbox").policy
+    watch = base.watch.model_copy(update={"interval": 0.3, "no_data_grace": 2.0, "provider_error_limit": 3,
+                                          "probe_rate": 5.0})
+    return base.model_copy(update={"watch": watch})
+
+
+def put_lambda(cw: Any, fn: str, version: str, invocations: int, errors: int = 0, durations: list[float] | None = None,
+               throttles: int = 0, at: datetime | None = None) -> None:
+    dims = mn.lambda_version_dims(fn, "live", version)
+    stamp = at or datetime.now(timezone.utc)
+    data: list[dict[str, Any]] = [
+        {"MetricName": mn.LAMBDA_INVOCATIONS, "Dimensions": dims, "Values": [1.0], "Counts": [float(invocations)],
+         "Timestamp": stamp},
+        {"MetricName": mn.LAMBDA_ERRORS, "Dimensions": dims, "Value": float(errors), "Timestamp": stamp},
+        {"MetricName": mn.LAMBDA_THROTTLES, "Dimensions": dims, "Value": float(throttles), "Timestamp": stamp},
+    ]
+    if durations:
+        data.append({"MetricName": mn.LAMBDA_DURATION, "Dimensions": dims, "Values": durations, "Timestamp": stamp,
+                     "Unit": "Milliseconds"})
+    cw.put_metric_data(Namespace=mn.LAMBDA, MetricData=data)
+
+
+def count_calls(cw: Any) -> list[int]:
+    calls = [0]
+
+    def hook(**_: Any) -> None:
+        calls[0] += 1
+
+    cw.meta.events.register("before-call.cloudwatch.GetMetricData", hook)
+    return calls
+
+
+def test_key_metrics_per_version_with_percentiles_in_one_call(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    start = time.time() - 1
+    put_lambda(cw, "onchain-api", OLD, 200, errors=1, durations=[float(v) for v in range(1, 201)])
+    put_lambda(cw, "onchain-api", NEW, 200, errors=8, durations=[float(v) for v in range(1, 101)])
+    put_lambda(cw, "onchain-ws", OLD, 50)
+    put_lambda(cw, "onchain-ws", NEW, 50, errors=1)
+    calls = count_calls(cw)
+    results = evaluate_rules(cw, policy, policy.key_metrics, policy.service.functions, "live",
+                             {"old": {"onchain-api": OLD, "onchain-ws": OLD}, "new": {"onchain-api": NEW, "onchain-ws": NEW}},
+                             start, time.time() + 1)
+    assert calls[0] == 1
+    by = {(r.rule, r.version, r.function): r for r in results}
+    assert by[("lambda_duration_p95", "old", "onchain-api")].value == 190.0
+    assert by[("lambda_duration_p95", "new", "onchain-api")].value == 95.0
+    err_new = by[("lambda_error_rate", "new", "onchain-api")]
+    assert err_new.value == pytest.approx(8 / 200) and err_new.verdict == "fail"
+    assert "4.0%" in err_new.message and "onchain-api version 4 (new)" in err_new.message
+    assert by[("lambda_error_rate", "old", "onchain-api")].verdict == "pass"
+    # 50 connects < min_samples 20? no: 50 >= 20, and 1/50 = 2% breaks < 0.1%
+    assert by[("ws_connect_error_rate", "new", "onchain-ws")].verdict == "fail"
+    # Nothing published for ElastiCache: min_samples 100 with no_data wait is inconclusive at the end, never a pass.
+    cache = by[("cache_hit_rate", "all", "")]
+    assert cache.verdict == "inconclusive" and "not a pass" in cache.message
+    # DynamoDB throttles publish only when throttled: no data passes by policy.
+    assert by[("dynamodb_throttles", "all", "")].verdict == "pass"
+
+
+@pytest.mark.parametrize("functions", [2, 50])
+def test_one_get_metric_data_call_per_poll(moto: Moto, policy: Any, functions: int) -> None:
+    cw = moto.client()
+    names = [f"fn{i}" for i in range(functions)]
+    pol = policy.model_copy(update={"service": policy.service.model_copy(
+        update={"functions": names, "api_function": names[0], "ws_function": names[1]})})
+    for fn in names[:3]:
+        put_lambda(cw, fn, NEW, 30)
+    watch = BakeWatch(cw, pol, names, "live", {fn: OLD for fn in names}, {fn: NEW for fn in names},
+                      time.time() - 1, None, lambda b: None)
+    calls = count_calls(cw)
+    assert watch.poll() is True
+    assert watch.poll() is True
+    assert calls[0] == 2
+    series = {q for q in watch.evidence()["polls"][0]["values"]}
+    # 3 per-version triggers x 2 versions x functions (ws trigger: one function) + apigw 5xx
+    assert len(series) == 2 * 2 * functions + 2 + 1
+
+
+def _watch(cw: Any, policy: Any, started: float, probe: Any = None) -> tuple[BakeWatch, list[Breach], list[str]]:
+    breaches: list[Breach] = []
+    lines: list[str] = []
+    watch = BakeWatch(cw, policy, policy.service.functions, "live",
+                      {"onchain-api": OLD, "onchain-ws": OLD}, {"onchain-api": NEW, "onchain-ws": NEW},
+                      started, probe, breaches.append, lambda line, same: lines.append(line))
+    return watch, breaches, lines
+
+
+def _feed(cw: Any, stop: threading.Event, errors_new: int = 0) -> None:
+    while not stop.is_set():
+        put_lambda(cw, "onchain-api", NEW, 10, errors=errors_new, durations=[20.0] * 10)
+        put_lambda(cw, "onchain-api", OLD, 10, durations=[20.0] * 10)
+        put_lambda(cw, "onchain-ws", NEW, 10)
+        put_lambda(cw, "onchain-ws", OLD, 10)
+        stop.wait(0.2)
+
+
+def test_breach_calls_on_breach_within_two_polls(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    feeder_cw = moto.client()
+    stop = threading.Event()
+    started = time.time()
+    watch, breaches, _ = _watch(cw, policy, started)
+    feeder = threading.Thread(target=_feed, args=(feeder_cw, stop), kwargs={"errors_new": 3}, daemon=True)
+    feeder.start()
+    try:
+        # Wait until enough samples exist, then the next two polls must fire.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            res = evaluate_rules(cw, policy, {"e": policy.rollback_triggers["lambda_error_rate"]},
+                                 ["onchain-api"], "live", {"new": {"onchain-api": NEW}}, started, time.time() + 1)
+            if res[0].samples >= 20:
+                break
+            time.sleep(0.1)
+        t0 = time.time()
+        watch.start()
+        outcome = watch.wait(30)
+        elapsed = time.time() - t0
+    finally:
+        stop.set()
+        watch.stop()
+        feeder.join(5)
+    assert outcome is not None and outcome.kind == "threshold", outcome
+    assert len(breaches) == 1 and breaches[0] is outcome
+    assert outcome.rule == "lambda_error_rate" and outcome.version == NEW and outcome.source == "cloudwatch"
+    assert "must be <= 5%" in outcome.message and "onchain-api version 4 (new)" in outcome.message
+    # Counted in polls, not seconds: this machine's load decides how long a poll takes.
+    assert watch.evidence()["poll_count"] <= 2, elapsed
+    assert watch.evidence()["breach"]["rule"] == "lambda_error_rate"
+
+
+def test_healthy_bake_passes_and_records_evidence(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    stop = threading.Event()
+    started = time.time()
+    for fn in policy.service.functions:
+        for version in (OLD, NEW):
+            put_lambda(cw, fn, version, 30, durations=[20.0] * 30)
+    policy = policy.model_copy(update={"watch": policy.watch.model_copy(update={"no_data_grace": 60.0})})
+    feeder = threading.Thread(target=_feed, args=(moto.client(), stop), daemon=True)
+    feeder.start()
+    watch, breaches, lines = _watch(cw, policy, started, probe=lambda: (True, "200"))
+    try:
+        watch.start()
+        outcome = watch.wait(3.0)
+    finally:
+        stop.set()
+        watch.stop()
+        feeder.join(5)
+    assert outcome is None, outcome
+    assert breaches == []
+    ev = watch.evidence()
+    assert ev["poll_count"] >= 3 and ev["get_metric_data_calls"] == ev["poll_count"]
+    assert ev["probes"]["count"] >= 5 and ev["probes"]["failed"] == 0
+    assert ev["series"]["new"]["onchain-api"]["invocations"]
+    assert any("new v4" in line and "left" in line for line in lines)
+    json.dumps(ev)
+
+
+def test_no_data_is_inconclusive_not_a_pass(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    watch, breaches, _ = _watch(cw, policy, time.time())
+    watch.start()
+    try:
+        outcome = watch.wait(10)
+    finally:
+        watch.stop()
+    assert outcome is not None and outcome.kind == "inconclusive"
+    assert "not a pass" in outcome.message and outcome.label == "new"
+    assert breaches == [outcome]
+
+
+def test_probe_failures_trigger_with_source_probe(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(moto.client(), stop), daemon=True)
+    feeder.start()
+    outcomes = iter([True] * 4 + [False] * 100)
+    watch, breaches, _ = _watch(cw, policy, time.time(), probe=lambda: (next(outcomes), "HTTP 502 from v4"))
+    try:
+        watch.start()
+        outcome = watch.wait(10)
+    finally:
+        stop.set()
+        watch.stop()
+        feeder.join(5)
+    assert outcome is not None and outcome.kind == "probe" and outcome.source == "probe"
+    assert "2 of the last 6 probes" in outcome.message and "HTTP 502" in outcome.message
+
+
+def test_moto_stopped_mid_watch_is_metrics_unavailable(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(moto.client(), stop), daemon=True)
+    feeder.start()
+    # A long grace: the only thing that may end this bake is the provider going away.
+    patient = policy.model_copy(update={"watch": policy.watch.model_copy(update={"no_data_grace": 120.0})})
+    watch, breaches, _ = _watch(cw, patient, time.time())
+    try:
+        watch.start()
+        deadline = time.time() + 5
+        while watch.evidence()["poll_count"] < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        feeder.join(5)
+        moto.stop()
+        outcome = watch.wait(60)
+    finally:
+        watch.stop()
+    assert outcome is not None and outcome.kind == "provider", outcome
+    assert "metrics unavailable" in outcome.message and "not passed" in outcome.message
+    assert watch.evidence()["provider_errors"] >= policy.watch.provider_error_limit
+
+
+def test_compare_catches_p95_doubled_under_the_absolute_threshold(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    start = float(int(time.time()) - 25)
+    data = []
+    for i in range(25):
+        at = datetime.fromtimestamp(start + i + 0.5, tz=timezone.utc)
+        for version, base, step in ((OLD, 100.0, 1), (NEW, 200.0, 2)):
+            dims = mn.lambda_version_dims("onchain-api", "live", version)
+            data += [
+                {"MetricName": mn.LAMBDA_INVOCATIONS, "Dimensions": dims, "Value": 10.0, "Timestamp": at},
+                {"MetricName": mn.LAMBDA_ERRORS, "Dimensions": dims, "Value": 0.0, "Timestamp": at},
+                {"MetricName": mn.LAMBDA_DURATION, "Dimensions": dims, "Timestamp": at,
+                 "Values": [base + step * j for j in range(10)]},
+            ]
+    cw.put_metric_data(Namespace=mn.LAMBDA, MetricData=data)
+    calls = count_calls(cw)
+    [cmp] = compare_versions(cw, policy, ["onchain-api"], "live", {"onchain-api": OLD}, {"onchain-api": NEW},
+                             start, start + 25)
+    assert calls[0] == 1
+    assert cmp.old_p95 == 109.0 and cmp.new_p95 == 218.0 and cmp.new_p95 < 500  # both under the 500 ms bound
+    assert cmp.p95_verdict == "fail" and cmp.rank_verdict == "fail" and cmp.error_verdict == "pass"
+    assert "old v3" in cmp.p95_message() and "new v4" in cmp.p95_message() and "2.00x" in cmp.p95_message()
+
+
+def test_alarms_and_dashboards_are_provisioned_and_evaluated(moto: Moto) -> None:
+    cw = moto.client()
+
+    class Cfg:
+        def client(self, service: str) -> Any:
+            return moto.client(service)
+
+    made = provision(Cfg())
+    assert made["alarms"] == list(ALARM_NAMES) and made["dashboards"] == list(DASHBOARD_NAMES)
+    alarms = {a["AlarmName"]: a for a in cw.describe_alarms()["MetricAlarms"]}
+    assert set(alarms) == set(ALARM_NAMES)
+    assert all(a["ActionsEnabled"] and a["AlarmActions"] for a in alarms.values())
+    assert {d["DashboardName"] for d in cw.list_dashboards()["DashboardEntries"]} == set(DASHBOARD_NAMES)
+    # 30% errors on the function-wide series: the error-rate alarm goes to ALARM, the others to OK.
+    dims = mn.lambda_function_dims("onchain-api")
+    cw.put_metric_data(Namespace=mn.LAMBDA, MetricData=[
+        {"MetricName": mn.LAMBDA_INVOCATIONS, "Dimensions": dims, "Value": 100.0},
+        {"MetricName": mn.LAMBDA_ERRORS, "Dimensions": dims, "Value": 30.0},
+        {"MetricName": mn.LAMBDA_THROTTLES, "Dimensions": dims, "Value": 0.0},
+    ])
+    deadline = time.time() + 5
+    states: dict[str, str] = {}
+    while time.time() < deadline:
+        states = {a["AlarmName"]: a["StateValue"] for a in cw.describe_alarms()["MetricAlarms"]}
+        if states["onchain-lambda-error-rate"] == "ALARM" and "INSUFFICIENT_DATA" not in states.values():
+            break
+        time.sleep(0.2)
+    assert states["onchain-lambda-error-rate"] == "ALARM", states
+    assert states["onchain-lambda-throttle-rate"] == "OK" and states["onchain-apigw-5xx"] == "OK", states

@@ -1,0 +1,115 @@
+"""llamadeploy doctor against a moto server, a real PostgreSQL and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_llamadeploy.ops.doctor import run_doctor
+from pytest_llamadeploy.policy import load_policy
+from pytest_llamadeploy.targets import ResolvedTargets
+from tests.test_ops_support import (  # noqa: F401
+    REPO,
+    ROLLBACK_FAILED_MARKER,
+    create_functions,
+    free_port,
+    ops_aws,
+    ops_dsn,
+    ops_moto_url,
+    ops_pg,
+    wait_for,
+)
+
+TEMPLATE = {"Resources": {"Api": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "onchain-api-topic"}}}}
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    try:
+        import redis
+
+        def up() -> bool:
+            try:
+                return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(up, 10, "redis")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def service(ops_aws):  # noqa: F811
+    """The stack, the functions and alias `live` as a deployment leaves them."""
+    cfn = ops_aws.client("cloudformation")
+    cfn.create_stack(StackName="onchain-services", TemplateBody=json.dumps(TEMPLATE))
+    create_functions(ops_aws, {"DATABASE_URL": "x", "REDIS_URL": "y"})
+    return ops_aws
+
+
+def _policy():
+    return load_policy(REPO / "policies", "staging").policy
+
+
+def _targets(dsn: str, redis_url: str) -> ResolvedTargets:
+    return ResolvedTargets("", "", dsn, redis_url, "", "env")
+
+
+def test_doctor_all_ok(service, ops_dsn, redis_url):  # noqa: F811
+    findings = run_doctor(_policy(), service, _targets(ops_dsn, redis_url))
+    assert [(f.name, f.ok) for f in findings] == [
+        ("credentials", True), ("cloudformation_stack", True), ("lambda_env_vars", True),
+        ("postgres", True), ("redis", True)], [f.detail for f in findings if not f.ok]
+    assert "stack onchain-services is CREATE_COMPLETE" == findings[1].detail
+
+
+def test_doctor_reports_update_rollback_failed_with_the_runbook_resolution(service, ops_dsn, redis_url):  # noqa: F811
+    template = dict(TEMPLATE, Description=ROLLBACK_FAILED_MARKER)
+    service.client("cloudformation").update_stack(StackName="onchain-services", TemplateBody=json.dumps(template))
+
+    stack = next(f for f in run_doctor(_policy(), service, _targets(ops_dsn, redis_url))
+                 if f.name == "cloudformation_stack")
+
+    assert not stack.ok
+    assert stack.detail.startswith("stack onchain-services is UPDATE_ROLLBACK_FAILED")
+    assert "UPDATE_FAILED: Resource handler returned message: limit exceeded" in stack.detail
+    assert stack.resolution[0] == "Check AWS credentials: `aws sts get-caller-identity`"
+    assert "Check CloudFormation events for error details" in stack.resolution
+    assert any("continue-update-rollback --stack-name onchain-services" in s for s in stack.resolution)
+
+
+def test_doctor_reports_missing_env_vars_and_dead_connections(service, ops_pg):  # noqa: F811
+    lam = service.client("lambda")
+    lam.update_function_configuration(FunctionName="onchain-ws", Environment={"Variables": {"DATABASE_URL": "x"}})
+    version = lam.publish_version(FunctionName="onchain-ws")["Version"]
+    lam.update_alias(FunctionName="onchain-ws", Name="live", FunctionVersion=version)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+
+    findings = {f.name: f for f in run_doctor(_policy(), service,
+                                               _targets(f"{ops_pg}/no_such_db?password=hunter22", dead))}
+
+    env = findings["lambda_env_vars"]
+    assert not env.ok and f"onchain-ws version {version} (alias live) lacks REDIS_URL" in env.detail
+    assert "Verify environment variables in Lambda console" in env.resolution
+    assert not findings["postgres"].ok and "Test database connection" in findings["postgres"].resolution
+    assert "hunter22" not in findings["postgres"].detail
+    assert not findings["redis"].ok and "Test Redis connection" in findings["redis"].resolution
+
+
+def test_doctor_cli_exit_codes(tmp_path: Path):
+    from pytest_llamadeploy.cli import main
+
+    assert main(["doctor", "--env", "nope", "--policy-dir", str(REPO / "policies")]) == 2

@@ -1,0 +1,127 @@
+"""Policies: loading, errors that name file/key/value/fix, the guard, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_llamadeploy.cli import main as cli
+from pytest_llamadeploy.guard import check_guard
+from pytest_llamadeploy.policy import PolicyError, load_policy
+from pytest_llamadeploy.units import parse_duration, parse_rate, parse_threshold
+
+POLICIES = Path(__file__).parent.parent / "policies"
+
+
+@pytest.fixture
+def pdir(tmp_path: Path) -> Path:
+    shutil.copytree(POLICIES, tmp_path / "policies")
+    return tmp_path / "policies"
+
+
+def test_runbook_numbers_live_in_prod() -> None:
+    p = load_policy(POLICIES, "prod").policy
+    assert p.plan == ["deploy", "shift10", "shift50", "shift100"]
+    assert [p.stages[s].weight for s in ("deploy", "shift10", "shift50")] == [0.0, 0.1, 0.5]
+    assert [p.stages[s].bake for s in ("shift10", "shift50", "shift100")] == [300, 300, 600]
+    assert p.stages["shift100"].keep_previous == 86400
+    assert p.approval.required and p.rollback_on_failure
+    key = {r.signal: (r.op, r.threshold) for r in p.key_metrics.values()}
+    assert key == {"lambda.error_rate": ("<", 0.01), "lambda.duration": ("<", 500.0), "apigw.5xx": ("<=", 0.0),
+                   "ws.connect_error_rate": ("<", 0.001), "cache.hit_rate": (">", 0.8), "dynamodb.throttles": ("<=", 0.0)}
+    triggers = {r.signal: (r.threshold, r.window) for r in p.rollback_triggers.values()}
+    assert triggers["lambda.error_rate"][0] == 0.05 and triggers["lambda.throttle_rate"][0] == 0.001
+    assert triggers["apigw.5xx"] == (10.0, 300.0) and triggers["ws.connect_error_rate"][0] == 0.01
+    perf = p.performance
+    assert (perf.api_p95, perf.ws_p95, perf.db_p95, perf.cache_hit_rate) == (200, 100, 50, 0.8)
+
+
+def test_dev_staging_all_at_once_and_sandbox_mirrors_prod() -> None:
+    for env in ("dev", "staging"):
+        p = load_policy(POLICIES, env).policy
+        assert p.plan == ["deploy", "verify"] and p.stages["deploy"].weight == 1.0 and not p.approval.required
+    prod, sandbox = load_policy(POLICIES, "prod").policy, load_policy(POLICIES, "sandbox").policy
+    assert sandbox.plan == prod.plan and sandbox.rollback_triggers == prod.rollback_triggers
+    assert all(10 <= sandbox.stages[s].bake <= 20 for s in ("shift10", "shift50", "shift100"))
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("5m", 300), ("10s", 10), ("24h", 86400), ("200ms", 0.2), (7, 7)])
+def test_durations(raw: object, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+def test_units_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("five minutes")
+    with pytest.raises(ValueError, match="outside"):
+        parse_rate("150%")
+    assert parse_rate("0.1%") == pytest.approx(0.001) and parse_threshold("500ms") == 500
+
+
+def test_error_names_file_key_value_and_fix(pdir: Path) -> None:
+    (pdir / "prod.yaml").write_text((pdir / "prod.yaml").read_text().replace("bake: 5m", "bake: five minutes", 1))
+    with pytest.raises(PolicyError) as info:
+        load_policy(pdir, "prod")
+    (problem,) = info.value.problems
+    assert str(pdir / "prod.yaml") in problem and "stages.shift10.bake" in problem
+    assert "'five minutes'" in problem and "10s, 5m" in problem
+
+
+def test_error_in_parent_names_the_parent(pdir: Path) -> None:
+    (pdir / "defaults.yaml").write_text((pdir / "defaults.yaml").read_text().replace("threshold: 1%", "threshold: lots", 1))
+    with pytest.raises(PolicyError) as info:
+        load_policy(pdir, "sandbox")
+    assert any(str(pdir / "defaults.yaml") in p and "key_metrics.lambda_error_rate.threshold" in p for p in info.value.problems)
+
+
+def test_unknown_key_and_unknown_env(pdir: Path) -> None:
+    (pdir / "staging.yaml").write_text((pdir / "staging.yaml").read_text() + "\nrolback_on_failure: true\n")
+    with pytest.raises(PolicyError, match="rolback_on_failure.*unknown key"):
+        load_policy(pdir, "staging")
+    with pytest.raises(PolicyError, match="no policy for env 'qa'; allowed: dev, prod, sandbox, staging"):
+        load_policy(pdir, "qa")
+
+
+def test_literal_password_refused(pdir: Path) -> None:
+    text = (pdir / "staging.yaml").read_text().replace("${LLAMA_POSTGRES_DSN}", "postgresql://admin:s3cret@db/x")
+    (pdir / "staging.yaml").write_text(text)
+    with pytest.raises(PolicyError, match="targets.postgres_dsn.*literal password") as info:
+        load_policy(pdir, "staging")
+    assert "s3cret" in str(info.value)  # the file's own value is shown to its author: it is already in their repo
+
+
+def test_guard_passes_the_shipped_prod() -> None:
+    assert check_guard(load_policy(POLICIES, "prod").policy) == []
+
+
+@pytest.mark.parametrize(("old", "new", "rule"), [
+    ("  shift10:\n    action: shift\n    weight: 10%\n    bake: 5m", "  shift10:\n    action: shift\n    weight: 10%\n    bake: 1m",
+     "shift10 bakes at least 300s"),
+    ("approval:\n  required: true", "approval:\n  required: false", "prod requires approval"),
+    ("rollback_on_failure: true", "rollback_on_failure: false", "prod rolls back on failure"),
+])
+def test_guard_catches_a_loosened_prod(pdir: Path, old: str, new: str, rule: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (pdir / "prod.yaml").read_text()
+    assert old in text
+    (pdir / "prod.yaml").write_text(text.replace(old, new, 1))
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    assert rule in err and "prod.yaml" in err
+
+
+def test_guard_catches_looser_threshold_inherited_from_defaults(pdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (pdir / "prod.yaml").write_text((pdir / "prod.yaml").read_text() + "\nrollback_triggers:\n  lambda_error_rate:\n    threshold: 20%\n")
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    assert "rollback_triggers.lambda.error_rate no looser than the runbook" in err and "<= 0.2" in err
+
+
+def test_policy_check_ok_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["policy", "check", str(POLICIES)]) == 0
+    assert "ok: prod" in capsys.readouterr().out
+    assert cli(["policy", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "stages" in schema["properties"] and schema["title"] == "llamadeploy policy"

@@ -1,0 +1,250 @@
+"""Reporting API: categories, plots, environment.properties, the stage verdict result, Allure labels."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_llamadeploy.reporting import (
+    CATEGORIES,
+    PROBE_FAILED,
+    PROVIDER_ERROR,
+    THRESHOLD_BREACHED,
+    Attachment,
+    classify,
+    plot_series,
+    record_stage,
+    threshold_message,
+    write_environment,
+)
+from pytest_llamadeploy.reporting.categories import PREFIXES, allure_rules
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- categories -------------------------------------------------------------
+
+@pytest.mark.parametrize("message, expected", [
+    ("threshold breached: error_rate = 0.09 > threshold 0.05", "Threshold breached"),
+    ("Failed: rollback triggered: alarm onchain-api-errors", "Rollback triggered"),
+    ("AssertionError: probe failed: GET /health on version 4 -> 502\nassert 502 == 200", "Probe failed"),
+    ("botocore.exceptions.ClientError: provider error: throttled", "Provider or infrastructure error"),
+    ("provider error: moto unreachable", "Provider or infrastructure error"),
+    ("inconclusive: 0 datapoints for p95_latency", "Inconclusive"),
+    ("some other failure mentioning threshold breached: later", None),
+    ("", None),
+])
+def test_classify_sees_through_exception_type_but_not_mid_message(message: str, expected: str | None) -> None:
+    category = classify(message)
+    assert (category.name if category else None) == expected
+
+
+def test_every_prefix_has_one_rule_and_rules_are_javascript_safe_regexes() -> None:
+    assert [c.prefix for c in CATEGORIES] == list(PREFIXES)
+    rules = allure_rules()
+    assert len({r["id"] for r in rules}) == len(PREFIXES)
+    for rule, prefix in zip(rules, PREFIXES, strict=True):
+        regex = rule["matchers"]["message"]
+        # no Python-only syntax: Allure 3 compiles these with `new RegExp`
+        assert "(?P" not in regex and "\\A" not in regex
+        assert re.match(regex, f"Failed: {prefix} x")
+
+
+def test_threshold_message_names_metric_value_threshold_window_version() -> None:
+    message = threshold_message(metric="p95_latency", value=812.0, threshold=500, window="5m",
+                                version="v2 (4)", unit="ms")
+    assert message == "threshold breached: p95_latency = 812ms > threshold 500ms over 5m on version v2 (4)"
+    assert classify(message).prefix == THRESHOLD_BREACHED
+
+
+# --- plots -------------------------------------------------------------------
+
+def test_plot_series_is_png_with_the_threshold_line_drawn() -> None:
+    import io
+
+    from matplotlib.image import imread
+
+    series = {"v1 (3)": [(100.0 + i, 0.001) for i in range(10)], "v2 (4)": [(100.0 + i, 0.01 * i) for i in range(10)]}
+    png = plot_series(series, threshold=0.05, title="error rate", unit="ratio")
+    assert png.startswith(b"\x89PNG")
+    pixels = imread(io.BytesIO(png))[:, :, :3] * 255
+    # the threshold is a crimson dashed line (antialiased, so "reddish"); the series are
+    # blue and orange: only the threshold makes a long horizontal run of reddish pixels
+    reddish = (pixels[:, :, 0] > 150) & (pixels[:, :, 1] < 110) & (pixels[:, :, 2] < 130)
+    assert reddish.sum(axis=1).max() > 300
+
+
+def test_plot_series_rejects_a_threshold_that_is_not_a_number() -> None:
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        plot_series({"v1": [(0, 1.0)]}, threshold=float("nan"), title="p95", unit="ms")
+
+
+# --- environment.properties --------------------------------------------------------
+
+def test_write_environment_redacts_and_escapes(tmp_path: Path) -> None:
+    path = write_environment(tmp_path / "results", {
+        "env": "sandbox", "release": "v2", "versions": {"green": "v2 (4)", "blue": "v1 (3)"},
+        "weights": {"4": 0.1, "3": 0.9}, "postgres dsn": "postgresql://llama:s3cretpw@127.0.0.1:5432/defillama",
+        "approver": "alice",
+    })
+    text = path.read_text()
+    assert "s3cretpw" not in text
+    assert "postgres\\ dsn=postgresql://llama:***@127.0.0.1:5432/defillama" in text
+    assert "versions=blue=v1 (3), green=v2 (4)" in text
+    assert "weights=3=0.9, 4=0.1" in text
+
+
+# --- the stage verdict -------------------------------------------------------
+
+def _record_failed_stage(results: Path) -> Path:
+    now = time.time()
+    return record_stage(
+        results, env="sandbox", stage="shift10", release="v2", status="failed",
+        steps=[
+            {"name": "shift 10% to version 4", "start": now - 60, "stop": now - 59},
+            {"name": "poll 3/3", "status": "failed", "message": "error_rate 0.09 > 0.05",
+             "parameters": {"window": "1m"}},
+            {"name": "rollback to version 3", "attachments": [Attachment.json("rollback record", {"to": "3"})]},
+        ],
+        attachments=[
+            Attachment.json("stage decision", [{"metric": "error_rate", "value": 0.09, "threshold": 0.05,
+                                                "window": "5m", "version": "4", "verdict": "breached"}]),
+            Attachment.text("deploy output", "connecting to postgresql://u:hunter22@db/x token=abcd1234"),
+            # built by hand, bypassing Attachment.text: record_stage still redacts it
+            Attachment("raw output", b"password=opensesame", "text/plain"),
+            Attachment.png("error rate", plot_series({"4": [(0, 0.09)]}, 0.05, "error rate")),
+        ],
+        failure={"metric": "error_rate", "value": 0.09, "threshold": 0.05, "window": "5m", "version": "v2 (4)"},
+        started=now - 61, stopped=now, versions={"blue": "v1 (3)", "green": "v2 (4)"},
+    )
+
+
+def test_record_stage_writes_a_result_a_reviewer_can_read(tmp_path: Path) -> None:
+    path = _record_failed_stage(tmp_path)
+    result = json.loads(path.read_text())
+    assert result["name"] == "[sandbox] shift10 v2: stage verdict"
+    assert result["status"] == "failed"
+    assert result["statusDetails"]["message"] == (
+        "threshold breached: error_rate = 0.09 > threshold 0.05 over 5m on version v2 (4)")
+    labels = {(label["name"], label["value"]) for label in result["labels"]}
+    assert {("epic", "sandbox"), ("feature", "shift10"), ("parentSuite", "sandbox"), ("suite", "shift10")} <= labels
+    assert [s["name"] for s in result["steps"]] == ["shift 10% to version 4", "poll 3/3", "rollback to version 3"]
+    assert result["steps"][1]["statusDetails"]["message"] == "error_rate 0.09 > 0.05"
+    assert result["steps"][0]["stop"] - result["steps"][0]["start"] == 1000
+    names = {a["name"]: a for a in result["attachments"]}
+    assert set(names) == {"stage decision", "deploy output", "raw output", "error rate"}
+    assert names["error rate"]["type"] == "image/png"
+    for attachment in [*result["attachments"], *result["steps"][2]["attachments"]]:
+        assert (tmp_path / attachment["source"]).is_file()
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    for secret in (b"hunter22", b"abcd1234", b"opensesame"):
+        assert secret not in written
+    decision = json.loads((tmp_path / names["stage decision"]["source"]).read_text())
+    assert decision[0]["threshold"] == 0.05
+
+
+def test_record_stage_keeps_one_history_line_per_env_and_stage(tmp_path: Path) -> None:
+    first = json.loads(_record_failed_stage(tmp_path / "a").read_text())
+    second = json.loads(record_stage(tmp_path / "b", env="sandbox", stage="shift10", release="v3", status="passed",
+                                     steps=[], attachments=[], failure=None, started=1.0, stopped=2.0).read_text())
+    assert first["historyId"] == second["historyId"]
+    assert "statusDetails" not in second
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"status": "exploded"}, "status 'exploded' is not one of"),
+    ({"steps": [{"title": "x"}]}, r"steps\[0\]: unknown key\(s\) \['title'\]"),
+    ({"steps": [{"status": "passed"}]}, "'name' is required"),
+    ({"failure": {"metrik": "x"}}, r"unknown key\(s\) \['metrik'\]"),
+    ({"failure": {"value": 1}}, "give 'message', or 'metric'"),
+    ({"started": "yesterday"}, "epoch seconds"),
+    ({"attachments": ["text"]}, "build it with reporting.Attachment"),
+])
+def test_record_stage_bad_input_names_the_key_and_the_fix(tmp_path: Path, kwargs: dict, error: str) -> None:
+    args = {"env": "sandbox", "stage": "shift10", "release": "v2", "status": "failed", "steps": [],
+            "attachments": [], "failure": None, "started": 1.0, "stopped": 2.0, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=error):
+        record_stage(tmp_path, **args)
+
+
+def test_attachment_file_picks_mime_and_redacts(tmp_path: Path) -> None:
+    report = tmp_path / "locust.html"
+    report.write_text("<html>Authorization: Bearer sekret-token-1</html>")
+    attachment = Attachment.file("locust report", report)
+    assert attachment.mime == "text/html"
+    assert b"sekret-token-1" not in attachment.body
+    with pytest.raises(FileNotFoundError, match="missing.html"):
+        Attachment.file("x", tmp_path / "missing.html")
+    with pytest.raises(ValueError, match="not a PNG"):
+        Attachment.png("plot", b"GIF89a")
+
+
+# --- labels through allure-pytest (a real pytest run with --alluredir) ------------
+
+LABELLING_CONFTEST = '''
+import pytest
+from pytest_llamadeploy.reporting import apply_labels
+
+VERSIONS = {"blue": "v1 (3)", "green": "v2 (4)"}
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "collect" in item.name:
+            apply_labels(item, env="sandbox", stage="shift10", release="v2", suite="health", versions=VERSIONS)
+
+@pytest.hookimpl
+def pytest_runtest_setup(item):
+    if "setup" in item.name:
+        apply_labels(item, env="sandbox", stage="shift50", release="v2", suite="compare", versions=VERSIONS)
+'''
+
+
+def _results(alluredir: Path) -> dict[str, dict]:
+    out = {}
+    for path in alluredir.glob("*-result.json"):
+        data = json.loads(path.read_text())
+        out[data["name"]] = data
+    return out
+
+
+def test_apply_labels_from_collection_and_from_setup(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeconftest(LABELLING_CONFTEST)
+    pytester.makepyfile(test_gate="def test_labelled_at_collect(): pass\n"
+                                  "def test_labelled_at_setup(): assert False, 'probe failed: /health 502'\n")
+    alluredir = pytester.path / "allure-results"
+    result = pytester.runpytest_subprocess(f"--alluredir={alluredir}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    results = _results(alluredir)
+    for name, stage, suite in (("test_labelled_at_collect", "shift10", "health"),
+                               ("test_labelled_at_setup", "shift50", "compare")):
+        labels = {(label["name"], label["value"]) for label in results[name]["labels"]}
+        assert {("epic", "sandbox"), ("feature", stage), ("story", suite),
+                ("parentSuite", "sandbox"), ("suite", stage), ("subSuite", suite)} <= labels
+        params = {p["name"]: p for p in results[name]["parameters"]}
+        assert params["release"]["value"] == "'v2'"
+        assert params["versions"]["value"] == "'blue=v1 (3), green=v2 (4)'"
+        assert params["release"]["excluded"] is True
+    assert classify(results["test_labelled_at_setup"]["statusDetails"]["message"]).prefix == PROBE_FAILED
+
+
+def test_apply_labels_is_a_no_op_without_alluredir(pytester: pytest.Pytester,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeconftest(LABELLING_CONFTEST)
+    pytester.makepyfile(test_gate="def test_labelled_at_collect(request):\n"
+                                  "    assert not list(request.node.iter_markers('allure_label'))\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "allure-results").exists()
+
+
+def test_provider_error_prefix_is_exported_for_the_core() -> None:
+    assert PROVIDER_ERROR == "provider error:"
