@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def _publish(cw, functions: list[str], seconds: int, now: float) -> None:
     for fn in functions:
         data = []
         for s in range(seconds):
-            at = datetime.fromtimestamp(now - seconds + s, tz=timezone.utc)
+            at = datetime.fromtimestamp(now - seconds + s, tz=UTC)
             for version, inv in (("3", 18.0), ("4", 2.0)):
                 dims = mn.lambda_version_dims(fn, "live", version)
                 data += [

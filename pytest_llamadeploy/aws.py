@@ -9,6 +9,8 @@ sandbox's state file.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ class AwsConfig:
     read_timeout: float = 20.0
 
     def session(self) -> boto3.Session:
-        return boto3.Session(region_name=self.region, **self.credentials)
+        # One boto3 Session per config and thread: building one costs 0.1-0.3 s (it loads
+        # the data files), and boto3 sessions must not be shared between threads.
+        return _session(self.region, tuple(sorted(self.credentials.items())), threading.get_ident())
 
     def client(self, service: str, **overrides: Any) -> Any:
         config = Config(
@@ -42,6 +46,11 @@ class AwsConfig:
         if self.endpoint_url:
             kwargs["endpoint_url"] = self.endpoint_url
         return self.session().client(service, **kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _session(region: str, credentials: tuple[tuple[str, str], ...], thread: int) -> boto3.Session:
+    return boto3.Session(region_name=region, **dict(credentials))
 
 
 def aws_config(policy: Policy, sandbox_directory: Path | str | None = None) -> AwsConfig:

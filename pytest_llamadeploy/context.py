@@ -39,8 +39,9 @@ class StageContext:
     policy_hash: str = ""
     run_id: str = ""
     artifacts_dir: str = ""
-    aws: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, str] = field(default_factory=dict)
+    # repr=False: pytest prints a failing test's arguments, and these hold DSNs and keys.
+    aws: dict[str, Any] = field(default_factory=dict, repr=False)
+    targets: dict[str, str] = field(default_factory=dict, repr=False)
     #: Results of the watch during the bake (metric evidence), filled by the controller.
     watch: dict[str, Any] = field(default_factory=dict)
 

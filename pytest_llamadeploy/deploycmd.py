@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +44,18 @@ def run_deploy(command: DeployCommand, *, env: str, release: str, cwd: Path, log
                extra_env: dict[str, str] | None = None) -> DeployResult:
     argv = render_argv(command, env=env, release=release)
     environ = dict(os.environ)
+    # Commands installed beside the gate (the venv's bin, e.g. `llamadeploy`) are found
+    # even when the venv is not activated, as in CI's `.venv/bin/pytest ...`.
+    bindir = os.path.dirname(sys.executable)
+    environ["PATH"] = bindir + os.pathsep + environ.get("PATH", "")
     command_env = {k: _expand(f"deploy.env.{k}", v, environ) for k, v in command.env.items()}
     environ.update(command_env)
     environ.update(extra_env or {})
     secrets = list(command_env.values())
     start = time.monotonic()
     try:
+        if shutil.which(argv[0], path=environ["PATH"]) is None:
+            raise FileNotFoundError(argv[0])
         proc = subprocess.run(argv, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=command.timeout, text=True, check=False)
         output, code, timed_out = proc.stdout, proc.returncode, False

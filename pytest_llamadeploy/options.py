@@ -39,6 +39,12 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--plan", dest="llamadeploy_plan", action="store_true", default=None,
                     help="print what the stage would do (versions, weights, suites, thresholds, preconditions) and change nothing")
     parser.addini("llamadeploy_plan", type="bool", default=False, help="same as --plan")
+    group.addoption("--rds", dest="llamadeploy_backup_rds", action="store_true", default=False,
+                    help="backup stage: the RDS snapshot (and pg_dump in the sandbox) only")
+    group.addoption("--all", dest="llamadeploy_backup_all", action="store_true", default=False,
+                    help="backup stage: RDS and every DynamoDB table (the default when neither is given)")
+    group.addoption("--backup-id", dest="llamadeploy_backup_id", default=None,
+                    help="restore stage: the recorded backup to restore (default: the newest)")
     group.addoption("--emergency", dest="llamadeploy_emergency", action="store_true", default=None,
                     help="run outside the deployment window (requires --reason; recorded)")
     parser.addini("llamadeploy_emergency", type="bool", default=False, help="same as --emergency")
@@ -66,6 +72,9 @@ class Settings:
     alluredir: Path
     artifacts: Path
     rootdir: Path
+    backup_rds: bool = False
+    backup_all: bool = False
+    backup_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -122,6 +131,9 @@ def get_settings(config: pytest.Config) -> Settings:
         alluredir=alluredir if alluredir.is_absolute() else Path.cwd() / alluredir,
         artifacts=artifacts if artifacts.is_absolute() else Path.cwd() / artifacts,
         rootdir=rootdir,
+        backup_rds=bool(config.getoption("llamadeploy_backup_rds")),
+        backup_all=bool(config.getoption("llamadeploy_backup_all")),
+        backup_id=config.getoption("llamadeploy_backup_id"),
     )
 
 

@@ -192,15 +192,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    try:
-        from .reporting.labels import apply_labels
-    except ImportError:
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Allure labels: a reviewer navigates by env (epic), stage (feature) and suite (story)."""
+    settings = item.config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.active:
         return
-    runner = config.stash.get(RUNNER_KEY, None)
-    versions = runner.decision.new_versions if runner is not None and runner.decision else {}
-    for item in keep:
-        apply_labels(item, env=settings.env, stage=settings.stage, release=settings.release or "",
-                     suite=item.stash.get(_SUITE_KEY, None) or "other", versions=versions)
+    from .reporting.labels import apply_labels
+
+    versions: dict[str, str] = {}
+    workerinput = getattr(item.config, "workerinput", None)
+    runner = item.config.stash.get(RUNNER_KEY, None)
+    if runner is not None and runner.record is not None:
+        versions = runner.record.new_versions
+    elif workerinput is not None:
+        ctx_file = Path(workerinput.get("llamadeploy_run_dir", ".")) / "context.json"
+        if ctx_file.is_file():
+            import json
+
+            versions = json.loads(ctx_file.read_text()).get("new_versions", {})
+    apply_labels(item, env=settings.env or "", stage=settings.stage or "", release=settings.release or "",
+                 suite=item.stash.get(_SUITE_KEY, None) or "other", versions=versions)
 
 
 _SUITE_KEY = pytest.StashKey[str | None]()
@@ -214,14 +227,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     runner.act()
     if runner.failure is None:
-        probe = None
-        try:
-            from .probe import watch_probe
+        from .stage import bake_probe
 
-            probe = watch_probe(runner.context, runner.policy)
-        except ImportError:
-            probe = None
-        runner.bake(probe=probe)
+        runner.bake(probe=bake_probe(runner.context, runner.policy) if runner.stage_policy.watch else None)
     if runner.failure is not None:
         raise session.Failed(runner.failure)
 
@@ -257,12 +265,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         interrupted = "internal error"
     status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0], interrupted)
     session.config.stash[VERDICT_KEY] = (status, reason)
-    try:
-        from .reporting.stage import write_stage_result
+    from .evidence import write_stage_result
 
-        write_stage_result(runner, session.config)
-    except ImportError:
-        pass
+    try:
+        write_stage_result(runner, getattr(session.config.option, "allure_report_dir", None))
+    except Exception as exc:  # the report must never change the verdict or hide it
+        runner.out(f"llamadeploy: writing the Allure stage result failed: {exc!r}")
     if status != "passed" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif status == "passed" and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

@@ -507,7 +507,7 @@ class StageRunner:
         reason = self.failure or ""
         if not reason and failed_tests:
             shown = "; ".join(failed_tests[:5]) + (f"; and {len(failed_tests) - 5} more" if len(failed_tests) > 5 else "")
-            reason = f"threshold breached: {len(failed_tests)} gate test(s) failed: {shown}"
+            reason = f"{_category_of(failed_tests)} {len(failed_tests)} gate test(s) failed: {shown}"
         if not reason and interrupted:
             reason = f"inconclusive: the run was interrupted ({interrupted})"
         if not reason and self.stage_policy.suites and ran_tests == 0:
@@ -561,6 +561,36 @@ class StageRunner:
 
     def is_final(self) -> bool:
         return bool(self.record and self.record.status in FINAL)
+
+
+#: Verdict categories, most specific first (reporting/categories.py matches them).
+_CATEGORIES = ("inconclusive:", "probe failed:", "provider error:", "rollback triggered:", "threshold breached:")
+
+
+def _category_of(failures: list[str]) -> str:
+    """The category the failing gate tests name themselves (their messages carry the prefix)."""
+    for prefix in _CATEGORIES:
+        if any(prefix in f for f in failures):
+            return prefix
+    return "threshold breached:"
+
+
+def bake_probe(context: StageContext, policy: Any) -> Callable[[], tuple[bool, str]] | None:
+    """One version-targeted probe of the new API version, for the watch (None if nothing is new)."""
+    version = context.new_versions.get(policy.service.api_function)
+    if not version or version == context.old_versions.get(policy.service.api_function):
+        return None
+    from .probe import probe_http
+
+    targets = context.resolved_targets
+    lambda_client = None if targets.source == "sandbox" else context.client("lambda")
+
+    def probe() -> tuple[bool, str]:
+        result = probe_http(targets, policy.watch.probe_path, version=version, timeout=policy.watch.probe_timeout,
+                            function=policy.service.api_function, lambda_client=lambda_client)
+        return result.ok, result.describe()
+
+    return probe
 
 
 def context_path(run_dir: Path) -> Path:

@@ -171,11 +171,15 @@ class FrontDoorProcess:
             cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        wait_for(lambda: ready.exists() or self.proc.poll() is not None, 20, "front door ready file")
-        assert self.proc.poll() is None, f"front door exited: {self.log.read_text()}"
-        self.port = json.loads(ready.read_text())["port"]
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: _http_ok(f"{self.url}/_frontdoor/routing"), 20, "front door answering")
+        try:
+            wait_for(lambda: ready.exists() or self.proc.poll() is not None, 20, "front door ready file")
+            assert self.proc.poll() is None, f"front door exited: {self.log.read_text()}"
+            self.port = json.loads(ready.read_text())["port"]
+            self.url = f"http://127.0.0.1:{self.port}"
+            wait_for(lambda: _http_ok(f"{self.url}/_frontdoor/routing"), 20, "front door answering")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -190,14 +194,26 @@ class Rig:
     """moto + two stand-in releases published as versions 1 and 2 of both functions + the front door."""
 
     def __init__(self, tmp: Path, redis_url: str = "", postgres_dsn: str = ""):
+        self._parts: list[Any] = []
+        try:
+            self._start(tmp, redis_url, postgres_dsn)
+        except BaseException:
+            self.stop()  # a half-built rig must not leave moto or a front door behind
+            raise
+
+    def _start(self, tmp: Path, redis_url: str, postgres_dsn: str) -> None:
         from pytest_llamadeploy.sandbox.state import SandboxState
 
         self.moto = Moto()
+        self._parts.append(self.moto)
         self.lam = self.moto.client("lambda")
         self.moto.client("iam").create_role(RoleName="lambda-role", AssumeRolePolicyDocument=json.dumps({
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                     "Principal": {"Service": "lambda.amazonaws.com"}}]}))
-        self.backends = {"r1": StandIn("r1"), "r2": StandIn("r2")}
+        self.backends = {}
+        for release in ("r1", "r2"):
+            self.backends[release] = StandIn(release)
+            self._parts.append(self.backends[release])
         self.versions: dict[str, dict[str, str]] = {}
         for release, backend in self.backends.items():
             self.versions[release] = {fn: publish(self.lam, fn, backend.url, release) for fn in (API, WS)}
@@ -207,12 +223,13 @@ class Rig:
                                   postgres_dsn=postgres_dsn)
         self.state.save()
         self.frontdoor = FrontDoorProcess(tmp)
+        self._parts.append(self.frontdoor)
         self.state.api_url = self.frontdoor.url
         self.state.ws_url = f"ws://127.0.0.1:{self.frontdoor.port}/ws"
         self.state.save()
 
     def stop(self) -> None:
-        for part in (self.frontdoor, *self.backends.values(), self.moto):
+        for part in reversed(self._parts):
             try:
                 part.stop()
             except Exception as exc:  # keep stopping the others; say which failed
@@ -332,12 +349,13 @@ def _sum(cw: Any, namespace: str, name: str, dims: list[dict[str, str]], start: 
 
 
 def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
-    from pytest_llamadeploy import metricnames as m
-    from pytest_llamadeploy.sandbox import metricnames as sm
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    v1, v2 = rig.versions["r1"][API], rig.versions["r2"][API]
+    from pytest_llamadeploy import metricnames as m
+    from pytest_llamadeploy.sandbox import metricnames as sm
+
+    v1 = rig.versions["r1"][API]
     w1 = rig.versions["r1"][WS]
     # Fresh versions with their own dimensions, so counts from other tests cannot mix in.
     v5 = publish(rig.lam, API, rig.backends["r1"].url, "r1")
@@ -366,30 +384,45 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
     set_alias(rig.lam, WS, w1)
 
     cw = rig.moto.client("cloudwatch")
+    apigw = m.apigw_rest_dims()
+    expected: dict[str, float] = {}
+    queries: dict[str, tuple[str, str, list[dict[str, str]]]] = {}
     for version in (v5, v6):
         dims = m.lambda_version_dims(API, "live", version)
-        invocations = sum(n for (v, status), n in served.items() if v == version and status != 429)
-        errors = served[(version, 500)]
-        throttles = served[(version, 429)]
-        wait_for(lambda d=dims, want=invocations: _sum(cw, m.LAMBDA, m.LAMBDA_INVOCATIONS, d, start) == want, 10,
-                 f"Invocations of {API}:{version} == {invocations}", every=0.3)
-        assert _sum(cw, m.LAMBDA, m.LAMBDA_ERRORS, dims, start) == errors
-        assert _sum(cw, m.LAMBDA, m.LAMBDA_THROTTLES, dims, start) == throttles
-        durations = cw.get_metric_data(MetricDataQueries=[{"Id": "d", "MetricStat": {"Metric": {
-            "Namespace": m.LAMBDA, "MetricName": m.LAMBDA_DURATION, "Dimensions": dims}, "Period": 60,
-            "Stat": "SampleCount"}}], StartTime=start, EndTime=datetime.now(UTC) + timedelta(seconds=5))
-        assert sum(durations["MetricDataResults"][0]["Values"]) == invocations
+        for name, value in ((m.LAMBDA_INVOCATIONS, sum(n for (v, st), n in served.items() if v == version and st != 429)),
+                            (m.LAMBDA_ERRORS, served[(version, 500)]), (m.LAMBDA_THROTTLES, served[(version, 429)])):
+            expected[f"{name} {version}"] = value
+            queries[f"{name} {version}"] = (m.LAMBDA, name, dims)
     # Version-targeted requests are a direct invoke (Resource fn:N), not alias traffic.
-    assert _sum(cw, m.LAMBDA, m.LAMBDA_INVOCATIONS, sm.lambda_qualified_dims(API, v6), start) == targeted
-    apigw = m.apigw_rest_dims()
+    expected["targeted"] = targeted
+    queries["targeted"] = (m.LAMBDA, m.LAMBDA_INVOCATIONS, sm.lambda_qualified_dims(API, v6))
+    expected["apigw 5xx"] = served[(v5, 500)] + served[(v6, 500)]
+    queries["apigw 5xx"] = (m.APIGATEWAY, m.APIGW_5XX, apigw)
+    for key, metric, want in (("ws attempts", sm.WS_CONNECT_ATTEMPTS, 10), ("ws errors", sm.WS_CONNECT_ERRORS, 4)):
+        for v in (ws4, ws5):
+            queries[f"{key} {v}"] = (sm.WEBSOCKET, metric, m.lambda_version_dims(WS, "live", v))
+        expected[key] = want
+
+    def snapshot() -> dict[str, float]:
+        got = {k: _sum(cw, *q, start) for k, q in queries.items()}
+        for key in ("ws attempts", "ws errors"):
+            got[key] = got.pop(f"{key} {ws4}") + got.pop(f"{key} {ws5}")
+        return got
+
+    # Everything is flushed within a second or two; compare exactly once it has all arrived.
+    deadline = time.monotonic() + 15
+    got = snapshot()
+    while got != expected and time.monotonic() < deadline:
+        time.sleep(0.3)
+        got = snapshot()
+    assert got == expected
     assert _sum(cw, m.APIGATEWAY, m.APIGW_COUNT, apigw, start) >= 60
-    assert _sum(cw, m.APIGATEWAY, m.APIGW_5XX, apigw, start) >= served[(v5, 500)] + served[(v6, 500)]
-    # WebSocket connects per version: every attempt is an onchain-ws invocation; refusals are errors.
-    ws_total = sum(_sum(cw, sm.WEBSOCKET, sm.WS_CONNECT_ATTEMPTS, m.lambda_version_dims(WS, "live", v), start)
-                   for v in (ws4, ws5))
-    ws_errors = sum(_sum(cw, sm.WEBSOCKET, sm.WS_CONNECT_ERRORS, m.lambda_version_dims(WS, "live", v), start)
-                    for v in (ws4, ws5))
-    assert (ws_total, ws_errors) == (10, 4)
+    for version in (v5, v6):
+        durations = cw.get_metric_data(MetricDataQueries=[{"Id": "d", "MetricStat": {"Metric": {
+            "Namespace": m.LAMBDA, "MetricName": m.LAMBDA_DURATION,
+            "Dimensions": m.lambda_version_dims(API, "live", version)}, "Period": 60, "Stat": "SampleCount"}}],
+            StartTime=start, EndTime=datetime.now(UTC) + timedelta(seconds=5))
+        assert sum(durations["MetricDataResults"][0]["Values"]) == expected[f"{m.LAMBDA_INVOCATIONS} {version}"]
     assert _sum(cw, m.LAMBDA, m.LAMBDA_ERRORS, m.lambda_function_dims(WS), start) >= 4
 
     logs = rig.moto.client("logs")
@@ -440,6 +473,7 @@ def test_traffic_runs_at_its_rate_and_stops_by_itself(rig: Rig) -> None:
     summary = json.loads(re.search(r"traffic done (\{.*\})", result.stdout).group(1))
     # 3 s at 20/s is 60 ticks; a loaded machine may lose a few to the schedule's catch-up rule.
     assert 50 <= summary["sent"] <= 62, summary
+    assert summary["statuses"].get("200", 0) >= 45, summary
     assert summary["ws_connects"] >= 2 and summary["ws_errors"] == 0, summary
     assert elapsed < 30
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def policy():
 def put_lambda(cw: Any, fn: str, version: str, invocations: int, errors: int = 0, durations: list[float] | None = None,
                throttles: int = 0, at: datetime | None = None) -> None:
     dims = mn.lambda_version_dims(fn, "live", version)
-    stamp = at or datetime.now(timezone.utc)
+    stamp = at or datetime.now(UTC)
     data: list[dict[str, Any]] = [
         {"MetricName": mn.LAMBDA_INVOCATIONS, "Dimensions": dims, "Values": [1.0], "Counts": [float(invocations)],
          "Timestamp": stamp},
@@ -305,7 +305,7 @@ def test_compare_catches_p95_doubled_under_the_absolute_threshold(moto: Moto, po
     start = float(int(time.time()) - 25)
     data = []
     for i in range(25):
-        at = datetime.fromtimestamp(start + i + 0.5, tz=timezone.utc)
+        at = datetime.fromtimestamp(start + i + 0.5, tz=UTC)
         for version, base, step in ((OLD, 100.0, 1), (NEW, 200.0, 2)):
             dims = mn.lambda_version_dims("onchain-api", "live", version)
             data += [

@@ -13,7 +13,15 @@ from pytest_llamadeploy.metrics.compare import judge as compare_judge
 from pytest_llamadeploy.metrics.dashboards import DashboardError, dashboard_series
 from pytest_llamadeploy.metrics.evaluate import compute, evaluate_plan, judge, plan_poll, plan_targets
 from pytest_llamadeploy.metrics.query import (
-    MAX_QUERIES, ProviderError, QueryError, SeriesSpec, build_queries, classify, fetch, valid_period)
+    MAX_QUERIES,
+    ProviderError,
+    QueryError,
+    SeriesSpec,
+    build_queries,
+    classify,
+    fetch,
+    valid_period,
+)
 from pytest_llamadeploy.metrics.signals import UnknownSignal, format_value, get_signal
 from pytest_llamadeploy.metrics.watch import BakeWatch
 from pytest_llamadeploy.policy import MetricRule, load_policy
@@ -66,14 +74,27 @@ def test_rates_are_sums_over_the_window_clamped_to_the_shift() -> None:
     targets = plan_targets(rules, ["onchain-api"], "live", {"new": {"onchain-api": "4"}}, "onchain-ws", 100.0, 110.0)
     assert {t.start for t in targets} == {100.0}  # a 1 m window clamped to the moment traffic moved
     plan = plan_poll(targets, "live", 110.0, 1)
+    assert plan.span_start == 100.0  # the call itself starts at the shift: earlier data is never fetched
     data = _data(plan, {
-        ("Invocations", "4", "Sum"): [(98.0, 50.0), (100.0, 10.0), (105.0, 10.0)],  # 98 s: before the shift
-        ("Errors", "4", "Sum"): [(98.0, 50.0), (100.0, 1.0), (105.0, 2.0)],
+        ("Invocations", "4", "Sum"): [(100.0, 10.0), (105.0, 10.0)],
+        ("Errors", "4", "Sum"): [(100.0, 1.0), (105.0, 2.0)],
         ("Throttles", "4", "Sum"): [(105.0, 1.0)],
     })
     by = {t.rule_name: compute(t, "live", data, plan) for t in targets}
     assert by["err"] == (pytest.approx(3 / 20), 20.0)
     assert by["thr"] == (pytest.approx(1 / 21), 21.0)
+
+
+def test_windows_that_differ_are_summed_per_bucket_on_the_client() -> None:
+    rules = {"short": rule(window="10s", min_samples=1), "long": rule(window="1m", min_samples=1)}
+    targets = plan_targets(rules, ["f"], "live", {"new": {"f": "4"}}, "f", 0.0, 60.0)
+    plan = plan_poll(targets, "live", 60.0, 1)
+    assert plan.sum_period == 5 and plan.span_start == 0.0
+    data = _data(plan, {("Invocations", "4", "Sum"): [(t, 10.0) for t in range(0, 60, 5)],
+                        ("Errors", "4", "Sum"): [(50.0, 1.0), (55.0, 1.0), (0.0, 8.0)]})
+    by = {t.rule_name: compute(t, "live", data, plan) for t in targets}
+    assert by["short"] == (pytest.approx(2 / 20), 20.0)
+    assert by["long"] == (pytest.approx(10 / 120), 120.0)
 
 
 def test_one_query_per_distinct_series_and_ids(policy: Any) -> None:

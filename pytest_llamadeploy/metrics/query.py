@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_QUERIES = 500
@@ -110,7 +110,7 @@ def classify(exc: BaseException) -> Exception:
 def _epoch(value: Any) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.timestamp()
     return float(value)
 
@@ -126,8 +126,8 @@ def fetch(
     result: dict[SeriesSpec, Points] = {spec: [] for spec in ids.values()}
     if not queries:
         return result
-    start_dt = datetime.fromtimestamp(math.floor(start), tz=timezone.utc)
-    end_dt = datetime.fromtimestamp(max(math.ceil(end), math.floor(start) + 1), tz=timezone.utc)
+    start_dt = datetime.fromtimestamp(math.floor(start), tz=UTC)
+    end_dt = datetime.fromtimestamp(max(math.ceil(end), math.floor(start) + 1), tz=UTC)
     for offset in range(0, len(queries), MAX_QUERIES):
         chunk = queries[offset:offset + MAX_QUERIES]
         token: str | None = None
@@ -146,7 +146,7 @@ def fetch(
                 spec = ids.get(item["Id"])
                 if spec is None:
                     continue
-                points = [(_epoch(t), float(v)) for t, v in zip(item.get("Timestamps", []), item.get("Values", []))]
+                points = [(_epoch(t), float(v)) for t, v in zip(item.get("Timestamps", []), item.get("Values", []), strict=True)]
                 result[spec].extend(points)
             token = answer.get("NextToken")
             if not token:

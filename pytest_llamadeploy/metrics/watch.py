@@ -20,17 +20,22 @@ What triggers, and from which version:
   not missed. A dead version trips it in two probes (1 s at 2 probes/s).
 
 Physics (why these numbers): at 10 % of the sandbox's 20 requests/s the new
-version serves 2 requests/s; the watch's own probes (2/s, version-targeted,
-through the front door and therefore counted by Lambda's metrics like any
-invocation) bring it to ~4/s. ``min_samples: 20`` is then reached ~5 s after the
-shift (10 s without probes), so a 10 s sandbox bake can decide, and a 5 %
-error-rate bound is measurable (one error in 20 is exactly 5 %, so the rule
-fires from the second error of 20: no single unlucky request rolls back). A
-fault of 30 % errors adds ~1.2 errors/s on the new version, crossing 5 % of the
-cumulative window within 1-3 s of onset even after a healthy first half; the
-probes cross their rule within ~3 s on their own. On AWS the same rules hold
-with Lambda's 1-minute metrics: detection then rests on the probes first, which
-is why both sources are named in the verdict.
+version serves 2 alias-routed requests/s. The watch's probes are version-targeted
+(a direct invoke, as CodeDeploy's hooks do), and Lambda, like the sandbox's front
+door, does not count those under ``ExecutedVersion``, so they add no CloudWatch
+samples: the watch counts them itself as the second source. ``min_samples: 20``
+over a window clamped to the shift is then reached ~10 s after the shift (plus
+~1 s of publication delay); 20 is the smallest count at which a 5 % bound is
+measurable without one unlucky request rolling back (1 error in 20 is exactly
+5 %, so the rule fires from the second error). Hence, for a 10 s sandbox bake,
+either the traffic rate goes to >= 40 requests/s or ``no_data_grace`` covers the
+bake; otherwise the honest verdict is "inconclusive" (see bench/WATCH.md). A
+30 % fault adds ~0.6 errors/s on the new version, crossing 5 % of the cumulative
+window within 1-3 s of onset once 20 samples exist; the probes cross their rule
+within ~3 s on their own (if they hit an endpoint the fault affects: the
+reference service exempts ``/health`` from ``error_rate``). On AWS, with Lambda's
+1-minute metrics, detection rests on the probes first, which is why both sources
+are named in the verdict.
 """
 
 from __future__ import annotations
@@ -369,10 +374,11 @@ class BakeWatch:
         return specs
 
     def _record(self, now: float, results: list[RuleResult], data: Mapping[SeriesSpec, Any], since: float) -> None:
-        poll = {"t": round(now, 3), "values": {}}
+        values: dict[str, Any] = {}
+        poll = {"t": round(now, 3), "values": values}
         for r in results:
             key = f"{r.rule}|{r.version}|{r.function}"
-            poll["values"][key] = {"value": r.value, "samples": r.samples, "verdict": r.verdict,
+            values[key] = {"value": r.value, "samples": r.samples, "verdict": r.verdict,
                                    "version": r.version_number}
         series: dict[str, Any] = {}
         wanted = {mn.LAMBDA_INVOCATIONS: "invocations", mn.LAMBDA_ERRORS: "errors", mn.LAMBDA_DURATION: "p95_ms"}

@@ -53,6 +53,10 @@ from .supervisor import (
 MOTO_MODULE = "pytest_llamadeploy.sandbox.moto_server"
 FRONTDOOR_MODULE = "pytest_llamadeploy.sandbox.frontdoor"
 TRAFFIC_MODULE = "pytest_llamadeploy.sandbox.traffic"
+#: WebSocket clients of the background traffic, each reconnecting about once a second:
+#: ~16 connects/s, so the new version sees ~1.6/s at 10 % and the WebSocket rules of
+#: policies/sandbox.yaml (5-10 samples in a 15 s window) can reach a verdict.
+TRAFFIC_WS_CLIENTS = 16
 SERVICE_DB_MODULE = "pytest_llamadeploy.sandbox.service.db"
 DEFAULT_TRAFFIC_RATE = 20.0
 #: Stop order for ``down``: consumers before what they consume.
@@ -243,7 +247,8 @@ def _start_all(state: SandboxState, traffic_rate: float, timeout: float, say: Sa
 
     if traffic_rate > 0 and state.api_url and runnable(TRAFFIC_MODULE):
         state.components["traffic"] = _start_python_component(state, "traffic", TRAFFIC_MODULE,
-                                                              ["--rate", f"{traffic_rate:g}"], port=False,
+                                                              ["--rate", f"{traffic_rate:g}",
+                                                               "--ws-clients", str(TRAFFIC_WS_CLIENTS)], port=False,
                                                               timeout=timeout)
         state.extra["traffic_rate"] = traffic_rate
         state.save()

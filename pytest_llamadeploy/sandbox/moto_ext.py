@@ -34,7 +34,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def _index(backend: Any) -> dict[SeriesKey, list[Any]]:
 
 def _naive_utc(value: datetime) -> datetime:
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 
@@ -189,9 +189,9 @@ def _get_metric_data(self: Any, queries: list[dict[str, Any]], start_time: datet
             returned.append(item)
     for query in queries:
         if "Expression" in query and not query["Expression"].startswith("SELECT"):
-            values, stamps = parse_expression(query["Expression"], results)
-            returned.append({"id": query["Id"], "label": query.get("Label") or query["Id"], "values": values,
-                             "timestamps": stamps, "status_code": "Complete"})
+            math_values, math_stamps = parse_expression(query["Expression"], results)
+            returned.append({"id": query["Id"], "label": query.get("Label") or query["Id"], "values": math_values,
+                             "timestamps": math_stamps, "status_code": "Complete"})
     return returned
 
 
@@ -305,7 +305,7 @@ def evaluate_alarm(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: dateti
 
 def evaluate_alarms(backend: Any, now: datetime | None = None) -> int:
     """Evaluate every metric alarm of one backend; returns how many changed state."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     with _LOCK:
         snapshot = {k: list(v) for k, v in _index(backend).items()}
     changed = 0
@@ -327,7 +327,7 @@ def evaluate_alarms(backend: Any, now: datetime | None = None) -> int:
 
 def prune(backend: Any, now: datetime | None = None) -> int:
     """Drop points older than the retention; returns how many."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     cutoff = now - _RETENTION
     with _LOCK:
         before = len(backend.metric_data)
@@ -344,7 +344,7 @@ def publish_sqs_metrics(now: datetime | None = None) -> None:
     from moto.cloudwatch.models import cloudwatch_backends
     from moto.sqs.models import sqs_backends
 
-    stamp = now or datetime.now(timezone.utc)
+    stamp = now or datetime.now(UTC)
     for account, regions in list(sqs_backends.items()):
         for region, sqs in list(regions.items()):
             data = []

@@ -115,6 +115,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
 
 def start(state_dir: Path, timeout: float = 60.0) -> PostgresInfo:
     """initdb a fresh cluster, start it on a free loopback port, create the ``defillama`` database."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     bin_dir = find_bin_dir()
     data_dir = _make_data_dir(state_dir)
     try:

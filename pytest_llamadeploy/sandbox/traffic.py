@@ -109,6 +109,7 @@ class Traffic:
         self._token_expires = 0.0
         self._chains = list(FALLBACK_CHAINS)
         self._in_flight = 0
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self, duration: float | None = None) -> Stats:
         import httpx
@@ -127,6 +128,12 @@ class Traffic:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Let requests already sent finish (bounded), so the summary counts answers, not our shutdown.
+            if self._pending:
+                await asyncio.wait(self._pending, timeout=min(self.timeout, 3.0))
+            for task in list(self._pending):
+                task.cancel()
+            await asyncio.gather(*self._pending, return_exceptions=True)
         return self.stats
 
     async def _prime(self, client: Any) -> None:
@@ -140,6 +147,8 @@ class Traffic:
             log.warning("cannot list chains (%s); using %s", exc, FALLBACK_CHAINS)
 
     async def _refresh_token(self, client: Any) -> None:
+        # Until a token comes, try again at most every 5 s rather than before every request.
+        self._token_expires = max(self._token_expires, time.time() + 65)
         try:
             response = await client.post(f"{self.api_url}/auth/token", json={"user": TRAFFIC_USER})
             if response.status_code == 200:
@@ -168,7 +177,7 @@ class Traffic:
     async def _http_loop(self, client: Any) -> None:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
-        pending: set[asyncio.Task[None]] = set()
+        pending = self._pending
         while not self.stop.is_set():
             if self._in_flight >= self.max_in_flight:
                 self.stats.skipped += 1
@@ -193,6 +202,9 @@ class Traffic:
             self.stats.releases[response.headers.get("x-llama-release", "?")] += 1
             if response.status_code == 401:
                 self._token_expires = 0.0
+        except asyncio.CancelledError:
+            self.stats.statuses["cancelled_at_stop"] += 1
+            raise
         except Exception as exc:
             self.stats.statuses[type(exc).__name__] += 1
         finally:
