@@ -63,7 +63,7 @@ def render_plan(decision: Decision, loaded: LoadedPolicy, ledger_desc: str) -> s
     if "compare" in sp.suites:
         c = p.compare
         lines.append(f"  compare: error rate diff <= {c.max_error_rate_diff:.1%}, p95 ratio <= {c.max_p95_ratio:g}, "
-                     f"Mann-Whitney alpha {c.alpha:g}, min samples {c.min_samples}")
+                     f"Mann-Whitney alpha {c.alpha:g} with tolerance {c.tolerance:.0%}, min samples {c.min_samples}")
     lines.append(f"  on failure: {'roll back to the old version' if p.rollback_on_failure else 'leave traffic as it is (rollback_on_failure: false)'}")
     lines.append(f"  approval: {'required; ' if p.approval.required else 'not required; '}"
                  f"{'approved by ' + decision.approver if decision.approver else 'no approver given'}")

@@ -142,6 +142,9 @@ class Compare(_Model):
     max_p95_ratio: float = Field(default=1.5, gt=0)
     #: Significance level of the Mann-Whitney U test on per-interval samples.
     alpha: float = Field(default=0.02, gt=0, lt=1)
+    #: How much slower (median per interval) the new version may be before a significant
+    #: difference counts (Kayenta's tolerance, 0.25).
+    tolerance: float = Field(default=0.25, ge=0)
     min_samples: int = Field(default=20, ge=1)
 
 

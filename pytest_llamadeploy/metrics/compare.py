@@ -8,7 +8,8 @@ Kayenta does:
 - p95 over the window: ``new / old <= compare.max_p95_ratio``;
 - Mann-Whitney U (one-sided: is the new version slower?) on per-interval p95
   durations (one sample per ``resolution`` seconds per version), failing when
-  ``p < compare.alpha``. It needs ``compare.min_samples`` intervals per version;
+  ``p < compare.alpha`` and the new median exceeds the old by more than
+  ``compare.tolerance`` (significant and material). It needs ``compare.min_samples`` intervals per version;
   fewer is "inconclusive", which is not a pass (lengthen the bake).
 
 Everything comes from one GetMetricData call.
@@ -84,8 +85,11 @@ class Comparison:
             return (f"compare Mann-Whitney ({self.rank_verdict}): needs >= {need} per-interval samples per version, "
                     f"has old {len(self.old_intervals)} / new {len(self.new_intervals)}: inconclusive is not a pass "
                     f"(lengthen the bake); {self.side_by_side}")
+        shift = _median(self.new_intervals) / _median(self.old_intervals) if _median(self.old_intervals) > 0 else None
+        shown = f"{shift:.2f}x" if shift is not None else "n/a"
         return (f"compare Mann-Whitney U ({self.rank_verdict}): new slower than old? U = {self.mannwhitney_u:g}, "
-                f"p = {self.mannwhitney_p:.4g}, must be >= alpha {self.limits['alpha']:g}; {self.side_by_side}")
+                f"p = {self.mannwhitney_p:.4g} (fails below alpha {self.limits['alpha']:g}), median shift {shown} "
+                f"(fails above {1 + self.limits.get('tolerance', 0.0):g}x); {self.side_by_side}")
 
 
 def _specs(fn: str, alias: str, version: str, resolution: int, span: int) -> dict[str, SeriesSpec]:
@@ -96,6 +100,12 @@ def _specs(fn: str, alias: str, version: str, resolution: int, span: int) -> dic
         "p95": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", span),
         "intervals": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", resolution),
     }
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float | None,
@@ -119,7 +129,11 @@ def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float 
 
         test = mannwhitneyu(new_iv, old_iv, alternative="greater")
         u, p = float(test.statistic), float(test.pvalue)
-        rank_v = "fail" if p < settings.alpha else "pass"
+        # Significant is not the same as material: with enough intervals a 10 % slower
+        # new version is "significant". Like Kayenta's tolerance, the rank test fails only
+        # when the new version is slower beyond compare.tolerance (median per interval).
+        shift = _median(new_iv) / _median(old_iv) if _median(old_iv) > 0 else float("inf")
+        rank_v = "fail" if p < settings.alpha and shift > 1.0 + settings.tolerance else "pass"
     return error_v, p95_v, rank_v, diff, ratio, u, p
 
 
@@ -159,5 +173,5 @@ def compare_versions(
             fn, old, new, end - start, old_inv, new_inv, old_err, new_err, diff, old_p95, new_p95, ratio,
             old_iv, new_iv, u, p, ev, pv, rv,
             {"max_error_rate_diff": settings.max_error_rate_diff, "max_p95_ratio": settings.max_p95_ratio,
-             "alpha": settings.alpha, "min_samples": float(settings.min_samples)}))
+             "alpha": settings.alpha, "tolerance": settings.tolerance, "min_samples": float(settings.min_samples)}))
     return out
