@@ -145,6 +145,9 @@ class Compare(_Model):
     #: How much slower (median per interval) the new version may be before a significant
     #: difference counts (Kayenta's tolerance, 0.25).
     tolerance: float = Field(default=0.25, ge=0)
+    #: Seconds after traffic moved that are not compared (connection pools and caches
+    #: of the newly weighted version warm up; Argo's initialDelay, Kayenta's warmup).
+    warmup: Duration = 60.0
     min_samples: int = Field(default=20, ge=1)
 
 

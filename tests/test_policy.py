@@ -44,7 +44,11 @@ def test_dev_staging_all_at_once_and_sandbox_mirrors_prod() -> None:
         p = load_policy(POLICIES, env).policy
         assert p.plan == ["deploy", "verify"] and p.stages["deploy"].weight == 1.0 and not p.approval.required
     prod, sandbox = load_policy(POLICIES, "prod").policy, load_policy(POLICIES, "sandbox").policy
-    assert sandbox.plan == prod.plan and sandbox.rollback_triggers == prod.rollback_triggers
+    assert sandbox.plan == prod.plan
+    for section in ("rollback_triggers", "key_metrics"):
+        same = {n: (r.signal, r.op, r.threshold) for n, r in getattr(prod, section).items()}
+        assert {n: (r.signal, r.op, r.threshold) for n, r in getattr(sandbox, section).items()} == same
+    assert sandbox.performance.api_p95 == prod.performance.api_p95
     assert all(10 <= sandbox.stages[s].bake <= 20 for s in ("shift10", "shift50", "shift100"))
 
 

@@ -148,7 +148,9 @@ def compare_versions(
     end: float,
 ) -> list[Comparison]:
     """One Comparison per function serving both versions, from one GetMetricData call."""
+    # Skip the warm-up after the shift, but never below min_samples intervals of window.
     resolution = resolution_for(policy)
+    start = min(start + policy.compare.warmup, max(start, end - policy.compare.min_samples * resolution))
     span = valid_period(max(end - start, 1.0))
     pairs = [(fn, str(old_versions[fn]), str(new_versions[fn])) for fn in functions
              if fn in old_versions and fn in new_versions and str(old_versions[fn]) != str(new_versions[fn])]
