@@ -35,24 +35,54 @@ def _decision(runner: Any) -> dict[str, Any]:
     }
 
 
+def _rate_points(entry: dict[str, Any]) -> list[tuple[float, float]]:
+    inv = {t: v for t, v in entry.get("invocations", [])}
+    return [(t, e / inv[t]) for t, e in entry.get("errors", []) if inv.get(t)]
+
+
 def _plots(runner: Any) -> list[Any]:
-    """PNG per plotted metric, per version, with the threshold drawn."""
+    """Per function: error rate and p95 per version over the bake, the threshold drawn."""
     from .reporting.attach import Attachment
     from .reporting.plots import plot_series
 
     bake = runner.context.watch.get("bake", {}) if runner.context else {}
+    series = bake.get("series") or {}
+    policy = runner.policy
+    error_rule = next((r for r in policy.rollback_triggers.values() if r.signal == "lambda.error_rate"), None)
+    p95_rule = next((r for r in policy.key_metrics.values() if r.signal == "lambda.duration"), None)
     out = []
-    for name, spec in (bake.get("plots") or {}).items():
-        series = {label: [tuple(p) for p in points] for label, points in spec.get("series", {}).items()}
-        if not any(series.values()):
-            continue
-        try:
-            png = plot_series(series, float(spec["threshold"]), spec.get("title", name), spec.get("unit", ""))
-        except Exception as exc:  # a plot must never cost the verdict
-            runner.out(f"llamadeploy: plot {name} skipped: {exc}")
-            continue
-        out.append(Attachment.png(spec.get("title", name), png))
+    for fn in policy.service.functions:
+        by_version = {f"{label} v{fns[fn]['version']}": fns[fn] for label, fns in series.items() if fn in fns}
+        specs = []
+        if error_rule is not None:
+            specs.append((f"{fn} error rate by version", {k: _rate_points(e) for k, e in by_version.items()},
+                          error_rule.threshold, "share"))
+        if p95_rule is not None:
+            specs.append((f"{fn} p95 duration by version", {k: [tuple(p) for p in e.get("p95_ms", [])]
+                                                           for k, e in by_version.items()}, p95_rule.threshold, "ms"))
+        for title, data, threshold, unit in specs:
+            if not any(data.values()):
+                continue
+            try:
+                out.append(Attachment.png(title, plot_series(data, float(threshold), title, unit)))
+            except Exception as exc:  # a plot must never cost the verdict
+                runner.out(f"llamadeploy: plot {title!r} skipped: {exc}")
     return out
+
+
+def _poll_steps(bake: dict[str, Any], started: float) -> list[dict[str, Any]]:
+    """One step per poll: the worst verdict and the values of the new version."""
+    steps = []
+    for poll in (bake.get("polls") or [])[-300:]:
+        values = poll.get("values", {})
+        verdicts = [v.get("verdict") for v in values.values()]
+        worst = next((w for w in ("fail", "inconclusive", "no_data") if w in verdicts), "pass")
+        shown = ", ".join(f"{k.split('|')[0]} {v['value']:.3g}" for k, v in values.items()
+                          if "|new|" in k and isinstance(v.get("value"), (int, float)))[:300]
+        t = poll.get("t", started)
+        steps.append({"name": f"poll +{t - started:.0f}s: {worst}" + (f" (new: {shown})" if shown else ""),
+                      "status": "passed" if worst in ("pass", "no_data") else "failed", "start": t, "stop": t})
+    return steps
 
 
 def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
@@ -79,9 +109,7 @@ def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
     steps = [dict(s, name=s["name"], parameters={k: str(v) for k, v in s.items() if k in ("after", "reason")})
              for s in runner.steps]
     steps = [{k: v for k, v in s.items() if k in ("name", "status", "start", "stop", "parameters")} for s in steps]
-    for poll in (bake.get("poll_summaries") or [])[:200]:
-        steps.append({"name": poll.get("summary", "poll"), "status": poll.get("status", "passed"),
-                      "start": poll.get("t", record["started_at"]), "stop": poll.get("t", record["started_at"])})
+    steps += _poll_steps(bake, bake.get("started_at") or record["started_at"])
     steps.sort(key=lambda s: s.get("start") or 0)
     failure = {"message": record["reason"]} if status != "passed" and record.get("reason") else None
     record_stage(

@@ -34,7 +34,7 @@ def render_plan(decision: Decision, loaded: LoadedPolicy, ledger_desc: str) -> s
         + (f"; keep previous {format_duration(sp.keep_previous)}" if sp.keep_previous else ""),
         f"  plan of {decision.env}: {' -> '.join(s + (' <' if s == decision.stage else '') for s in p.plan)}",
         f"  ledger: {ledger_desc}",
-        "  functions (alias %r):" % p.service.alias,
+        f"  functions (alias {p.service.alias!r}):",
     ]
     for fn, cur in decision.current.items():
         tgt = decision.target.get(fn) if decision.target else None

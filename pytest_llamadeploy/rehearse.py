@@ -57,7 +57,7 @@ def _status(policy_dir: str) -> dict[str, Any]:
 
 
 def _stage(release: str, stage: str, args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> Row:
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--env=sandbox", f"--stage={stage}",
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--env=sandbox", f"--stage={stage}",
             f"--release={release}", f"--policy-dir={args.policy_dir}", f"--alluredir={args.alluredir}", "-q",
             "-rfE", f"--junitxml={log_dir / f'{release}-{stage}.xml'}"]
     if args.workers not in ("0", ""):

@@ -22,7 +22,14 @@ from .options import Settings, approver_from
 from .policy import LoadedPolicy, Stage
 from .redact import redact
 from .targets import resolve_targets
-from .traffic import AliasState, LambdaAliasDriver, TrafficError, promote_target, rollback_target, shift_target
+from .traffic import (
+    AliasState,
+    LambdaAliasDriver,
+    TrafficError,
+    promote_target,
+    rollback_target,
+    shift_target,
+)
 
 #: Stages whose action moves traffic and therefore can be rolled back.
 _MOVES = ("deploy", "shift", "promote")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llamadeploy.traffic import AliasState, LambdaAliasDriver, TrafficError, promote_target, shift_target
+from pytest_llamadeploy.traffic import (
+    AliasState,
+    LambdaAliasDriver,
+    TrafficError,
+    promote_target,
+    shift_target,
+)
 from tests.support.aws_setup import FUNCTIONS, alias_state, create_service, lambda_client
 from tests.support.moto import reset
 
