@@ -66,7 +66,13 @@ class StageContext:
 
     @property
     def resolved_targets(self) -> ResolvedTargets:
-        return ResolvedTargets(**self.targets)
+        if self.targets:
+            return ResolvedTargets(**self.targets)
+        # Not persisted (they may hold passwords): every process resolves them from the
+        # same environment variables / sandbox state the controller used.
+        from .targets import resolve_targets
+
+        return resolve_targets(self.policy)
 
     @property
     def api_function(self) -> str:
@@ -85,7 +91,9 @@ class StageContext:
         return start, end
 
     def to_json(self) -> dict[str, Any]:
+        """What is written to disk: never the resolved targets (DSNs may carry passwords)."""
         data = asdict(self)
+        data["targets"] = {}
         return data
 
     def save(self, path: Path) -> None:

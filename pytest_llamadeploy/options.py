@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,12 +138,12 @@ def get_settings(config: pytest.Config) -> Settings:
     )
 
 
-def approver_from(settings: Settings, env_vars: list[str], environ: dict[str, str] | None = None) -> str | None:
+def approver_from(settings: Settings, env_vars: list[str], environ: Mapping[str, str] | None = None) -> str | None:
     """--approved-by, or the first non-empty of the policy's approval variables (set by CI)."""
     if settings.approved_by:
         return settings.approved_by
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     for name in env_vars:
-        if environ.get(name):
-            return environ[name]
+        if env.get(name):
+            return env[name]
     return None

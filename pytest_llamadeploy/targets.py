@@ -56,7 +56,5 @@ def resolve_targets(policy: Policy, sandbox_directory: Path | str | None = None,
 
         s = SandboxState.load(sandbox_directory)
         return ResolvedTargets(s.api_url, s.ws_url, s.postgres_dsn, s.redis_url, s.sqs_queue_url, "sandbox")
-    return ResolvedTargets(
-        *(_expand(k, getattr(t, k), environ) for k in ("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")),
-        source="env",
-    )
+    values = {k: _expand(k, getattr(t, k), environ) for k in ("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")}
+    return ResolvedTargets(**values, source="env")
