@@ -91,9 +91,16 @@ class StageContext:
         return start, end
 
     def to_json(self) -> dict[str, Any]:
-        """What is written to disk: never the resolved targets (DSNs may carry passwords)."""
+        """What is written to disk: targets only when no value carries a credential.
+
+        A DSN with a password (prod) is left out, and every process resolves it from
+        the same environment variables the controller used; the sandbox's have none.
+        """
+        from .redact import redact
+
         data = asdict(self)
-        data["targets"] = {}
+        if any(redact(str(v)) != str(v) for v in self.targets.values()):
+            data["targets"] = {}
         return data
 
     def save(self, path: Path) -> None:

@@ -29,10 +29,85 @@ def _decision(runner: Any) -> dict[str, Any]:
         "weights_before": record.get("weights_before"),
         "weights_after": record.get("weights_after"),
         "preconditions": [p.__dict__ for p in runner.decision.preconditions] if runner.decision else [],
-        "metrics": bake.get("last_results") or bake.get("results") or [],
+        "metrics": [_metric_row(r) for r in bake.get("last_results") or bake.get("results") or []],
         "breach": bake.get("breach"),
+        "watch": {k: bake.get(k) for k in ("poll_count", "get_metric_data_calls", "provider_errors", "probes")
+                  if k in bake},
         "failed_tests": record.get("details", {}).get("failed_tests", []),
     }
+
+
+def _metric_row(result: dict[str, Any]) -> dict[str, Any]:
+    """A watch RuleResult as the reviewer reads it: metric, value, threshold, window, version, verdict first."""
+    from .units import format_duration
+
+    label, number = result.get("version", ""), result.get("version_number", "")
+    window = result.get("window")
+    return {
+        "metric": result.get("rule"),
+        "function": result.get("function"),
+        "version": f"{label} v{number}" if number else label,
+        "value": result.get("value"),
+        "op": result.get("op"),
+        "threshold": result.get("threshold"),
+        "window": format_duration(round(window)) if isinstance(window, int | float) else window,
+        "samples": result.get("samples"),
+        "verdict": result.get("verdict"),
+        "signal": result.get("signal"),
+        "message": result.get("message"),
+    }
+
+
+def _describe_alias(after: dict[str, Any]) -> str:
+    """``{"onchain-api": {"version": "1", "weights": {"2": 0.1}}}`` -> ``onchain-api v1 + v2 10%``."""
+    parts = []
+    for fn, state in sorted(after.items()):
+        if not isinstance(state, dict):
+            parts.append(f"{fn} {state}")
+            continue
+        weights = "".join(f" + v{v} {float(w):.0%}" for v, w in (state.get("weights") or {}).items())
+        parts.append(f"{fn} v{state.get('version')}{weights}")
+    return ", ".join(parts)
+
+
+def _steps(runner: Any, attachments: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runner's actions as Allure steps, with their evidence attached where it belongs."""
+    alias = runner.policy.service.alias
+    steps = []
+    for raw in runner.steps:
+        step: dict[str, Any] = {k: raw[k] for k in ("name", "status", "start", "stop") if k in raw}
+        params: dict[str, str] = {}
+        if raw.get("after"):
+            params["alias after"] = _describe_alias(raw["after"])
+        if raw["name"].startswith("rollback to"):
+            detail = runner.rollback_detail or {}
+            if detail.get("after"):
+                step["name"] = f"rollback: alias {alias} back to {_describe_alias(detail['after'])}"
+            if raw.get("reason"):
+                params["reason"] = str(raw["reason"])
+            if "rollback record" in attachments:
+                step["attachments"] = [attachments["rollback record"]]
+        elif raw["name"].startswith("deploy command") and "deploy command output" in attachments:
+            step["attachments"] = [attachments["deploy command output"]]
+        if params:
+            step["parameters"] = params
+        steps.append(step)
+    return steps
+
+
+def _known_secrets(runner: Any) -> list[str]:
+    """Passwords of the DSNs/URLs the stage probed (from CI's secret store on AWS): masked wherever they appear."""
+    from urllib.parse import urlsplit
+
+    found = []
+    for value in (getattr(runner, "targets", None) or {}).values():
+        try:
+            password = urlsplit(str(value)).password
+        except ValueError:
+            continue
+        if password:
+            found.append(password)
+    return found
 
 
 def _rate_points(entry: dict[str, Any]) -> list[tuple[float, float]]:
@@ -86,7 +161,15 @@ def _poll_steps(bake: dict[str, Any], started: float) -> list[dict[str, Any]]:
 
 
 def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
-    if not alluredir or runner.record is None:
+    if not alluredir:
+        return
+    from .reporting.scrub import scrub_results
+
+    secrets = _known_secrets(runner)
+    if runner.record is not None:
+        # allure-pytest wrote the gate tests' results (traces print fixture arguments) without our redaction
+        scrub_results(alluredir, since=float(runner.record_json().get("started_at") or 0) - 5, secrets=secrets)
+    if runner.record is None:
         return
     from .reporting.attach import Attachment
     from .reporting.environment import write_environment
@@ -94,21 +177,22 @@ def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
 
     record = runner.record_json()
     status = "passed" if record["status"] == "passed" else "failed"
-    attachments = [
-        Attachment.yaml("effective policy", yaml.safe_dump(json.loads(json.dumps(dict(runner.loaded.document), default=str)),
-                                                             sort_keys=False)),
-        Attachment.json("stage decision", _decision(runner)),
-        *_plots(runner),
-    ]
+    named: dict[str, Any] = {}
     deploy_log = runner.run_dir / "deploy.log"
     if deploy_log.is_file():
-        attachments.append(Attachment.text("deploy command output", deploy_log.read_text()))
+        named["deploy command output"] = Attachment.text("deploy command output", deploy_log.read_text(),
+                                                         secrets=secrets)
     if runner.rollback_detail:
-        attachments.append(Attachment.json("rollback record", runner.rollback_detail))
+        named["rollback record"] = Attachment.json("rollback record", runner.rollback_detail, secrets=secrets)
+    attachments = [
+        Attachment.yaml("effective policy", yaml.safe_dump(json.loads(json.dumps(dict(runner.loaded.document), default=str)),
+                                                             sort_keys=False), secrets=secrets),
+        Attachment.json("stage decision", _decision(runner), secrets=secrets),
+        *_plots(runner),
+        *named.values(),
+    ]
     bake = runner.context.watch.get("bake", {}) if runner.context else {}
-    steps = [dict(s, name=s["name"], parameters={k: str(v) for k, v in s.items() if k in ("after", "reason")})
-             for s in runner.steps]
-    steps = [{k: v for k, v in s.items() if k in ("name", "status", "start", "stop", "parameters")} for s in steps]
+    steps = _steps(runner, named)
     steps += _poll_steps(bake, bake.get("started_at") or record["started_at"])
     steps.sort(key=lambda s: s.get("start") or 0)
     failure = {"message": record["reason"]} if status != "passed" and record.get("reason") else None
@@ -116,12 +200,13 @@ def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
         alluredir, env=runner.env, stage=runner.stage, release=runner.release or "-", status=status, steps=steps,
         attachments=attachments, failure=failure, started=record["started_at"],
         stopped=record.get("ended_at") or record["started_at"], versions=record.get("new_versions") or {},
+        secrets=secrets,
     )
     after = record.get("weights_after") or {}
     write_environment(alluredir, {
         "env": runner.env, "stage": runner.stage, "release": runner.release,
         "status": record["status"],
         "versions.old": json.dumps(record.get("old_versions")), "versions.new": json.dumps(record.get("new_versions")),
-        "weights": json.dumps(after), "policy.sha256": runner.loaded.sha256,
+        "weights": _describe_alias(after) if after else "-", "policy.sha256": runner.loaded.sha256,
         "approver": record.get("approver") or "-", "run": runner.run_id,
-    })
+    }, secrets=secrets)

@@ -434,6 +434,10 @@ class StageRunner:
             self.out(f"llamadeploy: baking {sp.bake:g}s")
             threading.Event().wait(sp.bake)  # the policy's hold time itself, not a stand-in for a condition
         self.context.bake_ended_at = now()
+        try:  # a long bake must not let the lease lapse before the suites and the verdict
+            self.ledger.renew_lock(self.env, self.run_id, self.policy.ledger.lease)
+        except Exception as exc:
+            self.failure = self.failure or f"provider error: lost the lock of {self.env} during the bake: {exc}"
         if self.watch is not None:
             self.context.watch["bake"] = self._evidence()
         self.save_context()

@@ -20,6 +20,7 @@ release under a name of their own, use ``sandbox`` directly and run in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -96,9 +97,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
                 raise RuntimeError(f"sandbox in {directory} did not stop cleanly (see the messages above)")
 
 
-@pytest.fixture
-def sandbox_exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
-    """The shared sandbox, reset and held for this test alone (across xdist workers)."""
+@contextlib.contextmanager
+def exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
+    """Hold the shared sandbox alone (across xdist workers), reset before and after.
+
+    A context manager as well as the fixture below, so a module-scoped fixture can hold it
+    for a whole module that moves the alias or sets faults once and asserts many things.
+    """
     from filelock import FileLock
 
     with FileLock(str(shared_root(tmp_path_factory) / "sandbox-exclusive.lock")):
@@ -107,3 +112,10 @@ def sandbox_exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFa
             yield state
         finally:
             reset_sandbox(sandbox)
+
+
+@pytest.fixture
+def sandbox_exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
+    """The shared sandbox, reset and held for this test alone (across xdist workers)."""
+    with exclusive(sandbox, tmp_path_factory) as state:
+        yield state

@@ -126,3 +126,51 @@ def test_migration_without_rollback_file_is_refused(tmp_path, setup, ops_dsn, mi
     assert result["status"] == "refused"
     assert any("0003_orphan.sql: no rollback file; write 0003_orphan.rollback.sql" in e for e in result["errors"])
     assert _fingerprint(ops_dsn)["tables"] == {}
+
+
+def _create_baseline_by_hand(dsn: str, migdir: Path) -> None:
+    """The schema as a database that predates managed migrations has it (production, the sandbox)."""
+    body = (migdir / "0001_initial.sql").read_text()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(body)
+
+
+def test_existing_baseline_schema_is_adopted_never_run_and_never_rolled_back(tmp_path, setup, ops_dsn, migdir):  # noqa: F811
+    _create_baseline_by_hand(ops_dsn, migdir)
+    _seed(ops_dsn)
+    (migdir / "0003_broken.sql").write_text("SELECT * FROM no_such_table;\n")
+    (migdir / "0003_broken.rollback.sql").write_text("SELECT 1;\n")
+    before = _fingerprint(ops_dsn)
+
+    result = run_migrations(setup(), new_ledger(tmp_path))
+
+    # 0001 was adopted (its CREATE TABLEs would fail), 0002 applied, 0003 failed: only 0002 is rolled back.
+    assert result["baselined"] == ["0001_initial"]
+    assert result["status"] == "rolled_back", result["errors"]
+    assert result["applied"] == ["0002_tvl_by_chain_index"] and result["rolled_back"] == ["0002_tvl_by_chain_index"]
+    assert _fingerprint(ops_dsn) == before, "the baseline's rollback file must never run on adopted tables"
+    with psycopg.connect(ops_dsn) as conn:
+        marked = {r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration")}
+        release = conn.execute("SELECT release FROM llamadeploy_migrations WHERE migration_id = '0001_initial'")
+        assert release.fetchone()[0] == "(baseline: existing schema adopted)"
+        probe = conn.execute("SELECT to_regnamespace('llamadeploy_baseline_probe')").fetchone()[0]
+    assert marked == {"0001_initial"} and probe is None
+
+    (migdir / "0003_broken.sql").unlink()
+    (migdir / "0003_broken.rollback.sql").unlink()
+    again = run_migrations(setup(), new_ledger(tmp_path))
+    assert again["status"] == "applied" and again["baselined"] == [] and again["applied"] == ["0002_tvl_by_chain_index"]
+
+
+def test_partial_baseline_schema_is_refused_naming_the_differences(tmp_path, setup, ops_dsn):  # noqa: F811
+    with psycopg.connect(ops_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE protocols (id serial PRIMARY KEY, name text NOT NULL UNIQUE, chain text)")
+    before = _fingerprint(ops_dsn)
+
+    result = run_migrations(setup(), new_ledger(tmp_path))
+
+    assert result["status"] == "refused" and result["applied"] == []
+    text = result["errors"][0]
+    assert "0001_initial.sql is a baseline" in text and "table tvl is missing" in text
+    assert "table protocols has (id integer not null, name text not null, chain text)" in text
+    assert _fingerprint(ops_dsn) == before

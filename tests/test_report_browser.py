@@ -1,8 +1,11 @@
-"""The report as a reviewer sees it: built with `llamadeploy report`, opened in headless Chromium.
+"""The report of a real sandbox run as a reviewer sees it: built with `llamadeploy report`, opened in headless Chromium.
 
-Results: one failing stage verdict (record_stage, as the gate core writes it)
-plus a real pytest run with allure-pytest of a small gate test that fails with a
-threshold message. Later this switches to a sandbox run with a bad release.
+One bad release per module on the shared sandbox (held exclusively): its deploy
+passes, then ``error_rate=0.3`` is injected into it mid-bake at shift10, so the
+watch rolls back and the stage verdict carries the trigger, its value and its
+threshold. The tests read the raw allure-results (labels, parameters, steps,
+attachments, no secrets) and the HTML report in Chromium (screenshots kept
+under artifacts/).
 """
 
 from __future__ import annotations
@@ -14,85 +17,115 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_llamadeploy.cli import main
-from pytest_llamadeploy.reporting import Attachment, plot_series, record_stage, write_environment
 from pytest_llamadeploy.reporting.cli import TOOLS_DIR
-
-pytest_plugins = ["pytester"]
+from pytest_llamadeploy.sandbox.state import SandboxState
+from tests.sandbox_fixtures import exclusive
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_TIMEOUT_S = 90
+STAGE_TIMEOUT_S = 240
 
 pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.xdist_group("report_browser"),  # one bad release per module, on one worker
     pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed and could not be: run "
                                                 "`bash scripts/install-report-tools.sh` (needs apt)"),
     pytest.mark.skipif(not (TOOLS_DIR / "node_modules" / "allure" / "cli.js").is_file(),
                        reason="Allure 3 CLI not installed: run `bash scripts/install-report-tools.sh`"),
 ]
 
-GATE_TEST = '''
-import pytest
-from pytest_llamadeploy.reporting import apply_labels, threshold_message
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        apply_labels(item, env="sandbox", stage="shift10", release="v2", suite="monitoring",
-                     versions={"blue": "v1 (3)", "green": "v2 (4)"})
-'''
+class BadRelease:
+    def __init__(self, release: str, results: Path, state: SandboxState) -> None:
+        self.release, self.results, self.state = release, results, state
+        self.codes: dict[str, int] = {}
+        self.output: dict[str, str] = {}
+
+    def results_json(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in self.results.glob("*-result.json")]
+
+    def verdict(self, stage: str) -> dict[str, Any]:
+        name = f"[sandbox] {stage} {self.release}: stage verdict"
+        found = [r for r in self.results_json() if r["name"] == name]
+        assert len(found) == 1, f"{len(found)} results named {name!r}; output:\n{self.output.get(stage, '')[-3000:]}"
+        return found[0]
+
+    def attachment(self, result: dict[str, Any], name: str) -> Path:
+        refs = [a for a in _all_attachments(result) if a["name"] == name]
+        assert refs, f"no attachment {name!r} on {result['name']}: {[a['name'] for a in _all_attachments(result)]}"
+        return self.results / refs[0]["source"]
 
 
-def _failing_stage_results(results: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    start = time.time() - 300
-    error_rate = {"v1 (3)": [(start + 30 * i, 0.002) for i in range(10)],
-                  "v2 (4)": [(start + 30 * i, 0.004 + 0.011 * i) for i in range(10)]}
-    decision = [
-        {"metric": "error_rate", "value": 0.092, "threshold": 0.05, "window": "5m", "version": "4",
-         "verdict": "breached"},
-        {"metric": "p95_latency_ms", "value": 212.0, "threshold": 500, "window": "5m", "version": "4",
-         "verdict": "ok"},
-    ]
-    record_stage(
-        results, env="sandbox", stage="shift10", release="v2", status="failed",
-        steps=[
-            {"name": "shift 10% of alias live to version 4", "start": start, "stop": start + 2},
-            *({"name": f"poll {i}/10: error_rate {v:.3f} on version 4",
-               "status": "failed" if v > 0.05 else "passed", "start": t, "stop": t + 1}
-              for i, (t, v) in enumerate(error_rate["v2 (4)"], start=1)),
-            {"name": "rollback: alias live back to version 3", "start": start + 300,
-             "attachments": [Attachment.json("rollback record", {"alias": "live", "from": "4", "to": "3"})]},
-        ],
-        attachments=[
-            Attachment.yaml("effective policy", "stages:\n  shift10:\n    weight: 10%\n    bake: 5m\n"),
-            Attachment.json("stage decision", decision),
-            Attachment.png("error rate by version", plot_series(error_rate, 0.05, "error rate", "ratio")),
-            Attachment.text("deploy command output", "deployed with postgresql://llama:pw-not-shown@db/x"),
-        ],
-        failure={"metric": "error_rate", "value": 0.092, "threshold": 0.05, "window": "5m", "version": "v2 (4)"},
-        started=start, stopped=start + 301, versions={"blue": "v1 (3)", "green": "v2 (4)"},
-    )
-    write_environment(results, {"env": "sandbox", "stage": "shift10", "release": "v2",
-                                "versions": {"blue": "v1 (3)", "green": "v2 (4)"}, "approver": "ci"})
-    # a real gate test through allure-pytest, failing with the core's message shape
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    pytester.makeconftest(GATE_TEST)
-    pytester.makepyfile(test_monitoring="from pytest_llamadeploy.reporting import threshold_message\n"
-                        "def test_p95_latency(): pass\n"
-                        "def test_error_rate():\n"
-                        "    raise AssertionError(threshold_message(metric='error_rate', value=0.092,"
-                        " threshold=0.05, window='5m', version='v2 (4)'))\n")
-    pytester.runpytest_subprocess(f"--alluredir={results}", "-p", "no:cacheprovider").assert_outcomes(
-        passed=1, failed=1)
+def _all_attachments(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from node.get("attachments", [])
+    for step in node.get("steps", []):
+        yield from _all_attachments(step)
+
+
+def _gate(release: str, stage: str, results: Path) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--env=sandbox", f"--stage={stage}",
+            f"--release={release}", f"--llama-alluredir={results}", f"--llama-artifacts={results.parent / 'art'}"]
+
+
+def _shift10_with_fault_mid_bake(bad: BadRelease) -> None:
+    """shift10, and error_rate=0.3 on the new release once the bake (and its watch) has started."""
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    proc = subprocess.Popen([*_gate(bad.release, "shift10", bad.results), "-s"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    timer = threading.Timer(STAGE_TIMEOUT_S, proc.kill)  # a wedged stage must not hang the suite
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "baking" in line and "fault" not in bad.output:
+                fault = subprocess.run(
+                    [sys.executable, "-m", "pytest_llamadeploy.cli", "sandbox", "fault", "--release", bad.release,
+                     "error_rate=0.3"], cwd=ROOT, capture_output=True, text=True,
+                    timeout=max(5.0, deadline - time.monotonic()))
+                bad.output["fault"] = fault.stdout + fault.stderr
+                assert fault.returncode == 0, bad.output["fault"]
+        bad.codes["shift10"] = proc.wait(timeout=max(5.0, deadline - time.monotonic()))
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        bad.output["shift10"] = "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def bad_release(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadRelease]:
+    """deploy (passes) then shift10 with a fault injected mid-bake (rolled back), once for the module.
+
+    Holds the sandbox alone (``exclusive``, the context manager behind ``sandbox_exclusive``) for the two stages.
+    """
+    results = tmp_path_factory.mktemp("bad-release") / "allure-results"
+    bad = BadRelease(f"t-{uuid.uuid4().hex[:6]}", results, sandbox)
+    with exclusive(sandbox, tmp_path_factory):
+        deploy = subprocess.run(_gate(bad.release, "deploy", results), cwd=ROOT, capture_output=True,
+                                text=True, timeout=STAGE_TIMEOUT_S)
+        bad.codes["deploy"], bad.output["deploy"] = deploy.returncode, deploy.stdout + deploy.stderr
+        assert deploy.returncode == 0, f"deploy of the bad release failed:\n{bad.output['deploy'][-4000:]}"
+        _shift10_with_fault_mid_bake(bad)
+    yield bad
 
 
 @pytest.fixture
@@ -138,36 +171,111 @@ def _test_id(report: Path, name: str) -> str:
     raise AssertionError(f"no test result named {name!r} in {report}")
 
 
-def test_reviewer_sees_stage_failed_metric_and_plot(tmp_path: Path, pytester: pytest.Pytester,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    served_report: tuple[Path, str]) -> None:
-    results = tmp_path / "allure-results"
-    _failing_stage_results(results, pytester, monkeypatch)
-    report, base = served_report
-    assert main(["report", "--results", str(results), "--out", str(report),
-                 "--history", str(tmp_path / "history.jsonl")]) == 0
 
-    stage_id = _test_id(report, "[sandbox] shift10 v2: stage verdict")
+
+def test_gate_runs_write_the_stage_evidence_into_allure_results(bad_release: BadRelease) -> None:
+    bad = bad_release
+    assert bad.codes == {"deploy": 0, "shift10": 1}, bad.output.get("shift10", "")[-4000:]
+    verdict = bad.verdict("shift10")
+    assert verdict["status"] == "failed"
+    message = verdict["statusDetails"]["message"]
+    assert message.startswith("rollback triggered: rollback trigger "), message
+    labels = {(label["name"], label["value"]) for label in verdict["labels"]}
+    assert {("epic", "sandbox"), ("feature", "shift10"), ("parentSuite", "sandbox"), ("suite", "shift10")} <= labels
+    params = {p["name"]: p["value"] for p in verdict["parameters"]}
+    assert params["release"] == bad.release and re.fullmatch(r"onchain-api=\d+, onchain-ws=\d+", params["versions"])
+
+    # steps: the shift, each poll, the rollback (with its record attached)
+    names = [s["name"] for s in verdict["steps"]]
+    assert any(n.startswith("shift") or "10%" in n for n in names), names
+    polls = [s for s in verdict["steps"] if s["name"].startswith("poll +")]
+    assert polls and polls[0]["start"] <= polls[-1]["start"], names
+    rollback = next(s for s in verdict["steps"] if s["name"].startswith("rollback: alias live back to onchain-api v"))
+    assert [a["name"] for a in rollback["attachments"]] == ["rollback record"]
+    assert {"reason"} <= {p["name"] for p in rollback["parameters"]}
+
+    # the decision: the trigger that fired, with value above its threshold, and every metric's row
+    decision = json.loads(bad.attachment(verdict, "stage decision").read_text())
+    breach = decision["breach"]
+    assert breach["rule"] in message and breach["value"] > breach["threshold"], breach
+    rows = decision["metrics"]
+    assert rows and all({"metric", "value", "threshold", "window", "version", "verdict"} <= set(r) for r in rows)
+    assert any(r["metric"] == "lambda_error_rate" and r["version"].startswith("new v") for r in rows), rows
+    assert decision["status"] == "rolled_back" and decision["versions"]["new"]
+
+    # plots from the watch's series, the policy, the rollback record
+    plot = bad.attachment(verdict, "onchain-api error rate by version")
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    policy = bad.attachment(verdict, "effective policy").read_text()
+    assert "rollback_triggers:" in policy and "lambda_error_rate:" in policy
+    assert json.loads(bad.attachment(verdict, "rollback record").read_text())["ok"] is True
+
+    # the deploy stage: its command output, redacted, on the deploy step
+    deploy = bad.verdict("deploy")
+    assert deploy["status"] == "passed"
+    step = next(s for s in deploy["steps"] if s["name"].startswith("deploy command: "))
+    assert [a["name"] for a in step["attachments"]] == ["deploy command output"]
+    assert f"--release {bad.release}" in bad.attachment(deploy, "deploy command output").read_text()
+
+    # gate tests recorded by allure-pytest: navigable by env/stage/suite, release unquoted
+    gates = [r for r in bad.results_json() if "stage verdict" not in r["name"]]
+    assert gates
+    for gate in gates:
+        names_ = {label["name"]: label["value"] for label in gate["labels"]}
+        assert names_["epic"] == names_["parentSuite"] == "sandbox"
+        assert names_["feature"] == names_["suite"] in ("deploy", "shift10")
+        assert names_["story"] == names_["subSuite"] in ("health", "functional", "monitoring")
+        assert {p["name"]: p["value"] for p in gate["parameters"]}["release"] == bad.release
+    env = dict(line.split("=", 1) for line in (bad.results / "environment.properties").read_text().splitlines())
+    assert env["stage"] == "shift10" and env["release"] == bad.release and env["status"] == "rolled_back"
+    assert {"versions.old", "versions.new", "weights", "policy.sha256", "approver"} <= set(env)
+
+
+def test_no_secret_lands_in_allure_results(bad_release: BadRelease) -> None:
+    state = bad_release.state
+    secrets = [p.read_text().strip() for p in [state.directory / "auth_secret"] if p.is_file()]
+    for url in (state.postgres_dsn, state.redis_url):
+        password = urllib.parse.urlsplit(url).password
+        if password:
+            secrets.append(password)
+    files = [p for p in bad_release.results.iterdir() if p.is_file()]
+    assert len(files) > 10
+    leaks = []
+    for path in files:
+        body = path.read_bytes().decode("utf-8", "replace")
+        leaks += [f"{path.name}: secret #{i}" for i, s in enumerate(secrets) if s and s in body]
+        # the sandbox's bearer tokens are JWT-like (eyJ...); the functional suite holds one in a fixture
+        leaks += [f"{path.name}: {m}" for m in re.findall(r"eyJ[A-Za-z0-9_-]{12}", body)]
+        leaks += [f"{path.name}: {m}" for m in re.findall(r"(?i)bearer [A-Za-z0-9._-]{12}", body)]
+    assert not leaks, leaks[:10]
+
+
+def test_reviewer_sees_stage_failed_metric_and_plot(bad_release: BadRelease, tmp_path: Path,
+                                                    served_report: tuple[Path, str]) -> None:
+    bad = bad_release
+    report, base = served_report
+    assert main(["report", "--results", str(bad.results), "--out", str(report), "--no-history"]) == 0
+    title = f"[sandbox] shift10 {bad.release}: stage verdict"
+    stage_id = _test_id(report, title)
+    stored = json.loads((report / "data" / "test-results" / f"{stage_id}.json").read_text())
+    message = bad.verdict("shift10")["statusDetails"]["message"]
+    breach = json.loads(bad.attachment(bad.verdict("shift10"), "stage decision").read_text())["breach"]
+
     overview = _visible_text(_chromium(f"{base}/index.html#{stage_id}", "--dump-dom").stdout)
-    assert "[sandbox] shift10 v2: stage verdict" in overview
-    assert "Category: Threshold breached" in overview
-    assert "threshold breached: error_rate = 0.092 > threshold 0.05 over 5m on version v2 (4)" in overview
-    assert "rollback: alias live back to version 3" in overview
-    assert "pw-not-shown" not in overview
+    assert title in overview
+    assert "Category: Rollback triggered" in overview
+    # the failed metric, its value and its threshold, as the watch wrote them
+    assert f"rollback trigger {breach['rule']}" in overview
+    assert re.search(r"must be <= [\d.]+%", overview), overview[:3000]
+    assert message[:200] in overview, (message, overview[:3000])
+    assert re.search(r"rollback: alias live back to onchain-api v\d+", overview)
 
     attachments = _visible_text(_chromium(f"{base}/index.html#{stage_id}/attachments", "--dump-dom").stdout)
-    assert re.search(r"error rate by version image/png \d+ KiB", attachments), attachments[:2000]
+    assert re.search(r"onchain-api error rate by version image/png \d+ KiB", attachments), attachments[:2000]
     assert "stage decision application/json" in attachments
-    # the plot the page links to is served and is a PNG
-    stored = json.loads((report / "data" / "test-results" / f"{stage_id}.json").read_text())
-    plot = next(a for a in _walk_attachments(stored) if a["name"] == "error rate by version")
+    plot = next(a for a in _walk_attachments(stored) if a["name"] == "onchain-api error rate by version")
     with urllib.request.urlopen(f"{base}/data/attachments/{plot['id']}{plot['ext']}", timeout=10) as response:
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
-
-    # the gate test that allure-pytest recorded sits under the same env/stage
-    gate = json.loads((report / "data" / "test-results" / f"{_test_id(report, 'test_error_rate')}.json").read_text())
-    assert {"name": "subSuite", "value": "monitoring"} in gate["labels"]
-    assert gate["categories"][0]["name"] == "Threshold breached"
 
     ARTIFACTS.mkdir(exist_ok=True)
     for suffix, fragment in (("overview", ""), ("attachments", "/attachments")):
@@ -175,6 +283,11 @@ def test_reviewer_sees_stage_failed_metric_and_plot(tmp_path: Path, pytester: py
         shot.unlink(missing_ok=True)
         _chromium(f"{base}/index.html#{stage_id}{fragment}", f"--screenshot={shot}")
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+    # the plot itself, as the report serves it
+    shot = ARTIFACTS / "report-stage-verdict-plot.png"
+    shot.unlink(missing_ok=True)
+    _chromium(f"{base}/data/attachments/{plot['id']}{plot['ext']}", f"--screenshot={shot}")
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def _walk_attachments(node: dict) -> Iterator[dict]:

@@ -229,8 +229,8 @@ def test_apply_labels_from_collection_and_from_setup(pytester: pytest.Pytester,
         assert {("epic", "sandbox"), ("feature", stage), ("story", suite),
                 ("parentSuite", "sandbox"), ("suite", stage), ("subSuite", suite)} <= labels
         params = {p["name"]: p for p in results[name]["parameters"]}
-        assert params["release"]["value"] == "'v2'"
-        assert params["versions"]["value"] == "'blue=v1 (3), green=v2 (4)'"
+        assert params["release"]["value"] == "v2"  # not allure's repr(): 'v2'
+        assert params["versions"]["value"] == "blue=v1 (3), green=v2 (4)"
         assert params["release"]["excluded"] is True
     assert classify(results["test_labelled_at_setup"]["statusDetails"]["message"]).prefix == PROBE_FAILED
 
@@ -248,3 +248,33 @@ def test_apply_labels_is_a_no_op_without_alluredir(pytester: pytest.Pytester,
 
 def test_provider_error_prefix_is_exported_for_the_core() -> None:
     assert PROVIDER_ERROR == "provider error:"
+
+
+# --- scrub: what allure-pytest wrote on its own ---------------------------------
+
+def test_scrub_results_masks_tokens_in_traces_and_captured_output(tmp_path: Path) -> None:
+    from pytest_llamadeploy.reporting.scrub import scrub_results
+
+    token = "eyJzdWIiOiJsbGFtYSJ9.c2lnbmF0dXJlLXZhbHVl"
+    trace = (f"api_url = 'http://127.0.0.1:1'\nauth = {{'Authorization': 'Bearer {token}'}}\n"
+             "dsn = 'postgresql://llama:hunter22@db/x'")
+    result = {"name": "test_auth", "statusDetails": {"message": "boom", "trace": trace}, "steps": [],
+              "parameters": [{"name": "release", "value": "v2"}]}
+    (tmp_path / "a-result.json").write_text(json.dumps(result, indent=2))
+    (tmp_path / "b-attachment.txt").write_text(f"GET /x with Authorization: Bearer {token}\nstatus 200\n")
+    (tmp_path / "c-attachment.png").write_bytes(b"\x89PNG" + token.encode())  # binary: left alone
+    (tmp_path / "d-result.json").write_text(json.dumps({"name": "clean", "steps": []}, indent=2))
+    before = (tmp_path / "d-result.json").read_text()
+
+    changed = scrub_results(tmp_path, secrets=["s3cr3t-value"])
+
+    assert sorted(p.name for p in changed) == ["a-result.json", "b-attachment.txt"]
+    scrubbed = json.loads((tmp_path / "a-result.json").read_text())
+    assert token not in json.dumps(scrubbed) and "hunter22" not in json.dumps(scrubbed)
+    assert "'Bearer ***'" in scrubbed["statusDetails"]["trace"]
+    assert scrubbed["parameters"] == result["parameters"]
+    assert token not in (tmp_path / "b-attachment.txt").read_text()
+    assert (tmp_path / "d-result.json").read_text() == before  # untouched files keep their bytes
+    # only files written since the session started are rewritten
+    (tmp_path / "e-attachment.txt").write_text(f"Bearer {token}")
+    assert scrub_results(tmp_path, since=time.time() + 60) == []

@@ -154,6 +154,11 @@ def test_fault_with_an_unknown_knob_or_bad_value_is_a_clear_error(sandbox: Sandb
 def test_stop_pid_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
     # A PID from a crashed run's state may now belong to another program: it must not be signalled.
     proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"sleep" not in cmdline.read_bytes():  # until the fork has exec'd `sleep`
+        assert time.monotonic() < deadline, "sleep did not start"
+        time.sleep(0.01)
     try:
         assert "left alone" in stop_pid(proc.pid, ["pytest_llamadeploy.sandbox.moto_server", str(tmp_path)])
         assert proc.poll() is None

@@ -197,8 +197,29 @@ def check_api(ev: PerformanceEvidence, t: Thresholds) -> list[str]:
 
 
 def check_ws(ev: PerformanceEvidence, t: Thresholds) -> list[str]:
+    """WebSocket connect failures, event delivery (lost events), then event latency p95.
+
+    Connects and deliveries are gated before latency: a release refusing
+    handshakes or dropping events also leaves too few events to time, and the
+    message must name the cause, not "inconclusive".
+    """
     events, connects = ev.load.ws_events, ev.load.ws_connects
     timed = events.num_requests - events.num_none_requests
+    problems = []
+    if connects.num_failures and connects.failure_ratio > t.max_failure_ratio:
+        problems.append(
+            f"{THRESHOLD_BREACHED} WebSocket connect failure ratio {connects.failure_ratio:.2%} > threshold "
+            f"{t.max_failure_ratio:.2%} (performance.max_failure_ratio): {connects.num_failures} of "
+            f"{connects.num_requests} handshakes failed or dropped; {ev.where()}; errors in {ev.load.html_path}"
+        )
+    if events.num_failures and events.failure_ratio > t.max_failure_ratio:
+        problems.append(
+            f"{THRESHOLD_BREACHED} WebSocket event delivery: {events.num_failures} of {events.num_requests} published "
+            f"events lost ({events.failure_ratio:.2%} > threshold {t.max_failure_ratio:.2%}, "
+            f"performance.max_failure_ratio; an event not received within the load's deadline is lost); {ev.where()}"
+        )
+    if problems:
+        return problems
     if timed < MIN_WS_EVENTS:
         return [
             f"{INCONCLUSIVE} WebSocket event latency: only {timed} events received (need {MIN_WS_EVENTS}); "

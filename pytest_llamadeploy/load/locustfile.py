@@ -41,6 +41,8 @@ from locust import FastHttpUser, constant, constant_pacing, task
 
 WS_EVENT = "WS"
 WS_CONNECT = "WSCONNECT"
+#: Seconds between reconnect attempts after a failed WebSocket handshake.
+RECONNECT_BACKOFF = 0.5
 _ids = itertools.count(1)
 
 
@@ -135,11 +137,13 @@ class EventsUser(_Authenticated):
     weight = 1
 
     def on_start(self) -> None:
-        super().on_start()
+        # Set before anything can block: a load that stops during the token request still calls on_stop.
         self.ws: websocket.WebSocket | None = None
         self.reader: gevent.Greenlet | None = None
         self.published: dict[str, float] = {}
         self.seen: dict[str, float] = {}
+        self.retry_at = 0.0
+        super().on_start()
         self.deadline = float(os.environ.get("LLAMA_LOAD_EVENT_DEADLINE", "5"))
         self.chain = os.environ.get("LLAMA_LOAD_EVENT_CHAIN", "llamadeploy-load")
         self.url = ws_url_for(self.host or "", os.environ.get("LLAMA_WS_URL", ""))
@@ -209,8 +213,13 @@ class EventsUser(_Authenticated):
     def publish_event(self) -> None:
         self._account_lost()
         if self.ws is None:
+            # Back off after a failed handshake, as real clients do: retrying on every task would turn a
+            # refusing release into a handshake storm that slows the API samples of the same load.
+            if time.monotonic() < self.retry_at:
+                return
             self._connect()
             if self.ws is None:
+                self.retry_at = time.monotonic() + RECONNECT_BACKOFF
                 return
         with self.client.post("/events/tvl", json={"chain": self.chain, "tvl": round(random.uniform(1e6, 2e6), 2)},
                               headers=self.headers, name="/events/tvl", catch_response=True) as resp:

@@ -18,6 +18,10 @@ What triggers, and from which version:
   (5 %). Two failures, not one, so that a single lost packet does not roll a
   release back; 2 of at most 10 is >= 20 %, far above 5 %, so a real fault is
   not missed. A dead version trips it in two probes (1 s at 2 probes/s).
+  A probe answered HTTP 429 is a throttle, not an error (Lambda counts a
+  throttled invoke under ``Throttles``, not ``Errors``): it is recorded but not
+  counted as failed, so a throttling release is caught by the
+  ``lambda_throttle_rate`` trigger and named as such, not as a probe failure.
 
 Physics (why these numbers): at 10 % of the sandbox's 20 requests/s the new
 version serves 2 alias-routed requests/s. The watch's probes are version-targeted
@@ -40,6 +44,7 @@ are named in the verdict.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import traceback
@@ -62,6 +67,8 @@ OutFn = Callable[[str, bool], None]
 PROBE_WINDOW = 10
 PROBE_MIN_FAILURES = 2
 _DEFAULT_PROBE_BOUND = 0.05
+#: How ``ProbeResult.describe()`` shows a throttled answer ("... -> HTTP 429 ...").
+_THROTTLED = re.compile(r"-> HTTP 429\b")
 
 
 @dataclass
@@ -160,6 +167,7 @@ class BakeWatch:
         self._probes: deque[_Probe] = deque(maxlen=PROBE_WINDOW)
         self._probe_total = 0
         self._probe_failed = 0
+        self._probe_throttled = 0
         self._probe_failures: list[dict[str, Any]] = []
         self._threads: list[threading.Thread] = []
         self._hook_id = f"llamadeploy-watch-{id(self)}"
@@ -219,7 +227,7 @@ class BakeWatch:
         """JSON-able record of the watch for the report and the ledger."""
         c = self._counters
         with self._lock:
-            probes = {"count": self._probe_total, "failed": self._probe_failed,
+            probes = {"count": self._probe_total, "failed": self._probe_failed, "throttled": self._probe_throttled,
                       "failures": list(self._probe_failures[-20:]),
                       "rule": f"last {PROBE_WINDOW} probes: >= {PROBE_MIN_FAILURES} failed and ratio > "
                               f"{self.probe_bound * 100:g}%"}
@@ -435,6 +443,10 @@ class BakeWatch:
                 ok, detail = self.probe()
             except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
+            if not ok and _THROTTLED.search(str(detail)):
+                with self._lock:
+                    self._probe_throttled += 1
+                ok = True  # a throttle, not an error: see the module docstring
             self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))

@@ -11,11 +11,25 @@ On any failure (a migration's SQL, the expected tables/columns, the health
 query) the migrations this run applied are rolled back with their rollback
 files, newest first, and the schema and data are compared with a fingerprint
 taken before the run (columns, indexes, row counts and md5 per table).
+
+Baseline migrations. A migration whose first lines carry the comment
+``-- llamadeploy: baseline`` describes a schema that existed before migrations
+were managed (production's tables, and the sandbox's, which the service
+creates). On a database that already has that schema it is *adopted*: marked
+applied with its checksum, never run, and never rolled back (its rollback file
+would drop production tables). "Already has it" is proven, not guessed: the
+baseline's SQL runs inside a transaction in a scratch schema, its tables'
+columns (name, type, nullability) are compared with ``public``'s, and the
+transaction is rolled back. All tables present and equal: adopted. None
+present: it runs like any migration (a fresh database). Anything in between:
+refused, naming the differences. This is Flyway's baseline-on-migrate, with
+the check Flyway leaves to the operator.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +40,10 @@ from . import pg
 from .results import Ledger, OpsError
 
 CHECKSUM_TABLE = "llamadeploy_migrations"
+#: ``-- llamadeploy: baseline`` among a migration's leading comment lines.
+BASELINE_MARK = re.compile(r"^--\s*llamadeploy:\s*baseline\b", re.IGNORECASE)
+_PROBE_SCHEMA = "llamadeploy_baseline_probe"
+BASELINE_RELEASE = "(baseline: existing schema adopted)"
 _CREATE_CHECKSUMS = f"""
 CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (
     migration_id text PRIMARY KEY,
@@ -45,6 +63,17 @@ class MigrationFile:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def is_baseline(self) -> bool:
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            if not line.lstrip().startswith("--"):
+                return False
+            if BASELINE_MARK.match(line.strip()):
+                return True
+        return False
 
     @property
     def rollback_sha256(self) -> str | None:
@@ -189,6 +218,53 @@ def health(conn: Any, expected: list[str]) -> list[str]:
     return found
 
 
+def _table_shapes(conn: Any, schema: str) -> dict[str, list[tuple[str, str, str]]]:
+    rows = conn.execute(
+        "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s ORDER BY table_name, ordinal_position", (schema,)
+    ).fetchall()
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for table, column, data_type, nullable in rows:
+        out.setdefault(table, []).append((column, data_type, nullable))
+    return out
+
+
+def baseline_status(dsn: str, f: MigrationFile) -> tuple[str, list[str]]:
+    """Whether ``public`` already has the schema baseline ``f`` creates: ("present" | "absent" | "partial", problems).
+
+    The baseline's SQL runs in a scratch schema inside a transaction that is
+    always rolled back (PostgreSQL's DDL is transactional), so nothing is left behind.
+    """
+    conn = pg.connect(dsn, autocommit=False)
+    try:
+        conn.execute(f"CREATE SCHEMA {_PROBE_SCHEMA}")
+        conn.execute(f"SET LOCAL search_path TO {_PROBE_SCHEMA}")
+        try:
+            conn.execute(f.path.read_text(encoding="utf-8"))
+        except Exception as exc:
+            raise OpsError(f"{f.path}: the baseline does not run on an empty schema: "
+                           f"{redact(str(exc).strip(), [dsn])}") from None
+        wanted = _table_shapes(conn, _PROBE_SCHEMA)
+        existing = _table_shapes(conn, "public")
+    finally:
+        conn.rollback()
+        conn.close()
+    if not wanted:
+        raise OpsError(f"{f.path}: marked as a baseline but creates no table")
+    present = [t for t in wanted if t in existing]
+    if not present:
+        return "absent", []
+    problems = []
+    for table, columns in sorted(wanted.items()):
+        if table not in existing:
+            problems.append(f"table {table} is missing")
+        elif existing[table] != columns:
+            have = ", ".join(f"{c} {t}{'' if n == 'YES' else ' not null'}" for c, t, n in existing[table])
+            want = ", ".join(f"{c} {t}{'' if n == 'YES' else ' not null'}" for c, t, n in columns)
+            problems.append(f"table {table} has ({have}), the baseline says ({want})")
+    return ("present", []) if not problems else ("partial", problems)
+
+
 def run_migrations(ctx: Any, ledger: Ledger, *, directory: Path | None = None) -> dict[str, Any]:
     """Back up, apply pending migrations, verify and check health; roll back on any failure.
 
@@ -245,6 +321,25 @@ def _locked_run(ctx: Any, ledger: Ledger, record: dict[str, Any], conn: Any, bac
         for mid in adopted:
             _record_checksum(conn, by_id[mid], release="(applied before llamadeploy)")
         record["adopted"] = adopted
+        record["baselined"] = []
+        for migration in backend.to_apply(migrations):
+            f = by_id[migration.id]
+            if not f.is_baseline:
+                continue
+            try:
+                status, differences = baseline_status(dsn, f)
+            except OpsError as exc:
+                return _finish(ctx, ledger, record, "refused", errors=[str(exc)])
+            if status == "partial":
+                return _finish(ctx, ledger, record, "refused", errors=[
+                    f"{f.path} is a baseline (-- llamadeploy: baseline) and the database has only part of it: "
+                    + "; ".join(differences) + ". Bring the schema to the baseline by hand, or drop what is "
+                    "there on a database without data, then migrate again"])
+            if status == "present":
+                # Bookkeeping only: the schema is already there, so nothing runs and nothing will roll it back.
+                backend.mark_one(migration)
+                _record_checksum(conn, f, release=BASELINE_RELEASE)
+                record["baselined"].append(migration.id)
         todo = backend.to_apply(migrations)
         if not todo:
             record["verify_errors"] = verify(conn, policy.database.expected_tables)

@@ -74,6 +74,19 @@ def _set_parameters(params: Mapping[str, str]) -> None:
     for name, value in params.items():
         # excluded: a new release must not start a new history line for the same gate
         allure.dynamic.parameter(name, value, excluded=True)
+    _unquote(params)
+
+
+def _unquote(params: Mapping[str, str]) -> None:
+    """Show ``v1.2.3``, not ``'v1.2.3'``: allure-pytest stores every parameter as ``repr(value)``."""
+    from allure_commons import plugin_manager
+
+    for plugin in plugin_manager.get_plugins():
+        logger = getattr(plugin, "allure_logger", None)
+        test = logger.get_test(None) if logger is not None and hasattr(logger, "get_test") else None
+        for parameter in getattr(test, "parameters", None) or ():
+            if parameter.name in params:
+                parameter.value = params[parameter.name]
 
 
 class _ParameterApplier:

@@ -292,6 +292,7 @@ def _stop_all(state: SandboxState, say: Say) -> list[str]:
 
 
 def _stop_component(name: str, entry: dict[str, Any], say: Say) -> list[str]:
+    started = time.monotonic()
     try:
         if name == "postgres":
             outcome = postgres.stop(entry)
@@ -299,7 +300,7 @@ def _stop_component(name: str, entry: dict[str, Any], say: Say) -> list[str]:
             outcome = stop_pid(int(entry.get("pid") or 0), entry.get("markers") or [], timeout=10.0, name=name)
     except SandboxError as exc:
         return [f"{name}: {exc}"]
-    say(f"{name} (pid {entry.get('pid')}): {outcome}")
+    say(f"{name} (pid {entry.get('pid')}): {outcome} in {time.monotonic() - started:.1f}s")
     return []
 
 

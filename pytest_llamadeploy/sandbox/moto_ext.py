@@ -17,6 +17,10 @@ they are against AWS; only the server answers more like CloudWatch does:
   INSUFFICIENT_DATA, as on AWS.
 - The SQS queue-depth metrics AWS publishes by itself (AWS/SQS, QueueName), every 5 s.
 - Points older than an hour are pruned, so the sandbox stays fast over a long day.
+- A CloudFormation update whose template contains ``STACK_ROLLBACK_FAILED_MARKER``
+  fails and its rollback fails too, leaving the stack in ``UPDATE_ROLLBACK_FAILED``
+  with the events AWS would record (moto has no failing updates): how
+  ``llamadeploy doctor`` is rehearsed. Any other update behaves as moto's.
 
 Percentiles use the nearest-rank definition (the smallest value with at least
 p % of the samples at or below it). CloudWatch interpolates on its own sketch;
@@ -45,6 +49,8 @@ _INSTALLED = False
 _BACKGROUND: threading.Thread | None = None
 
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+#: In an update's template body: the update fails and so does its rollback (see ``install``).
+STACK_ROLLBACK_FAILED_MARKER = "llamadeploy-sandbox:update-and-rollback-fail"
 
 
 # ---------------------------------------------------------------- statistics
@@ -408,10 +414,34 @@ def install() -> None:
         self.state_value = "INSUFFICIENT_DATA"
         self.state_reason = "Unchecked: Initial alarm creation"
 
+    _install_stack_failure()
     models.CloudWatchBackend.put_metric_data = put_metric_data  # type: ignore[method-assign]
     models.CloudWatchBackend.get_metric_data = _get_metric_data  # type: ignore[method-assign]
     models.Alarm.__init__ = alarm_init  # type: ignore[method-assign]
     _INSTALLED = True
+
+
+def _install_stack_failure() -> None:
+    from moto.cloudformation import models as cfn
+
+    original_update = cfn.Stack.update
+
+    def update(self: Any, template: str, *args: Any, **kwargs: Any) -> None:
+        if STACK_ROLLBACK_FAILED_MARKER not in template:
+            original_update(self, template, *args, **kwargs)
+            return
+        # The event sequence of a real failed update whose rollback also failed (newest last here;
+        # describe_stack_events returns newest first). The template is left as it was.
+        self._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
+        self._add_stack_event("UPDATE_FAILED", resource_status_reason=(
+            "Resource handler returned message: Rate exceeded (Service: Lambda, Status Code: 429)"))
+        self._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
+            "The following resource(s) failed to update: [ReleaseParameter]."))
+        self._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=(
+            "The following resource(s) failed to update: [ReleaseParameter]."))
+        self.status = "UPDATE_ROLLBACK_FAILED"
+
+    cfn.Stack.update = update  # type: ignore[method-assign]
 
 
 def start_background(state_dir: Path) -> None:

@@ -114,7 +114,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
 
 
 def start(state_dir: Path, timeout: float = 60.0) -> PostgresInfo:
-    """initdb a fresh cluster, start it on a free loopback port, create the ``defillama`` database."""
+    """A fresh cluster (a copy of an initdb template) on a free loopback port, with the ``defillama`` database."""
     state_dir.mkdir(parents=True, exist_ok=True)
     bin_dir = find_bin_dir()
     data_dir = _make_data_dir(state_dir)
@@ -127,9 +127,65 @@ def start(state_dir: Path, timeout: float = 60.0) -> PostgresInfo:
         raise
 
 
+def _initdb_argv(bin_dir: Path, data_dir: Path) -> list[str]:
+    return [str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "-N", "-U", _SERVER_USER,
+            "--encoding=UTF8", "--locale=C"]
+
+
+def _template_dir(bin_dir: Path) -> Path:
+    """Where the initialised cluster for this server version and user is kept (shared by every sandbox)."""
+    import hashlib
+
+    key = hashlib.sha256(" ".join(_initdb_argv(bin_dir, Path("-"))).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"llamadeploy-pgtemplate-{os.geteuid()}-{key}"
+
+
+def _template_ok(template: Path) -> bool:
+    return (template / "PG_VERSION").is_file() and (template / "global" / "pg_control").is_file()
+
+
+def _ensure_template(bin_dir: Path, timeout: float) -> Path:
+    """An initialised, never started cluster: copying it (~0.5 s) replaces initdb (~1.1 s, more under load).
+
+    Built in a private folder and renamed into place, so concurrent sandboxes never see half a template.
+    """
+    template = _template_dir(bin_dir)
+    if _template_ok(template):
+        return template
+    build = Path(tempfile.mkdtemp(prefix="llamadeploy-pgtemplate-build-"))
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(build, user=_SERVER_USER, group=_SERVER_USER)
+        os.chmod(build, 0o700)
+        _run(_initdb_argv(bin_dir, build), "initdb (template)", timeout)
+        try:
+            os.rename(build, template)
+        except OSError:
+            if not _template_ok(template):  # not a lost race with another sandbox: a broken leftover
+                shutil.rmtree(template, ignore_errors=True)
+                os.rename(build, template)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return template
+
+
+def _initialise(bin_dir: Path, data_dir: Path, timeout: float) -> None:
+    """Fill data_dir with a fresh cluster: a copy of the template, or initdb when that fails."""
+    try:
+        template = _ensure_template(bin_dir, timeout)
+        # cp -a keeps owner and modes (the postgres user, 0700) where shutil.copytree would not.
+        subprocess.run(["cp", "-a", f"{template}/.", str(data_dir)], check=True, capture_output=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+        return
+    except (SandboxError, OSError, subprocess.SubprocessError) as exc:
+        print(f"postgres: template copy failed ({exc}); running initdb", flush=True)
+    for child in data_dir.iterdir():
+        _remove_path(child)
+    _run(_initdb_argv(bin_dir, data_dir), "initdb", timeout)
+
+
 def _init_and_start(state_dir: Path, bin_dir: Path, data_dir: Path, timeout: float) -> PostgresInfo:
-    _run([str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "-N", "-U", _SERVER_USER,
-          "--encoding=UTF8", "--locale=C"], "initdb", timeout)
+    _initialise(bin_dir, data_dir, timeout)
     log_path = data_dir / "server.log"
     last_error: SandboxError | None = None
     for _attempt in range(3):

@@ -114,6 +114,21 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
     return {"sqs_queue_url": queue_url, "role_arn": role_arn}
 
 
+def fail_stack_update(aws: AwsConfig) -> None:
+    """Leave the stack in UPDATE_ROLLBACK_FAILED, as a failed deployment whose rollback failed does (for doctor)."""
+    from .moto_ext import STACK_ROLLBACK_FAILED_MARKER
+
+    template = dict(_STACK_TEMPLATE, Description=f"{_STACK_TEMPLATE['Description']} {STACK_ROLLBACK_FAILED_MARKER}")
+    aws.client("cloudformation").update_stack(StackName=metricnames.STACK_NAME, TemplateBody=json.dumps(template))
+
+
+def repair_stack(aws: AwsConfig) -> str:
+    """A good update of the stack (UPDATE_COMPLETE): what a fixed deployment leaves. Returns the status."""
+    cfn = aws.client("cloudformation")
+    cfn.update_stack(StackName=metricnames.STACK_NAME, TemplateBody=json.dumps(_STACK_TEMPLATE))
+    return str(cfn.describe_stacks(StackName=metricnames.STACK_NAME)["Stacks"][0]["StackStatus"])
+
+
 def create_alias(aws: AwsConfig, versions: dict[str, str]) -> None:
     """Point ``live`` at the baseline's version of each function (all traffic, no routing config)."""
     lam = aws.client("lambda")

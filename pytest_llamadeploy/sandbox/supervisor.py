@@ -80,6 +80,9 @@ def spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path
     """Start a long-running component detached in its own session, output appended to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        # Logs are appended across runs (a restart after a crash reuses the file): mark each start.
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        log.flush()
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=dict(env), cwd=str(cwd) if cwd else None, start_new_session=True,

@@ -94,7 +94,7 @@ class Stats:
 
 class Traffic:
     def __init__(self, api_url: str, ws_url: str, rate: float, ws_clients: int, ws_hold: float,
-                 max_in_flight: int = 100, timeout: float = 10.0, seed: int | None = None):
+                 max_in_flight: int = 8, timeout: float = 5.0, seed: int | None = None):
         self.api_url = api_url.rstrip("/")
         self.ws_url = ws_url
         self.rate = rate
@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ws-hold", type=float, default=DEFAULT_WS_HOLD,
                         help="seconds a WebSocket client keeps a connection before reconnecting (+-50 %%)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until stopped)")
-    parser.add_argument("--max-in-flight", type=int, default=100)
+    # Small on purpose: an open-loop schedule with a large in-flight allowance buries a slow
+    # front door (requests pile up faster than it answers, and it never recovers). At 20 req/s
+    # and ~50 ms per request about 1 is in flight; beyond 8 the tick is skipped and counted.
+    parser.add_argument("--max-in-flight", type=int, default=8)
     parser.add_argument("--report-every", type=float, default=10.0)
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)

@@ -1,3 +1,8 @@
+-- llamadeploy: baseline
+-- The schema as it stood before migrations were managed (production's, and the
+-- sandbox service's schema.sql). Where these tables already exist with these
+-- columns, the migrate stage adopts this file (records it as applied, never runs
+-- it, never rolls it back); on an empty database it runs.
 -- Protocols and their TVL per chain over time: the tables the On-Chain service reads.
 CREATE TABLE protocols (
     id serial PRIMARY KEY,

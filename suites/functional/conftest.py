@@ -8,6 +8,7 @@ stages they go through the alias, with no header.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -109,21 +110,30 @@ class WsSession:
 
 
 @pytest.fixture
-def ws_connect(llama: Any, ws_url: str) -> Iterator[Callable[[], WsSession]]:
-    """Opens WebSocket sessions to the stage's target; all closed at teardown."""
+def ws_connect(llama: Any, ws_url: str, where: str) -> Iterator[Callable[[], WsSession]]:
+    """Opens WebSocket sessions to the stage's target; all closed at teardown.
+
+    Each connection is entered as a context manager on one ExitStack (websockets
+    deprecates using ``connect()``'s result without ``with``); a refused or
+    failed handshake fails the test with a message naming the WebSocket connect.
+    """
     from websockets.sync.client import connect
 
-    opened: list[Any] = []
+    with contextlib.ExitStack() as opened:
 
-    def open_session() -> WsSession:
-        connection = connect(ws_url, additional_headers=_version_header(llama, llama.ws_function),
-                             open_timeout=WS_OPEN_TIMEOUT, close_timeout=2)
-        opened.append(connection)
-        return WsSession(connection, ws_url)
+        def open_session() -> WsSession:
+            try:
+                connection = opened.enter_context(
+                    connect(ws_url, additional_headers=_version_header(llama, llama.ws_function),
+                            open_timeout=WS_OPEN_TIMEOUT, close_timeout=2))
+            except Exception as exc:  # noqa: BLE001 - every handshake failure is the gate's answer
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                pytest.fail(f"WebSocket connect to {ws_url} via {where} failed"
+                            + (f": handshake answered HTTP {status}" if status else "")
+                            + f" ({type(exc).__name__}: {exc})", pytrace=False)
+            return WsSession(connection, ws_url)
 
-    yield open_session
-    for connection in opened:
-        connection.close()
+        yield open_session
 
 
 @pytest.fixture

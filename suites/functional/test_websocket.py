@@ -38,7 +38,7 @@ def test_event_arrives_within_deadline(llama: Any, api: Any, api_url: str, auth:
     event_id = response.json()["id"]
     got = session.wait_for(lambda m: m.get("type") == "event" and m.get("id") == event_id, deadline)
     assert got is not None, (
-        f"event {event_id} ({fresh_chain}) published via POST {api_url}/events/tvl did not arrive on "
+        f"event delivery: event {event_id} ({fresh_chain}) published via POST {api_url}/events/tvl did not arrive on "
         f"{session.url} via {where} within functional.event_deadline={deadline:g}s; "
         f"received instead: {[m for _, m in session.received][-5:]}")
     arrived, event = got

@@ -11,14 +11,23 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from ... import metricnames as m
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
+
+#: Seconds from the stop request to a forced exit (the supervisor's SIGKILL comes at 10 s).
+STOP_DEADLINE = 6.0
+
+
+def _say(message: str) -> None:
+    print(f"frontdoor {time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(app, log_level=args.log_level, ws="websockets-sansio", lifespan="on", interface="asgi3",
                             access_log=False, timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
+    # A proxy allocates many short-lived objects; full collections of everything imported at
+    # start-up stalled the event loop for whole seconds under load (seen with gdb). Freeze the
+    # start-up heap and collect young objects less often.
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
     def watchdog() -> None:
         missing_since: float | None = None
@@ -109,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             elif time.monotonic() - missing_since > 3.0:
                 logging.warning("%s is gone; stopping", state_dir / "state.json")
                 server.should_exit = True
+        # Stopping is bounded whatever holds it up (a WebSocket close handshake, a slow moto call
+        # in a worker thread): the supervisor SIGKILLs after 10 s, so give up well before that.
+        _say(f"stopping (pid {os.getpid()})")
+        time.sleep(STOP_DEADLINE)
+        _say(f"still stopping after {STOP_DEADLINE:.0f}s; exiting now")
+        os._exit(1)
 
     router.start()
     telemetry.start()
@@ -117,13 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(args.ready_file + ".tmp")
         tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "url": f"http://127.0.0.1:{port}"}))
         os.replace(tmp, args.ready_file)
-    print(f"frontdoor listening on http://127.0.0.1:{port}", flush=True)
+    _say(f"listening on http://127.0.0.1:{port} (pid {os.getpid()})")
+    # uvicorn re-raises a captured SIGTERM once it has shut down, with the handler it found
+    # installed: with the default one the process died there, before the last telemetry flush.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: None)
+    code = 1
     try:
         server.run(sockets=[sock])
+        code = 0
+    except BaseException:
+        traceback.print_exc()
     finally:
         router.stop()
         telemetry.stop()
-    return 0
+        _say(f"stopped (pid {os.getpid()}, exit code {code})")
+        # Skip the interpreter's teardown (garbage collection, non-daemon thread joins): nothing
+        # is left to save, and on a loaded machine it took seconds.
+        sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

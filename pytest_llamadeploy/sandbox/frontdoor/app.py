@@ -33,11 +33,16 @@ STATUS_PATH = "/_frontdoor/routing"
 PRIVATE_PREFIX = "/_sandbox"
 #: How long a backend may take to send its first WebSocket message before the client is accepted anyway.
 WS_FIRST_MESSAGE_WAIT = 2.0
+#: HTTP requests served at once; beyond it the front door answers 429 at once.
+MAX_IN_FLIGHT = 64
+#: Seconds to wait for a backend's closing handshake (websockets' default, 10 s, held shutdown up).
+WS_CLOSE_TIMEOUT = 1.0
 
 
 class FrontDoor:
     def __init__(self, router: Router, telemetry: Telemetry, api_function: str, ws_function: str,
                  backend_timeout: float = 30.0, ws_open_timeout: float = 5.0):
+        self._in_flight = 0
         self.router = router
         self.telemetry = telemetry
         self.api_function = api_function
@@ -48,7 +53,18 @@ class FrontDoor:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await self._serve_http(scope, receive, send)
+            if self._in_flight >= MAX_IN_FLIGHT and scope.get("path") != STATUS_PATH:
+                # Shed load the way API Gateway does (429), and fast: serving requests whose
+                # clients already gave up is how an overloaded proxy never recovers.
+                await _send_json(send, 429, {"error": "front door overloaded: too many requests in flight",
+                                             "in_flight": self._in_flight})
+                self.telemetry.record_api(status=429, latency_ms=0.0)
+                return
+            self._in_flight += 1
+            try:
+                await self._serve_http(scope, receive, send)
+            finally:
+                self._in_flight -= 1
         elif scope["type"] == "websocket":
             await self._serve_ws(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -180,7 +196,8 @@ class FrontDoor:
         upstream = None
         try:
             upstream = await connect(url, additional_headers=forward, open_timeout=self.ws_open_timeout,
-                                     subprotocols=_subprotocols(scope), max_size=None)
+                                     subprotocols=_subprotocols(scope), max_size=None,
+                                     close_timeout=WS_CLOSE_TIMEOUT)
             try:
                 first = await asyncio.wait_for(upstream.recv(), WS_FIRST_MESSAGE_WAIT)
             except TimeoutError:

@@ -129,7 +129,7 @@ class Router:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=2)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.refresh_interval):

@@ -188,10 +188,14 @@ class Telemetry:
         self._thread = threading.Thread(target=self._loop, name="telemetry-flush", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop flushing; publish what is left unless the flush thread is still stuck in a call."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                log.warning("telemetry flush still busy after %.0fs; the last seconds are not published", timeout)
+                return
         self.flush(everything=True)
 
     def _loop(self) -> None:

@@ -1,0 +1,63 @@
+"""``llamadeploy rehearse`` end to end on the shared sandbox: the suite's only full rehearsal (~2 min).
+
+It reuses the sandbox named by ``LLAMADEPLOY_SANDBOX_DIR`` (``sandbox up`` is
+idempotent) and moves the alias, so it holds the sandbox alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llamadeploy.sandbox.state import SandboxState
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rehearse_promotes_the_good_release_and_rolls_back_the_bad(sandbox_exclusive: SandboxState,
+                                                                    tmp_path: Path) -> None:
+    from pytest_llamadeploy.policy import load_policy
+
+    plan = load_policy(str(ROOT / "policies"), "sandbox").policy.plan
+    env = {**os.environ, "LLAMADEPLOY_SANDBOX_DIR": str(sandbox_exclusive.directory)}
+    result = subprocess.run([sys.executable, "-m", "pytest_llamadeploy.cli", "rehearse",
+                             "--alluredir", str(tmp_path / "allure")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    out = result.stdout
+    assert result.returncode == 0, out[-4000:] + result.stderr[-3000:]
+    good = re.search(r"^good release (good-\d+): promoted to 100%$", out, re.M)
+    bad = re.search(r"^bad release (bad-\d+) \(error_rate=0\.3\): caught and rolled back; "
+                    r"traffic back on the good release$", out, re.M)
+    assert good and bad, out[-4000:]
+    table = out.split("\n\n")[1] if "\n\n" in out else out
+    rows = [ln.split() for ln in table.splitlines() if ln.startswith(("good-", "bad-"))]
+    good_rows = [r for r in rows if r[0] == good.group(1)]
+    bad_rows = [r for r in rows if r[0] == bad.group(1)]
+    # Every stage of the plan passed for the good release, in order, and it ended at 100 %.
+    assert [(r[1], r[2]) for r in good_rows] == [(stage, "passed") for stage in plan], table
+    assert all(part.endswith("100%") and "+" not in part
+               for part in " ".join(good_rows[-1][4:]).split(";")), good_rows[-1]
+    # The bad release got as far as a shift and was rolled back there, traffic back at 100 % on the good one.
+    assert bad_rows and bad_rows[-1][2] == "rolled_back", table
+    assert all(r[2] == "passed" for r in bad_rows[:-1]), table
+    assert "+" not in " ".join(bad_rows[-1][4:]) and "100%" in " ".join(bad_rows[-1][4:]), bad_rows[-1]
+    assert any((tmp_path / "allure").glob("*-result.json")), "no Allure results were written"
+
+    status = subprocess.run([sys.executable, "-m", "pytest_llamadeploy.cli", "status", "--env", "sandbox", "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    data = json.loads(status.stdout)
+    records = {r["release"]: r["stages"] for r in data["releases"]}
+    assert records[good.group(1)] == dict.fromkeys(plan, "passed"), records[good.group(1)]
+    assert "rolled_back" in records[bad.group(1)].values(), records[bad.group(1)]
+    state = SandboxState.load(sandbox_exclusive.directory)
+    good_versions = state.versions[good.group(1)]["lambda_versions"]
+    for function, alias in data["functions"].items():
+        assert str(alias["version"]) == str(good_versions[function]) and not alias.get("weights"), data["functions"]

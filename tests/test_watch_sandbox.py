@@ -1,0 +1,232 @@
+"""The metrics watch on the real sandbox: each rollback trigger fires mid-bake on its fault knob; a healthy
+release passes shift10 and shift50.
+
+One release for the whole module (a deploy costs ~20 s): a rolled-back shift10 can be re-run for the same
+release (its previous stage, deploy, still passed), so the three trigger cases each run shift10 with one
+fault, injected live with ``llamadeploy sandbox fault`` once the stage prints that the bake started, and
+cleared again afterwards; then the same release, healthy, passes shift10 and shift50. Every stage is a
+real ``pytest --env=sandbox --stage=X`` subprocess, as CI runs it. The module holds the shared sandbox
+alone (``exclusive``) and runs on one xdist worker (``xdist_group``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llamadeploy.policy import load_policy
+from tests.sandbox_fixtures import exclusive
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("watch_sandbox")]
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMADEPLOY = [sys.executable, "-m", "pytest_llamadeploy.cli"]
+STAGE_TIMEOUT = 240.0
+API, WS = "onchain-api", "onchain-ws"
+
+#: knob injected mid-bake -> the trigger(s) that must name it (error_rate may be caught by the probes first).
+TRIGGERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "error_rate": ("error_rate=0.3", ("lambda_error_rate", "probe_failure_ratio")),
+    "throttle_rate": ("throttle_rate=0.3", ("lambda_throttle_rate",)),
+    "ws_connect_error_rate": ("ws_connect_error_rate=0.5", ("ws_connect_error_rate",)),
+}
+
+
+@dataclass
+class StageRun:
+    stage: str
+    rc: int
+    output: list[tuple[float, str]]
+    seconds: float
+    artifacts: Path
+    #: time.time() when "baking" was printed, when the fault command returned, when "rolled back" was printed.
+    baking_at: float | None = None
+    fault_done_at: float | None = None
+    rolled_back_at: float | None = None
+    fault_rc: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.output)
+
+    def context(self) -> dict[str, Any]:
+        found = sorted(self.artifacts.glob("*/context.json"))
+        assert found, f"no context.json under {self.artifacts}\n{self.text()[-3000:]}"
+        return json.loads(found[-1].read_text())
+
+
+def _cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LLAMADEPLOY, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=os.environ.copy())
+
+
+def run_stage(stage: str, release: str, tmp: Path, fault: str | None = None) -> StageRun:
+    """One gate stage as CI runs it; with ``fault``, inject it on the release as soon as the bake starts."""
+    artifacts = tmp / f"{stage}-{uuid.uuid4().hex[:4]}"
+    artifacts.mkdir()
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--env=sandbox", f"--stage={stage}",
+            f"--release={release}", f"--llama-alluredir={artifacts}", f"--llama-artifacts={artifacts}"]
+    started = time.time()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+    run = StageRun(stage, -1, [], 0.0, artifacts)
+    # A watchdog, so a hung stage cannot hang the suite: the read loop below ends when the process does.
+    timer = threading.Timer(STAGE_TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            at = time.time()
+            run.output.append((at, line.rstrip("\n")))
+            if run.baking_at is None and "llamadeploy: baking" in line:
+                run.baking_at = at
+                if fault is not None:
+                    done = _cli("sandbox", "fault", "--release", release, fault)
+                    run.fault_done_at, run.fault_rc = time.time(), done.returncode
+                    run.extra["fault_output"] = done.stdout + done.stderr
+            if run.rolled_back_at is None and "llamadeploy: rolled back" in line:
+                run.rolled_back_at = at
+        run.rc = proc.wait(timeout=30)
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    run.seconds = time.time() - started
+    return run
+
+
+def status() -> dict[str, Any]:
+    done = _cli("status", "--env", "sandbox", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def ledger_record(release: str, stage: str) -> dict[str, Any]:
+    """The ledger record of (release, stage) (the latest run), read through the backend the gate uses."""
+    from pytest_llamadeploy.aws import aws_config
+    from pytest_llamadeploy.ledger import open_ledger
+
+    policy = load_policy(ROOT / "policies", "sandbox").policy
+    record = open_ledger(policy, aws_config(policy), ROOT).get("sandbox", release, stage)
+    assert record is not None, f"no {stage} record for {release}"
+    return record.to_json()
+
+
+@pytest.fixture(scope="module")
+def policy() -> Any:
+    return load_policy(ROOT / "policies", "sandbox").policy
+
+
+@pytest.fixture(scope="module")
+def deployed(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, StageRun, Any]]:
+    """The sandbox held by this module, with one release deployed (new version at 0 %)."""
+    with exclusive(sandbox, tmp_path_factory) as state:
+        release = f"t-{uuid.uuid4().hex[:6]}"
+        run = run_stage("deploy", release, tmp_path_factory.mktemp("watch-deploy"))
+        assert run.rc == 0, run.text()[-4000:]
+        try:
+            yield release, run, state
+        finally:
+            _cli("sandbox", "fault", "--release", release, *(f"{k}=0" for k in TRIGGERS))
+
+
+@pytest.fixture(scope="module")
+def trigger_runs(deployed: tuple[str, StageRun, Any],
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[StageRun, dict[str, Any], dict[str, Any]]]:
+    """shift10 of the one release, once per knob: (run, ledger record, alias status right after)."""
+    release, _, _ = deployed
+    runs = {}
+    for knob, (fault, _) in TRIGGERS.items():
+        run = run_stage("shift10", release, tmp_path_factory.mktemp(f"watch-{knob}"), fault=fault)
+        after = status()
+        cleared = _cli("sandbox", "fault", "--release", release, f"{knob}=0")
+        assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+        runs[knob] = (run, ledger_record(release, "shift10"), after)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def healthy_runs(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[StageRun, dict[str, Any]]]:
+    """After the trigger cases (faults cleared), the same release through shift10 and shift50."""
+    release, _, _ = deployed
+    runs = {}
+    for stage in ("shift10", "shift50"):
+        runs[stage] = (run_stage(stage, release, tmp_path_factory.mktemp(f"watch-{stage}")), status())
+        if runs[stage][0].rc != 0:
+            break
+    return runs
+
+
+def _weights(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {fn: (s["version"], s["weights"]) for fn, s in snapshot["functions"].items()}
+
+
+@pytest.mark.parametrize("knob", list(TRIGGERS))
+def test_trigger_rolls_back_mid_bake(trigger_runs: Any, deployed: Any, policy: Any, knob: str) -> None:
+    run, record, after = trigger_runs[knob]
+    _, triggers = TRIGGERS[knob]
+    out = run.text()
+    assert run.fault_rc == 0, run.extra.get("fault_output")
+    assert run.rc == 1, out[-4000:]
+    assert run.baking_at is not None and run.rolled_back_at is not None, out[-4000:]
+
+    # The ledger: rolled back, and the reason names the trigger, the value, the threshold, the window, the version.
+    assert record["status"] == "rolled_back", record
+    reason = record["reason"]
+    assert any(f"rollback trigger {t}" in reason for t in triggers), reason
+    new = record["new_versions"]
+    breach = run.context()["watch"]["bake"]["breach"]
+    assert breach["rule"] in triggers and breach["label"] == "new", breach
+    assert breach["version"] == new[breach["function"]], (breach, new)
+    assert f"version {breach['version']} (new)" in reason, reason
+    assert breach["threshold"] is not None and breach["value"] is not None and breach["value"] > breach["threshold"]
+    assert "must be <=" in reason and "over the last" in reason, reason
+    if breach["source"] == "cloudwatch":
+        rule = policy.rollback_triggers[breach["rule"]]
+        assert f"{rule.threshold * 100:g}%" in reason and breach["window"] > 0, reason
+
+    # Traffic back on the old version: every function on the version that served before, no weights.
+    old = record["old_versions"]
+    assert _weights(after) == {fn: (old[fn], {}) for fn in old}, after
+    assert record["details"]["rollback"]["ok"] is True
+
+    # Mid-bake: the rollback came well before the bake would have ended, and soon after the fault.
+    bake = float(policy.stages["shift10"].bake)
+    watch = run.context()["watch"]["bake"]
+    assert breach["at"] < watch["deadline"] - 3.0, (breach["at"], watch["deadline"])
+    assert run.rolled_back_at - run.baking_at < bake - 3.0, (run.rolled_back_at - run.baking_at, out[-3000:])
+    assert run.rolled_back_at - run.fault_done_at < 10.0
+
+
+def test_healthy_release_passes_shift10_and_shift50(healthy_runs: Any, deployed: Any, policy: Any) -> None:
+    release, _, _ = deployed
+    expected = {"shift10": 0.1, "shift50": 0.5}
+    assert list(healthy_runs) == ["shift10", "shift50"], {s: r.text()[-3000:] for s, (r, _) in healthy_runs.items()}
+    for stage, (run, after) in healthy_runs.items():
+        out = run.text()
+        assert run.rc == 0, out[-4000:]
+        assert "llamadeploy: rolled back" not in out and run.rolled_back_at is None
+        record = ledger_record(release, stage)
+        assert record["status"] == "passed" and "rollback" not in record["details"], record
+        watch = run.context()["watch"]["bake"]
+        assert watch["breach"] is None and watch["poll_count"] >= 5, watch.get("breach")
+        # One GetMetricData call per poll (the final poll included; retries would show as extra calls).
+        assert watch["get_metric_data_calls"] == watch["poll_count"] + watch["provider_errors"]
+        assert watch["probes"]["count"] > 0 and watch["probes"]["failed"] == 0, watch["probes"]
+        # The bake ran to its end.
+        assert run.context()["bake_ended_at"] >= watch["deadline"] - 0.5
+        old, new = record["old_versions"], record["new_versions"]
+        assert _weights(after) == {fn: (old[fn], {new[fn]: pytest.approx(expected[stage])}) for fn in old}, after
