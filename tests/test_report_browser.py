@@ -263,7 +263,9 @@ def test_reviewer_sees_stage_failed_metric_and_plot(bad_release: BadRelease, tmp
 
     overview = _visible_text(_chromium(f"{base}/index.html#{stage_id}", "--dump-dom").stdout)
     assert title in overview
-    assert "Category: Rollback triggered" in overview
+    # The watch names its source: CloudWatch (rollback triggered) or its own probes (probe failed).
+    category = {"probe": "Probe failed"}.get(breach.get("kind", ""), "Rollback triggered")
+    assert f"Category: {category}" in overview
     # the failed metric, its value and its threshold, as the watch wrote them
     assert f"rollback trigger {breach['rule']}" in overview
     assert re.search(r"must be <= [\d.]+%", overview), overview[:3000]

@@ -104,7 +104,8 @@ def _verify_health(rig: Rig, name: str) -> subprocess.CompletedProcess[str]:
          f"--release={rig.release}-{name}", "-k", "health", "-q", "-rfE",
          f"--llama-alluredir={out}", f"--llama-artifacts={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "LLAMADEPLOY_SANDBOX_DIR": str(rig.state.directory)})
+        # COLUMNS: the short test summary lines are cut to the terminal width otherwise.
+        env={**os.environ, "LLAMADEPLOY_SANDBOX_DIR": str(rig.state.directory), "COLUMNS": "1000"})
 
 
 def test_health_suite_passes_on_a_good_version_and_names_crash_and_ws_refusal(clean: Rig) -> None:

@@ -82,7 +82,10 @@ def held(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
 
 @pytest.fixture(scope="module")
 def healthy(held: Any, tmp_path_factory: pytest.TempPathFactory) -> VerifyRun:
-    return _verify(held, tmp_path_factory.mktemp("verify-ok"), f"t-{uuid.uuid4().hex[:6]}")
+    # Not the monitoring suite: on the shared sandbox its 5-minute window holds the 5xx that
+    # other tests' faults produced; the monitoring gate is proven by test_watch_sandbox.py.
+    return _verify(held, tmp_path_factory.mktemp("verify-ok"), f"t-{uuid.uuid4().hex[:6]}",
+                   "-k", "health or functional or performance")
 
 
 @pytest.fixture(scope="module")
