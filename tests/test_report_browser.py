@@ -78,9 +78,28 @@ def _all_attachments(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _all_attachments(step)
 
 
+def _policies_without_probes(folder: Path) -> Path:
+    """The sandbox policy with the watch's probes off, so the CloudWatch trigger catches the fault.
+
+    The probes catch error_rate=0.3 within 1-2 s, before CloudWatch holds a series to plot;
+    this test is about the report a reviewer reads for a metric breach: the metric, its value,
+    its threshold and the plotted series.
+    """
+    import yaml
+
+    if not (folder / "sandbox.yaml").exists():
+        shutil.copytree(ROOT / "policies", folder, dirs_exist_ok=True)
+        data = yaml.safe_load((folder / "sandbox.yaml").read_text())
+        data.setdefault("watch", {})["probe_rate"] = 0
+        (folder / "sandbox.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
 def _gate(release: str, stage: str, results: Path) -> list[str]:
+    policies = _policies_without_probes(results.parent / "policies")
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--env=sandbox", f"--stage={stage}",
-            f"--release={release}", f"--llama-alluredir={results}", f"--llama-artifacts={results.parent / 'art'}"]
+            f"--release={release}", f"--policy-dir={policies}", f"--llama-alluredir={results}",
+            f"--llama-artifacts={results.parent / 'art'}"]
 
 
 def _shift10_with_fault_mid_bake(bad: BadRelease) -> None:
@@ -273,7 +292,7 @@ def test_reviewer_sees_stage_failed_metric_and_plot(bad_release: BadRelease, tmp
     assert re.search(r"rollback: alias live back to onchain-api v\d+", overview)
 
     attachments = _visible_text(_chromium(f"{base}/index.html#{stage_id}/attachments", "--dump-dom").stdout)
-    assert re.search(r"onchain-api error rate by version image/png \d+ KiB", attachments), attachments[:2000]
+    assert re.search(r"onchain-api error rate by version image/png [\d.]+ KiB", attachments), attachments[:2000]
     assert "stage decision application/json" in attachments
     plot = next(a for a in _walk_attachments(stored) if a["name"] == "onchain-api error rate by version")
     with urllib.request.urlopen(f"{base}/data/attachments/{plot['id']}{plot['ext']}", timeout=10) as response:

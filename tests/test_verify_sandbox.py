@@ -45,7 +45,12 @@ def _policy_dir(tmp: Path) -> Path:
     shutil.copytree(ROOT / "policies", folder)
     sandbox = folder / "sandbox.yaml"
     data = yaml.safe_load(sandbox.read_text())
-    data.setdefault("performance", {})["duration"] = "5s"
+    perf = data.setdefault("performance", {})
+    perf["duration"] = "5s"
+    # Headroom on the latency thresholds (2.5x the runbook's): these tests prove the verify stage's
+    # mechanics on a shared 2-core runner beside other sandbox tests; the gate keeps the runbook's
+    # numbers in policies/ (guarded), and the knob tests exceed the headroom clearly.
+    perf.update(api_p95="500ms", ws_p95="250ms", db_p95="125ms")
     sandbox.write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 
