@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .procs import pid_alive
+
 STATUSES = ("started", "passed", "failed", "rolled_back", "aborted")
 FINAL = ("passed", "failed", "rolled_back", "aborted")
 
@@ -96,19 +98,9 @@ class LockInfo:
             return f"its lease expired at {iso(self.expires_at)}"
         user_host, _, pid = self.owner.rpartition(":")
         host = user_host.partition("@")[2]
-        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             return f"its process {pid} on this host is gone"
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LockHeld(Exception):

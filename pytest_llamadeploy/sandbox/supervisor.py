@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ..procs import pid_alive
+
 #: The directory that holds the ``pytest_llamadeploy`` package: children must import it
 #: even when the package is not installed and the caller's cwd is elsewhere.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -135,29 +137,6 @@ def read_cmdline(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # The state letter follows the parenthesised command name, which may itself contain spaces.
-    return stat[stat.rfind(")") + 2: stat.rfind(")") + 3] in ("Z", "X")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when pid runs (a zombie, left by a child we spawned and did not reap, counts as dead)."""
-    if not pid or pid <= 0:
-        return False
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not _is_zombie(pid)
-
-
 def pid_matches(pid: int | None, markers: Sequence[str]) -> bool:
     """True when pid is alive and its command line contains every marker (the recorded identity)."""
     if not pid_alive(pid):
@@ -167,14 +146,6 @@ def pid_matches(pid: int | None, markers: Sequence[str]) -> bool:
         return False
     joined = " ".join(cmdline)
     return all(marker in joined for marker in markers)
-
-
-def _reap(pid: int) -> None:
-    # Our own children linger as zombies until waited for; other processes' are not ours to wait.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass
 
 
 def stop_pid(pid: int, markers: Sequence[str], timeout: float = 10.0, name: str = "process") -> str:

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from ... import metricnames as m
+from ...procs import pid_alive
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
 
 #: Seconds from the stop request to a forced exit (the supervisor's SIGKILL comes at 10 s).
@@ -28,16 +29,6 @@ STOP_DEADLINE = 6.0
 
 def _say(message: str) -> None:
     print(f"frontdoor {time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         missing_since: float | None = None
         while not server.should_exit:
             time.sleep(0.5)
-            if args.exit_with_pid and not _pid_alive(args.exit_with_pid):
+            if args.exit_with_pid and not pid_alive(args.exit_with_pid):
                 logging.warning("process %s is gone; stopping", args.exit_with_pid)
                 server.should_exit = True
             if (state_dir / "state.json").exists():
