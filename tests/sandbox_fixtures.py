@@ -67,7 +67,18 @@ def reset_sandbox(state: SandboxState) -> SandboxState:
             if release_running(fresh, release):
                 clear_faults(fresh, release)
         fresh.save()
-        return fresh
+    # The service keeps its own timings and counters in Redis (llama:stats:*); a test that ran a
+    # slow_query_ms fault must not leave its 300 ms samples to the next test's DB p95.
+    import redis
+
+    client = redis.Redis.from_url(fresh.redis_url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match="llama:stats:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    return fresh
 
 
 @pytest.fixture(scope="session")
