@@ -82,6 +82,19 @@ class StageContext:
     def ws_function(self) -> str:
         return self.policy.service.ws_function
 
+    def action_result(self, kind: str) -> dict[str, Any]:
+        """The record the controller's operation (backup, migration, restore) left for the suites.
+
+        Fails the calling gate test when there is none: the suite must not pass on a
+        result that was never produced.
+        """
+        record = self.watch.get("action_result")
+        if not isinstance(record, dict) or record.get("kind") != kind:
+            import pytest
+
+            pytest.fail(f"stage {self.stage}: the controller recorded no {kind} result", pytrace=False)
+        return record
+
     def bake_window(self) -> tuple[float, float]:
         """(start, end) epoch seconds of the bake, or of the last 5 minutes when nothing moved."""
         import time

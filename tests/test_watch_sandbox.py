@@ -39,7 +39,9 @@ API, WS = "onchain-api", "onchain-ws"
 TRIGGERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "error_rate": ("error_rate=0.3", ("lambda_error_rate", "probe_failure_ratio")),
     "throttle_rate": ("throttle_rate=0.3", ("lambda_throttle_rate",)),
-    "ws_connect_error_rate": ("ws_connect_error_rate=0.5", ("ws_connect_error_rate",)),
+    # A WebSocket connect is an invocation of onchain-ws's $connect handler (as on AWS), so a refused
+    # connect is also a Lambda error of onchain-ws: either trigger may be the first to see it.
+    "ws_connect_error_rate": ("ws_connect_error_rate=0.5", ("ws_connect_error_rate", "lambda_error_rate")),
 }
 
 

@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 
 
-def _record(llama) -> dict:
-    record = llama.watch.get("action_result")
-    if not isinstance(record, dict) or record.get("kind") != "backup":
-        pytest.fail(f"stage {llama.stage}: the controller recorded no backup result", pytrace=False)
-    return record
-
-
 def test_backup_succeeded(llama, record_property):
-    record = _record(llama)
+    record = llama.action_result("backup")
     record_property("backup_id", record["id"])
     assert record["ok"], f"backup {record['id']} failed: {'; '.join(record['errors'])}"
 
 
 def test_rds_snapshot_available(llama):
-    rds = _record(llama).get("rds")
+    rds = llama.action_result("backup").get("rds")
     if not rds:
         pytest.skip("no RDS snapshot in this backup")
     snap = llama.client("rds").describe_db_snapshots(DBSnapshotIdentifier=rds["snapshot_id"])["DBSnapshots"][0]
@@ -34,7 +27,7 @@ def test_rds_snapshot_available(llama):
 
 
 def test_dynamodb_backups_available(llama):
-    record = _record(llama)
+    record = llama.action_result("backup")
     if not record["dynamodb"]:
         pytest.skip("no DynamoDB backup in this backup (--rds)")
     client = llama.client("dynamodb")
@@ -44,7 +37,7 @@ def test_dynamodb_backups_available(llama):
 
 
 def test_sandbox_dump_restorable(llama):
-    dump = _record(llama).get("pg_dump")
+    dump = llama.action_result("backup").get("pg_dump")
     if not dump:
         pytest.skip("no pg_dump (only the sandbox takes one)")
     path = Path(dump["path"])

@@ -13,15 +13,8 @@ import pytest
 from pytest_llamadeploy.ops import migrations, pg
 
 
-def _record(llama) -> dict:
-    record = llama.watch.get("action_result")
-    if not isinstance(record, dict) or record.get("kind") != "migration":
-        pytest.fail(f"stage {llama.stage}: the controller recorded no migration result", pytrace=False)
-    return record
-
-
 def test_migrations_applied(llama, record_property):
-    record = _record(llama)
+    record = llama.action_result("migration")
     record_property("status", record["status"])
     record_property("applied", ", ".join(record["applied"]) or "none")
     if record["status"] == "rolled_back":
@@ -35,7 +28,7 @@ def test_migrations_applied(llama, record_property):
 
 
 def test_backup_taken_before_applying(llama):
-    record = _record(llama)
+    record = llama.action_result("migration")
     if not record["applied"]:
         pytest.skip("nothing was applied, so no backup was needed")
     backup = record.get("backup") or {}

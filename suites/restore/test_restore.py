@@ -12,15 +12,8 @@ import pytest
 from pytest_llamadeploy.ops import pg
 
 
-def _record(llama) -> dict:
-    record = llama.watch.get("action_result")
-    if not isinstance(record, dict) or record.get("kind") != "restore":
-        pytest.fail(f"stage {llama.stage}: the controller recorded no restore result", pytrace=False)
-    return record
-
-
 def test_restore_succeeded(llama, record_property):
-    record = _record(llama)
+    record = llama.action_result("restore")
     record_property("backup_id", record["backup_id"])
     assert not record["errors"], "; ".join(record["errors"])
     for step in record.get("manual_steps", []):
@@ -28,12 +21,12 @@ def test_restore_succeeded(llama, record_property):
 
 
 def test_integrity_against_backup(llama):
-    record = _record(llama)
+    record = llama.action_result("restore")
     assert not record["integrity"], "; ".join(record["integrity"])
 
 
 def test_database_still_matches_backup(llama):
-    database = _record(llama).get("database") or {}
+    database = llama.action_result("restore").get("database") or {}
     if database.get("source") != "pg_dump":
         pytest.skip("the database was restored to a new RDS instance: check it once DATABASE_URL points there")
     conn = pg.connect(llama.resolved_targets.postgres_dsn)
@@ -46,7 +39,7 @@ def test_database_still_matches_backup(llama):
 
 
 def test_dynamodb_tables_active(llama):
-    restored = _record(llama)["dynamodb"]
+    restored = llama.action_result("restore")["dynamodb"]
     if not restored:
         pytest.skip("no DynamoDB table in the backup")
     client = llama.client("dynamodb")
