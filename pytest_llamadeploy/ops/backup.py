@@ -16,14 +16,12 @@ traffic writes.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..redact import redact
 from . import dynamo, pg
 from .results import Ledger, OpsError, poll
 
@@ -146,13 +144,7 @@ def _pg_dump(dsn: str, bid: str, timeout: float) -> tuple[dict[str, Any], dict[s
         fingerprint = pg.fingerprint(conn)
         argv = [pg.pg_binary("pg_dump"), "--format=custom", f"--snapshot={snapshot}",
                 f"--file={path}", f"--dbname={conninfo}"]
-        try:
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"pg_dump not done after {timeout:g}s (policy key backup.timeout)") from None
-        if proc.returncode != 0:
-            raise OpsError(f"pg_dump of {pg.safe_dsn(dsn)} failed (exit {proc.returncode}): "
-                           f"{redact(proc.stderr.strip(), [dsn])}")
+        pg.run_tool(argv, env=env, timeout=timeout, dsn=dsn, failed=f"pg_dump of {pg.safe_dsn(dsn)} failed")
     finally:
         conn.rollback()
         conn.close()

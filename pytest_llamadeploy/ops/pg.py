@@ -35,6 +35,23 @@ def pg_binary(name: str) -> str:
     return found
 
 
+def run_tool(argv: list[str], *, env: dict[str, str], timeout: float, dsn: str, failed: str) -> None:
+    """Run a PostgreSQL client tool (pg_dump, pg_restore) bounded by ``timeout``.
+
+    A timeout names the policy key that sets it; a non-zero exit raises OpsError with
+    ``failed`` and the tool's stderr, with the DSN's password masked.
+    """
+    import subprocess
+
+    tool = Path(argv[0]).name
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{tool} not done after {timeout:g}s (policy key backup.timeout)") from None
+    if proc.returncode != 0:
+        raise OpsError(f"{failed} (exit {proc.returncode}): {redact(proc.stderr.strip(), [dsn])}")
+
+
 def require_dsn(dsn: str) -> str:
     if not dsn:
         raise OpsError("no PostgreSQL DSN for this env: set targets.postgres_dsn in the policy "

@@ -19,11 +19,9 @@ and checksums per DynamoDB table) against the values recorded at backup time.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
-from ..redact import redact
 from . import dynamo, pg
 from .backup import backup_id
 from .results import Ledger, OpsError, poll
@@ -173,13 +171,8 @@ def _pg_restore(dsn: str, backup: dict[str, Any], timeout: float) -> dict[str, A
     env["PGOPTIONS"] = "-c lock_timeout=30s"
     argv = [pg.pg_binary("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction",
             "--exit-on-error", f"--dbname={conninfo}", str(dump)]
-    try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TimeoutError(f"pg_restore not done after {timeout:g}s (policy key backup.timeout)") from None
-    if proc.returncode != 0:
-        raise OpsError(f"pg_restore of {dump} into {pg.safe_dsn(dsn)} failed (exit {proc.returncode}), "
-                       f"nothing changed (single transaction): {redact(proc.stderr.strip(), [dsn])}")
+    pg.run_tool(argv, env=env, timeout=timeout, dsn=dsn,
+                failed=f"pg_restore of {dump} into {pg.safe_dsn(dsn)} failed, nothing changed (single transaction)")
     conn = pg.connect(dsn)
     try:
         fingerprint = pg.fingerprint(conn)
