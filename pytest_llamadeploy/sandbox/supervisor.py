@@ -36,6 +36,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bind_loopback(port: int, who: str) -> socket.socket:
+    """A socket bound to 127.0.0.1:port (0: any free port) for a server to listen on.
+
+    Raises SystemExit(2) with a message naming the port when it is taken, so a
+    component started on a lost port race says so instead of a traceback.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        print(f"{who}: cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another --port (0: any free)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    return sock
+
+
 def port_open(port: int, timeout: float = 0.2) -> bool:
     """True when something accepts TCP connections on 127.0.0.1:port."""
     try:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from ... import metricnames as m
 from ...procs import pid_alive
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
+from ..supervisor import bind_loopback
 
 #: Seconds from the stop request to a forced exit (the supervisor's SIGKILL comes at 10 s).
 STOP_DEADLINE = 6.0
@@ -80,14 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                           redis_url=state.redis_url, trace_sample=args.trace_sample)
     app = FrontDoor(router, telemetry, args.api_function, args.ws_function)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", args.port))
-    except OSError as exc:
-        print(f"frontdoor: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}; pick a free port",
-              file=sys.stderr)
-        return 2
+    sock = bind_loopback(args.port, "frontdoor")
     sock.listen(512)
     port = sock.getsockname()[1]
 

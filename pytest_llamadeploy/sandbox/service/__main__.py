@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..state import SandboxNotRunning, SandboxState
+from ..supervisor import bind_loopback
 from .faults import KNOBS, parse_faults
 
 READY = "llamadeploy-service ready"
@@ -57,14 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServiceConfig(release=args.release, state_dir=state.directory, postgres_dsn=state.postgres_dsn,
                            redis_url=state.redis_url, aws_endpoint=state.aws_endpoint, region=state.region or "us-east-1",
                            sqs_queue_url=state.sqs_queue_url, faults=faults)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", args.port))
-    except OSError as exc:
-        print(f"error: cannot bind 127.0.0.1:{args.port}: {exc.strerror}; pick another --port (0: any free)",
-              file=sys.stderr)
-        return 2
+    sock = bind_loopback(args.port, f"service {args.release}")
     port = sock.getsockname()[1]
 
     class Server(uvicorn.Server):
