@@ -140,6 +140,10 @@ class Watch(_Model):
 class Compare(_Model):
     max_error_rate_diff: Rate = 0.01
     max_p95_ratio: float = Field(default=1.5, gt=0)
+    #: A slower new version fails only when it is also this much slower in absolute terms:
+    #: a p95 going from 20 ms to 40 ms is 2x but within the jitter of a shared host and far
+    #: below anything a user notices (Kayenta likewise ignores effects below a floor).
+    min_p95_delta: Threshold = 10.0
     #: Significance level of the Mann-Whitney U test on per-interval samples.
     alpha: float = Field(default=0.02, gt=0, lt=1)
     #: How much slower (median per interval) the new version may be before a significant

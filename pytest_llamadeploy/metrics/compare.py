@@ -5,11 +5,13 @@ Absolute thresholds miss a release that doubled its latency while staying under
 Kayenta does:
 
 - error rate: ``new - old <= compare.max_error_rate_diff``;
-- p95 over the window: ``new / old <= compare.max_p95_ratio``;
+- p95 over the window: ``new / old <= compare.max_p95_ratio``, or the new one slower by no
+  more than ``compare.min_p95_delta`` ms (a ratio of two small numbers is mostly noise);
 - Mann-Whitney U (one-sided: is the new version slower?) on per-interval p95
   durations (one sample per ``resolution`` seconds per version), failing when
   ``p < compare.alpha`` and the new median exceeds the old by more than
-  ``compare.tolerance`` (significant and material). It needs ``compare.min_samples`` intervals per version;
+  ``compare.tolerance`` and by more than ``compare.min_p95_delta`` ms (significant and
+  material). It needs ``compare.min_samples`` intervals per version;
   fewer is "inconclusive", which is not a pass (lengthen the bake).
 
 Everything comes from one GetMetricData call.
@@ -77,7 +79,8 @@ class Comparison:
     def p95_message(self) -> str:
         ratio = "n/a" if self.p95_ratio is None else f"{self.p95_ratio:.2f}x"
         return (f"compare p95 ({self.p95_verdict}): new / old = {ratio}, must be <= "
-                f"{self.limits['max_p95_ratio']:g}x; {self.side_by_side}")
+                f"{self.limits['max_p95_ratio']:g}x (or no more than {self.limits['min_p95_delta']:g} ms slower); "
+                f"{self.side_by_side}")
 
     def rank_message(self) -> str:
         need = int(self.limits["min_samples"])
@@ -89,7 +92,8 @@ class Comparison:
         shown = f"{shift:.2f}x" if shift is not None else "n/a"
         return (f"compare Mann-Whitney U ({self.rank_verdict}): new slower than old? U = {self.mannwhitney_u:g}, "
                 f"p = {self.mannwhitney_p:.4g} (fails below alpha {self.limits['alpha']:g}), median shift {shown} "
-                f"(fails above {1 + self.limits.get('tolerance', 0.0):g}x); {self.side_by_side}")
+                f"(fails above {1 + self.limits.get('tolerance', 0.0):g}x and "
+                f"{self.limits.get('min_p95_delta', 0.0):g} ms); {self.side_by_side}")
 
 
 def _specs(fn: str, alias: str, version: str, resolution: int, span: int) -> dict[str, SeriesSpec]:
@@ -120,8 +124,9 @@ def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float 
     ratio = None
     if old_p95 is not None and new_p95 is not None and old_p95 > 0:
         ratio = new_p95 / old_p95
+    floor = settings.min_p95_delta
     p95_v: Verdict = "inconclusive" if not enough or ratio is None else (
-        "pass" if ratio <= settings.max_p95_ratio else "fail")
+        "pass" if ratio <= settings.max_p95_ratio or new_p95 - old_p95 <= floor else "fail")
     u = p = None
     rank_v: Verdict = "inconclusive"
     if len(old_iv) >= need and len(new_iv) >= need:
@@ -132,8 +137,10 @@ def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float 
         # Significant is not the same as material: with enough intervals a 10 % slower
         # new version is "significant". Like Kayenta's tolerance, the rank test fails only
         # when the new version is slower beyond compare.tolerance (median per interval).
-        shift = _median(new_iv) / _median(old_iv) if _median(old_iv) > 0 else float("inf")
-        rank_v = "fail" if p < settings.alpha and shift > 1.0 + settings.tolerance else "pass"
+        old_med, new_med = _median(old_iv), _median(new_iv)
+        shift = new_med / old_med if old_med > 0 else float("inf")
+        material = shift > 1.0 + settings.tolerance and new_med - old_med > floor
+        rank_v = "fail" if p < settings.alpha and material else "pass"
     return error_v, p95_v, rank_v, diff, ratio, u, p
 
 
@@ -175,5 +182,6 @@ def compare_versions(
             fn, old, new, end - start, old_inv, new_inv, old_err, new_err, diff, old_p95, new_p95, ratio,
             old_iv, new_iv, u, p, ev, pv, rv,
             {"max_error_rate_diff": settings.max_error_rate_diff, "max_p95_ratio": settings.max_p95_ratio,
+             "min_p95_delta": settings.min_p95_delta,
              "alpha": settings.alpha, "tolerance": settings.tolerance, "min_samples": float(settings.min_samples)}))
     return out
