@@ -5,12 +5,19 @@
    (goal: the suite reaches >= 90 % of standalone requests/s).
 2. ``--locust-processes 2`` vs 1 (goal: >= 1.6x requests/s).
 
-Target: a local uvicorn server on 127.0.0.1 (free port, stopped at the end)
-with the endpoints the load's ApiUser calls, answering from memory so the
-load generator, not the server, is what is measured. ApiUser only (no
-WebSocket); no pacing (``LLAMA_LOAD_PACING=0``).
+Target (``--target``), on 127.0.0.1 (free port, stopped by PID at the end), with
+the endpoints the load's ApiUser calls, answering from memory so the load
+generator, not the server, is what is measured:
 
-    .venv/bin/python bench/bench_locust.py [--users 20] [--duration 10] [--repeat 3]
+- ``uvicorn`` (default): a Starlette app, one Python worker per ``--server-workers``;
+  ~1.4k req/s per worker here, so on 2 cores it is the bottleneck before Locust is.
+- ``nginx``: fixed JSON bodies from nginx (``apt-get install nginx-light``), one
+  worker process; it spends a few percent of a core at these rates, which is
+  the only way to see Locust's own scaling on a 2-core machine.
+
+ApiUser only (no WebSocket); no pacing (``LLAMA_LOAD_PACING=0``).
+
+    .venv/bin/python bench/bench_locust.py [--target nginx] [--users 20] [--duration 10] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -71,6 +78,58 @@ def start_server(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], 
     raise SystemExit("bench server did not start")
 
 
+NGINX_CONF = '''
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fastcgi;
+    uwsgi_temp_path {work}/nginx-uwsgi;
+    scgi_temp_path {work}/nginx-scgi;
+    keepalive_requests 1000000;
+    default_type application/json;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /auth/token {{ return 200 '{{"token": "bench", "user": "bench", "expires_at": 0}}'; }}
+        location = /chains {{ return 200 '{{"chains": ["Ethereum", "Arbitrum"]}}'; }}
+        location = /protocols {{ return 200 '{{"chain": "$arg_chain", "protocols": []}}'; }}
+        location /tvl/ {{ return 200 '{{"chain": "Ethereum", "tvl": 1.0, "protocols": 1}}'; }}
+    }}
+}}
+'''
+
+
+def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import shutil
+
+    import httpx
+
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        raise SystemExit("--target nginx needs nginx: apt-get install -y nginx-light")
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=workdir, port=port))
+    # -p: a prefix in the temporary folder, so nothing is written under /var or /etc.
+    proc = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/chains", timeout=0.5).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    _stop_group(proc)
+    raise SystemExit(f"nginx did not start: see {workdir / 'nginx-error.log'}")
+
+
 def suite_rps(url: str, users: int, duration: float, processes: int, out: Path) -> float:
     result = run_locust(LOCUSTFILE, url, users, users, duration, artifacts_dir=out, processes=processes,
                         user_classes=["ApiUser"], env={"LLAMA_LOAD_PACING": "0"}, name=f"suite-p{processes}")
@@ -91,11 +150,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--server-workers", type=int, default=1)
+    parser.add_argument("--target", choices=["uvicorn", "nginx"], default="uvicorn")
+    parser.add_argument("--server-workers", type=int, default=1, help="uvicorn workers (--target uvicorn)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
         work = Path(tmp)
-        proc, url = start_server(work, args.server_workers)
+        proc, url = start_nginx(work) if args.target == "nginx" else start_server(work, args.server_workers)
         try:
             figures: dict[str, list[float]] = {"standalone": [], "suite_p1": [], "suite_p2": []}
             for i in range(args.repeat):
@@ -108,7 +168,7 @@ def main() -> int:
             _stop_group(proc)
     med = {k: statistics.median(v) for k, v in figures.items()}
     report = {
-        "users": args.users, "duration_s": args.duration, "repeat": args.repeat,
+        "target": args.target, "users": args.users, "duration_s": args.duration, "repeat": args.repeat,
         "median_rps": {k: round(v, 1) for k, v in med.items()},
         "suite_vs_standalone": round(med["suite_p1"] / med["standalone"], 3),
         "processes2_vs_1": round(med["suite_p2"] / med["suite_p1"], 3),

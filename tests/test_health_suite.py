@@ -188,3 +188,21 @@ def test_probe_result_of_a_lambda_invoke_is_mapped() -> None:
     unhealthy = interpret_invoke({"Payload": io.BytesIO(b'{"statusCode": 503, "body": "{\\"status\\": \\"fail\\"}"}')},
                                  "x", 1.0)
     assert not unhealthy.ok and unhealthy.status == 503 and unhealthy.body == {"status": "fail"}
+
+
+def test_unanswered_probe_is_attributed_by_asking_the_old_version() -> None:
+    """Pure logic: a probe the new version did not answer counts only if the old version answered."""
+    from pytest_llamadeploy.probe import ProbeResult
+    from pytest_llamadeploy.stage import attribute_probe
+
+    def result(status: int | None, ok: bool, version: str) -> ProbeResult:
+        error = None if ok else ("no answer within 2 s" if status is None else "expected HTTP 200")
+        return ProbeResult(ok, status, 2000.0 if status is None else 5.0, None, error, f"GET /stats (v{version})")
+
+    assert attribute_probe(result(200, True, "4"), None) == (True, "GET /stats (v4) -> HTTP 200 (5.0 ms)")
+    assert attribute_probe(result(502, False, "4"), result(None, False, "3"))[0] is False  # an answer is an answer
+    ok, detail = attribute_probe(result(None, False, "4"), result(None, False, "3"))
+    assert ok is None and "the old version gave no answer either" in detail
+    ok, detail = attribute_probe(result(None, False, "4"), result(200, True, "3"))
+    assert ok is False and "old version answered HTTP 200" in detail
+    assert attribute_probe(result(None, False, "4"), None)[0] is False  # nobody to clear it

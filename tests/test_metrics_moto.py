@@ -276,6 +276,30 @@ def test_probe_failures_trigger_with_source_probe(moto: Moto, policy: Any) -> No
     assert "2 of the last 6 probes" in outcome.message and "HTTP 502" in outcome.message
 
 
+def test_probes_neither_version_answered_are_shown_not_counted(moto: Moto, policy: Any) -> None:
+    cw = moto.client()
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(moto.client(), stop), daemon=True)
+    feeder.start()
+    unanswered = "no answer within 2 s; the old version gave no answer either: the probe path failed, not the release"
+    outcomes = iter([True, None] * 200)
+    watch, breaches, lines = _watch(cw, policy, time.time(), probe=lambda: (next(outcomes), unanswered))
+    try:
+        watch.start()
+        deadline = time.time() + 20
+        while watch.evidence()["probes"]["unattributed"] < 6 and time.time() < deadline:
+            time.sleep(0.05)
+        probes = watch.evidence()["probes"]
+    finally:
+        stop.set()
+        watch.stop()
+        feeder.join(5)
+    # Half the probes unanswered by both versions: far above the 5 % rule if they counted.
+    assert probes["unattributed"] >= 6 and probes["failed"] == 0, probes
+    assert not [b for b in breaches if b.source == "probe"], breaches
+    assert probes["failures"] and probes["failures"][0]["counted"] is False
+
+
 def test_moto_stopped_mid_watch_is_metrics_unavailable(moto: Moto, policy: Any) -> None:
     cw = moto.client()
     stop = threading.Event()

@@ -22,6 +22,12 @@ What triggers, and from which version:
   throttled invoke under ``Throttles``, not ``Errors``): it is recorded but not
   counted as failed, so a throttling release is caught by the
   ``lambda_throttle_rate`` trigger and named as such, not as a probe failure.
+  A probe may also come back "unattributed" (``ok is None``): the new version gave
+  no answer and neither did the old one probed the same way at once, so the probe
+  path (this host, the network, an overloaded front door) is what failed, not the
+  release. Those are counted and shown, never in the rule's window: a busy CI host
+  must not roll back a healthy release (seen: /health taking 2-10 s at load 12).
+  A hung release still fails, since the old version's answer convicts it.
 
 Physics (why these numbers): at 10 % of the sandbox's 20 requests/s the new
 version serves 2 alias-routed requests/s. The watch's probes are version-targeted
@@ -60,7 +66,8 @@ from .query import ProviderError, QueryError, SeriesSpec, fetch
 from .signals import format_value, get_signal, series_dims
 
 BreachKind = Literal["threshold", "inconclusive", "probe", "provider"]
-ProbeFn = Callable[[], tuple[bool, str]]
+#: A probe of the new version: (True ok | False failed | None unattributed, detail).
+ProbeFn = Callable[[], tuple[bool | None, str]]
 OutFn = Callable[[str, bool], None]
 
 #: The probe rule (see the module docstring).
@@ -168,6 +175,7 @@ class BakeWatch:
         self._probe_total = 0
         self._probe_failed = 0
         self._probe_throttled = 0
+        self._probe_unattributed = 0
         self._probe_failures: list[dict[str, Any]] = []
         self._threads: list[threading.Thread] = []
         self._hook_id = f"llamadeploy-watch-{id(self)}"
@@ -228,6 +236,7 @@ class BakeWatch:
         c = self._counters
         with self._lock:
             probes = {"count": self._probe_total, "failed": self._probe_failed, "throttled": self._probe_throttled,
+                      "unattributed": self._probe_unattributed,
                       "failures": list(self._probe_failures[-20:]),
                       "rule": f"last {PROBE_WINDOW} probes: >= {PROBE_MIN_FAILURES} failed and ratio > "
                               f"{self.probe_bound * 100:g}%"}
@@ -427,6 +436,8 @@ class BakeWatch:
                 parts.append(f"{r.rule} {format_value(get_signal(r.signal), r.value)}")
         if self._probe_total:
             parts.append(f"probes {self._probe_total - self._probe_failed}/{self._probe_total} ok")
+        if self._probe_unattributed:
+            parts.append(f"{self._probe_unattributed} unanswered by both versions (not counted)")
         if final:
             parts.append("bake complete, no trigger fired")
         return " | ".join(parts)
@@ -443,6 +454,14 @@ class BakeWatch:
                 ok, detail = self.probe()
             except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
+            if ok is None:  # unattributed: see the module docstring
+                with self._lock:
+                    self._probe_unattributed += 1
+                    self._probe_failures.append({"t": round(self.clock(), 3), "detail": str(detail)[:300],
+                                                 "counted": False})
+                next_at += period
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+                continue
             if not ok and _THROTTLED.search(str(detail)):
                 with self._lock:
                     self._probe_throttled += 1
