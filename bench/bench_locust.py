@@ -59,23 +59,28 @@ APP = textwrap.dedent('''
 
 
 def start_server(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
     (workdir / "benchapp.py").write_text(APP)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchapp:app", "--host", "127.0.0.1", "--port",
                              str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)],
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    return _ready(proc, f"http://127.0.0.1:{port}", "the uvicorn bench server did not start")
+
+
+def _ready(proc: subprocess.Popen[bytes], url: str, failure: str, seconds: float = 20.0) -> tuple[
+        subprocess.Popen[bytes], str]:
+    """``(proc, url)`` once ``url/chains`` answers 200; else stop the process group and exit with ``failure``."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/chains", timeout=0.5).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
     _stop_group(proc)
-    raise SystemExit("bench server did not start")
+    raise SystemExit(failure)
 
 
 NGINX_CONF = '''
@@ -107,8 +112,6 @@ http {{
 def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     import shutil
 
-    import httpx
-
     binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
     if binary is None:
         raise SystemExit("--target nginx needs nginx: apt-get install -y nginx-light")
@@ -118,16 +121,7 @@ def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     # -p: a prefix in the temporary folder, so nothing is written under /var or /etc.
     proc = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/chains", timeout=0.5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    _stop_group(proc)
-    raise SystemExit(f"nginx did not start: see {workdir / 'nginx-error.log'}")
+    return _ready(proc, f"http://127.0.0.1:{port}", f"nginx did not start: see {workdir / 'nginx-error.log'}")
 
 
 def suite_rps(url: str, users: int, duration: float, processes: int, out: Path) -> float:
