@@ -220,6 +220,8 @@ class StageRunner:
                     new = to
                 except TrafficError as exc:
                     checks.append(Precondition("rollback target", False, f"{exc} (from {why})"))
+                if self.settings.to_version is not None:
+                    checks.extend(self._known_bad(to))
         else:
             deploy_rec = self._deploy_record()
             if deploy_rec and deploy_rec.new_versions:
@@ -233,6 +235,31 @@ class StageRunner:
 
     def _deploy_record(self) -> StageRecord | None:
         return self.ledger.get(self.env, self.release, "deploy") if self.release else None
+
+    def _known_bad(self, to: dict[str, str]) -> list[Precondition]:
+        """Refuse a hand-picked rollback target that was a release's new version and failed its gate.
+
+        At 3 a.m. a version number is easy to mistype, and "roll back to 7" where 7
+        is what was rolled back an hour ago re-ships the incident. ``--emergency
+        --reason`` overrides (recorded), for when that version really is the way out.
+        """
+        bad: list[str] = []
+        for rec in self.ledger.records(self.env):
+            if rec.status not in ("rolled_back", "failed") or not rec.new_versions or rec.stage == "rollback":
+                continue
+            for fn, version in to.items():
+                if str(rec.new_versions.get(fn)) == str(version) and str(rec.old_versions.get(fn)) != str(version):
+                    bad.append(f"{fn} version {version} was release {rec.release}'s new version and its "
+                               f"{rec.stage} stage ended {rec.status} (run {rec.run_id})")
+        if not bad:
+            return []
+        if self.settings.emergency:
+            return [Precondition("rollback target gate history", True,
+                                 "; ".join(sorted(set(bad))) + f" - accepted with --emergency: {self.settings.reason}")]
+        return [Precondition("rollback target gate history", False,
+                             "; ".join(sorted(set(bad))) + ": rolling back to a version that failed its gate "
+                             "re-ships that failure. Pick another --to-version, or pass --emergency --reason TEXT "
+                             "if this version really is the way out")]
 
     def _rollback_versions(self, current: dict[str, AliasState]) -> tuple[dict[str, str] | None, str]:
         to = self.settings.to_version

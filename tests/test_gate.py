@@ -191,6 +191,16 @@ def test_failing_gate_rolls_back(project: pytest.Pytester, aws: str, monkeypatch
     assert [e for e in events(project) if e[1] == "shift10"] == [("start", "shift10"), ("rollback", "shift10"), ("fail", "shift10")]
     monkeypatch.delenv("FAIL_GATE_AT")
     assert gate(project, "shift50").ret == 4  # a rolled-back shift10 does not open shift50
+    # Rolling back *to* the version that just failed its gate is refused, unless it is an emergency.
+    r = gate(project, "rollback", "--to-version=2")
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(["*rollback target gate history not met: onchain-api version 2 was release v2's new "
+                            "version and its shift10 stage ended rolled_back*--emergency --reason TEXT*"])
+    assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
+    r = gate(project, "rollback", "--to-version=2", "--emergency", "--reason=v1 corrupts balances; v2 is the way out")
+    assert r.ret == 0, r.stdout.str()
+    assert alias_state(aws) == {fn: ("2", {}) for fn in FUNCTIONS}
+    assert ledger(aws).get("fastprod", "v2", "rollback").details["emergency_reason"].startswith("v1 corrupts")
 
 
 def test_failed_deploy_command(project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
