@@ -499,7 +499,11 @@ class StageRunner:
             return None  # a failed rollback is not rolled back again; a person must look
         if self.stage_policy.action in _MOVES or self.stage_policy.action == "none":
             old = self.record.old_versions
-            return dict(old) if old else None
+            # verify of a release with no deploy record sees old == new: "rolling back" to
+            # what already serves would move nothing and report a rollback that never was.
+            if not old or dict(old) == dict(self.record.new_versions or {}):
+                return None
+            return dict(old)
         return None
 
     def rollback(self, reason: str) -> bool:
@@ -559,6 +563,9 @@ class StageRunner:
             status = "failed"
         if status != "passed" and self.stage_policy.action in _MOVES and not self.rolled_back and self._rollback_to():
             reason += " (rollback_on_failure is off: traffic left as it is)" if not self.policy.rollback_on_failure else ""
+        elif status == "failed" and self.stage_policy.action == "none" and self._rollback_to() is None:
+            reason += (f" (no earlier version is recorded for release {self.release or '(none)'}: nothing to roll "
+                       "back to, traffic left on what serves)")
         self.record.status = status
         self.record.reason = redact(reason)
         self.record.ended_at = now()

@@ -203,6 +203,27 @@ def test_failing_gate_rolls_back(project: pytest.Pytester, aws: str, monkeypatch
     assert ledger(aws).get("fastprod", "v2", "rollback").details["emergency_reason"].startswith("v1 corrupts")
 
 
+def test_failed_verify_rolls_back_only_where_there_is_an_earlier_version(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIL_GATE_AT", "verify")
+    # What serves was never deployed through the gate: nothing older is recorded, so nothing "rolls back".
+    r = gate(project, "verify", release="v1")
+    assert r.ret == 1, r.stdout.str()
+    rec = ledger(aws).get("fastprod", "v1", "verify")
+    assert rec.status == "failed" and "nothing to roll back to" in rec.reason
+    assert "rollback" not in rec.details and alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
+    r.stdout.fnmatch_lines(["fastprod verify v1: FAILED"])
+    # After a promote the deploy record names the previous versions: a failing verify goes back to them.
+    monkeypatch.delenv("FAIL_GATE_AT")
+    for stage in ("deploy", "shift10", "shift50", "shift100"):
+        assert gate(project, stage).ret == 0
+    monkeypatch.setenv("FAIL_GATE_AT", "verify")
+    r = gate(project, "verify")
+    assert r.ret == 1
+    assert ledger(aws).get("fastprod", "v2", "verify").status == "rolled_back"
+    assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
+
+
 def test_failed_deploy_command(project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIL_DEPLOY", "v2")
     r = gate(project, "deploy")
