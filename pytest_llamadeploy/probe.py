@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .redact import redact
 from .targets import ResolvedTargets
@@ -116,9 +116,8 @@ def apigw_proxy_event(path: str, method: str = "GET", headers: dict[str, str] | 
                       body: str | None = None, stage: str = "live") -> dict[str, Any]:
     """An API Gateway REST (v1) Lambda proxy event, as CodeDeploy hooks hand-craft them."""
     split = urlsplit(path)
-    query: dict[str, str] | None = None
-    if split.query:
-        query = dict(part.split("=", 1) if "=" in part else (part, "") for part in split.query.split("&"))
+    # API Gateway hands the function decoded parameters; the last of a repeated one wins, as in its map.
+    query = dict(parse_qsl(split.query, keep_blank_values=True)) or None
     all_headers = {"accept": "application/json", "user-agent": "llamadeploy-probe", **(headers or {})}
     request_id = str(uuid.uuid4())
     return {
@@ -153,7 +152,7 @@ def interpret_invoke(response: dict[str, Any], description: str, latency_ms: flo
                      expect_status: tuple[int, ...] = (200,)) -> ProbeResult:
     """Map a boto3 ``lambda.invoke`` answer carrying an API Gateway proxy response to a ProbeResult."""
     executed = response.get("ExecutedVersion")
-    raw = response.get("Payload")
+    raw: Any = response.get("Payload")
     data = raw.read() if hasattr(raw, "read") else (raw or b"")
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
     if response.get("FunctionError"):

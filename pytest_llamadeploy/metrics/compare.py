@@ -126,7 +126,7 @@ def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float 
         ratio = new_p95 / old_p95
     floor = settings.min_p95_delta
     p95_v: Verdict = "inconclusive" if not enough or ratio is None else (
-        "pass" if ratio <= settings.max_p95_ratio or new_p95 - old_p95 <= floor else "fail")
+        "pass" if ratio <= settings.max_p95_ratio or (new_p95 or 0.0) - (old_p95 or 0.0) <= floor else "fail")
     u = p = None
     rank_v: Verdict = "inconclusive"
     if len(old_iv) >= need and len(new_iv) >= need:

@@ -344,8 +344,8 @@ def _locked_run(ctx: Any, ledger: Ledger, record: dict[str, Any], conn: Any, bac
         if not todo:
             record["verify_errors"] = verify(conn, policy.database.expected_tables)
             record["health_errors"] = health(conn, policy.database.expected_tables)
-            errors = record["verify_errors"] + record["health_errors"]
-            return _finish(ctx, ledger, record, "noop" if not errors else "unhealthy", errors=errors)
+            found = record["verify_errors"] + record["health_errors"]
+            return _finish(ctx, ledger, record, "noop" if not found else "unhealthy", errors=found)
 
         # The runbook's "1. Create backup": no backup, no migration.
         try:

@@ -225,7 +225,7 @@ class Telemetry:
         if self._clients is None:
             return
         metric_data: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        logs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        logs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         traces: list[str] = []
         for second, bucket in sorted(buckets.items()):
             for namespace, datums in self.datums(second, bucket).items():
@@ -248,8 +248,8 @@ class Telemetry:
         for (function, resource, version), stats in bucket.lam.items():
             if resource == self.alias:
                 dim_sets = [m.lambda_version_dims(function, self.alias, version)]
-                for key in (("alias", function), ("function", function)):
-                    _add(totals[key], stats)
+                for rollup in (("alias", function), ("function", function)):
+                    _add(totals[rollup], stats)
             else:
                 dim_sets = [sm.lambda_qualified_dims(function, version)]
                 _add(totals[("function", function)], stats)
