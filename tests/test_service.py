@@ -414,6 +414,26 @@ def test_cache_counts_hits_and_misses(http: Any, svc: Running, bearer: dict[str,
     assert (stats["hits"], stats["misses"]) == (1, 1)
 
 
+def test_fresh_read_reads_postgres_and_is_neither_hit_nor_miss(http: Any, svc: Running, bearer: dict[str, str],
+                                                               redis_url: str) -> None:
+    import redis
+
+    http.get("/protocols?chain=Base", headers=bearer)  # cached now
+    client = redis.Redis.from_url(redis_url)
+    timings_before = client.llen("llama:stats:db_ms:protocols_by_chain")
+    before = _stats(svc.url)["cache"]
+    hits0, misses0 = _keyspace(redis_url)
+    fresh = [http.get("/protocols?chain=Base", headers={**bearer, "Cache-Control": "no-cache"}) for _ in range(3)]
+    hits1, misses1 = _keyspace(redis_url)
+    after = _stats(svc.url)["cache"]
+    assert [f.headers["x-cache"] for f in fresh] == ["refresh"] * 3
+    assert fresh[0].json() == http.get("/protocols?chain=Base", headers=bearer).json()
+    # Each fresh read is a database read with its timing recorded, and no cache read at all.
+    assert client.llen("llama:stats:db_ms:protocols_by_chain") - timings_before == 3
+    assert (hits1 - hits0, misses1 - misses0) == (0, 0)
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (0, 0)
+
+
 def test_cache_bypass_always_reads_postgres(http: Any, svc: Running, bearer: dict[str, str], redis_url: str) -> None:
     http.get("/tvl/Solana", headers=bearer)  # warm
     _faults(svc.url, cache_bypass=True)

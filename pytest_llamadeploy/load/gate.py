@@ -24,6 +24,9 @@ from .runner import LoadResult, LocustRun, run_locust
 from .stats import RunStats
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+#: Name suffix of the locustfile's fresh reads (``Cache-Control: no-cache``; locustfile.FRESH,
+#: not imported: the locustfile imports locust, which must stay out of this process).
+FRESH_SUFFIX = "(fresh)"
 #: Samples per representative query on the gate's own connection.
 DIRECT_SAMPLES = 30
 #: Fewer WebSocket events than this is no evidence of latency, whatever their p95.
@@ -151,8 +154,10 @@ def run_performance(
     if redis_client is not None and before is not None:
         try:
             cache = CacheDelta.between(before, CacheCounters.read(redis_client))
-            # Every service cache miss is one database read: bounds the service timings to this load.
+            # Every service cache miss and every fresh read is one database read: that bounds
+            # the service timings to this load.
             reads = cache.service_misses if cache.service_misses is not None else cache.misses
+            reads += fresh_reads(load.stats)
             timings += service_timings(redis_client, queries, reads)
         except Exception as exc:  # noqa: BLE001
             errors["cache"] = f"Redis at {redact(redis_url)} unreadable after the load: {redact(str(exc))}"
@@ -232,6 +237,11 @@ def check_ws(ev: PerformanceEvidence, t: Thresholds) -> list[str]:
             f"{timed} events (p50 {events.p50} ms, max {events.max_response_time:.0f} ms); {ev.where()}"
         ]
     return []
+
+
+def fresh_reads(stats: RunStats) -> int:
+    """Requests of the load that read the database by asking for a fresh read."""
+    return sum(e.num_requests for e in stats.entries if e.name.endswith(FRESH_SUFFIX))
 
 
 def check_db(ev: PerformanceEvidence, t: Thresholds) -> list[str]:

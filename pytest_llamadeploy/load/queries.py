@@ -7,7 +7,10 @@ reference service runs exactly that SQL for ``GET /protocols?chain=`` and
 binds the real service to the same schema, so the gate times the same SQL
 against a real database. A new name is added there, once.
 
-Two views are measured, and both must be under ``performance.db_p95``:
+Two views are measured, and both must be under ``performance.db_p95``. Both are
+times in the database (``clock_timestamp()`` around the query, in one pipeline:
+``sandbox.service.db.CLOCK``), so a loaded host's scheduling delays in the
+client do not pass for a slow query:
 
 * direct: the gate runs each query on its own connection (``postgres_dsn``)
   and times it: the database's own speed;
@@ -19,7 +22,6 @@ Two views are measured, and both must be under ``performance.db_p95``:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +84,10 @@ class QueryTiming:
 
 def time_queries_directly(dsn: str, names: Sequence[str], samples: int = 30,
                           connect_timeout: int = 5) -> list[QueryTiming]:
-    """Run each named query ``samples`` times on one connection and time each run (ms, client side)."""
+    """Run each named query ``samples`` times on one connection and time each run (ms, in the database)."""
     import psycopg
+
+    from ..sandbox.service.db import fetch_timed
 
     queries = representative_queries(names)
     timings = []
@@ -93,9 +97,7 @@ def time_queries_directly(dsn: str, names: Sequence[str], samples: int = 30,
         for name, (sql, params) in queries.items():
             values = []
             for _ in range(samples):
-                start = time.perf_counter()
-                conn.execute(sql, params).fetchall()
-                values.append((time.perf_counter() - start) * 1000.0)
+                values.append(fetch_timed(conn, sql, params)[1])
             timings.append(QueryTiming(name, "direct", tuple(values)))
     return timings
 
