@@ -34,3 +34,15 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.delenv(name, raising=False)
     create_service(moto_url)
     return moto_url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # STYLE.md: warnings are errors in the project's own tests (not in the gate suites users run,
+    # which share pyproject's [tool.pytest.ini_options]): a deprecation fails here, not in production.
+    # Except the two the garbage collector raises: an unclosed file or an exception in a __del__
+    # surfaces whenever the collector runs, in whichever test happens to be running then, so as an
+    # error it would fail an innocent test at random. They stay visible in the warnings summary.
+    mark = pytest.mark.filterwarnings("error", "default::ResourceWarning",
+                                      "default::pytest.PytestUnraisableExceptionWarning")
+    for item in items:
+        item.add_marker(mark)

@@ -165,12 +165,13 @@ class FrontDoorProcess:
     def __init__(self, state_dir: Path):
         ready = state_dir / "frontdoor.ready"
         self.log = state_dir / "frontdoor.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest_llamadeploy.sandbox.frontdoor", "--port", "0", "--state-dir",
-             str(state_dir), "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--log-level", "info"],
-            cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        with self.log.open("w") as log:  # the child has its own descriptor once started
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_llamadeploy.sandbox.frontdoor", "--port", "0", "--state-dir",
+                 str(state_dir), "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--log-level",
+                 "info"],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         try:
             wait_for(lambda: ready.exists() or self.proc.poll() is not None, 20, "front door ready file")
             assert self.proc.poll() is None, f"front door exited: {self.log.read_text()}"

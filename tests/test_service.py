@@ -113,6 +113,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()  # the port line was read from it; the pipe is ours to close
 
 
 @pytest.fixture(scope="module")
