@@ -253,13 +253,14 @@ class StageRunner:
                                f"{rec.stage} stage ended {rec.status} (run {rec.run_id})")
         if not bad:
             return []
+        history = "; ".join(sorted(set(bad)))
         if self.settings.emergency:
             return [Precondition("rollback target gate history", True,
-                                 "; ".join(sorted(set(bad))) + f" - accepted with --emergency: {self.settings.reason}")]
+                                 f"{history} - accepted with --emergency: {self.settings.reason}")]
         return [Precondition("rollback target gate history", False,
-                             "; ".join(sorted(set(bad))) + ": rolling back to a version that failed its gate "
-                             "re-ships that failure. Pick another --to-version, or pass --emergency --reason TEXT "
-                             "if this version really is the way out")]
+                             f"{history}: rolling back to a version that failed its gate re-ships that failure. "
+                             "Pick another --to-version, or pass --emergency --reason TEXT if this version really "
+                             "is the way out")]
 
     def _rollback_versions(self, current: dict[str, AliasState]) -> tuple[dict[str, str] | None, str]:
         to = self.settings.to_version

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.sandbox_fixtures import reset_sandbox, shared_root
+from tests.sandbox_fixtures import exclusive, reset_sandbox
 
 pytestmark = pytest.mark.sandbox
 
@@ -75,14 +75,8 @@ def _set_faults(state: Any, *knobs: str) -> None:
 @pytest.fixture(scope="module")
 def held(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The sandbox, reset and held for this module's runs (the lock ``sandbox_exclusive`` takes)."""
-    from filelock import FileLock
-
-    with FileLock(str(shared_root(tmp_path_factory) / "sandbox-exclusive.lock")):
-        state = reset_sandbox(sandbox)
-        try:
-            yield state
-        finally:
-            reset_sandbox(sandbox)
+    with exclusive(sandbox, tmp_path_factory) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")

@@ -121,12 +121,14 @@ def judge(old_inv: float, new_inv: float, old_err: float | None, new_err: float 
     diff = None if old_err is None or new_err is None else new_err - old_err
     error_v: Verdict = "inconclusive" if not enough or diff is None else (
         "pass" if diff <= settings.max_error_rate_diff else "fail")
+    floor = settings.min_p95_delta
     ratio = None
+    within_floor = False
     if old_p95 is not None and new_p95 is not None and old_p95 > 0:
         ratio = new_p95 / old_p95
-    floor = settings.min_p95_delta
+        within_floor = new_p95 - old_p95 <= floor
     p95_v: Verdict = "inconclusive" if not enough or ratio is None else (
-        "pass" if ratio <= settings.max_p95_ratio or (new_p95 or 0.0) - (old_p95 or 0.0) <= floor else "fail")
+        "pass" if ratio <= settings.max_p95_ratio or within_floor else "fail")
     u = p = None
     rank_v: Verdict = "inconclusive"
     if len(old_iv) >= need and len(new_iv) >= need:

@@ -455,20 +455,21 @@ class BakeWatch:
             except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             if ok is None:  # unattributed: see the module docstring
-                with self._lock:
-                    self._probe_unattributed += 1
-                    self._probe_failures.append({"t": round(self.clock(), 3), "detail": str(detail)[:300],
-                                                 "counted": False})
-                next_at += period
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
-                continue
-            if not ok and _THROTTLED.search(str(detail)):
-                with self._lock:
-                    self._probe_throttled += 1
-                ok = True  # a throttle, not an error: see the module docstring
-            self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
+                self._probe_unanswered(str(detail)[:300])
+            else:
+                if not ok and _THROTTLED.search(str(detail)):
+                    with self._lock:
+                        self._probe_throttled += 1
+                    ok = True  # a throttle, not an error: see the module docstring
+                self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _probe_unanswered(self, detail: str) -> None:
+        """Neither version answered: shown with the failures, kept out of the rule's window."""
+        with self._lock:
+            self._probe_unattributed += 1
+            self._probe_failures.append({"t": round(self.clock(), 3), "detail": detail, "counted": False})
 
     def _probe_result(self, probe: _Probe) -> None:
         with self._lock:

@@ -229,7 +229,7 @@ class Service:
     async def chains(self, request: Request) -> Response:
         self.user(request)
         value, cache = await self.cached(f"{CACHE_PREFIX}chains", "chains", (),
-                                       lambda rows: {"chains": [r[0] for r in rows]}, request)
+                                         lambda rows: {"chains": [r[0] for r in rows]}, request)
         return self.with_cache(value, cache)
 
     async def protocols(self, request: Request) -> Response:
@@ -250,7 +250,7 @@ class Service:
         self.user(request)
         pid = request.path_params["id"]
         value, cache = await self.cached(f"{CACHE_PREFIX}protocol_by_id:{pid}", "protocol_by_id", (pid,),
-                                       lambda rows: protocol_row(rows[0]) if rows else None, request)
+                                         lambda rows: protocol_row(rows[0]) if rows else None, request)
         if value is None:
             return self.with_cache({"error": "not_found", "detail": f"no protocol with id {pid}"}, cache, 404)
         return self.with_cache(value, cache)
