@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..net import free_port
 from ..redact import redact
 from .stats import EndpointStats, RunStats, StatsFileError
 
@@ -52,13 +52,6 @@ def locust_executable() -> list[str]:
         return [str(script)]
     # A venv without console scripts (e.g. installed with --no-binary) still has the module.
     return [sys.executable, "-m", "locust"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_time(duration: float) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..net import free_port, port_open
 from . import postgres, redis_server
 from .deploy import (
     FaultError,
@@ -38,10 +39,8 @@ from .state import SandboxNotRunning, SandboxState, sandbox_dir
 from .supervisor import (
     SandboxError,
     child_env,
-    free_port,
     http_answers,
     pid_matches,
-    port_open,
     python_module,
     runnable,
     spawn,

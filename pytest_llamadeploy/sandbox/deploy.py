@@ -16,12 +16,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..net import free_port
 from .provision import FUNCTIONS, sandbox_aws
 from .state import SandboxState
 from .supervisor import (
     SandboxError,
     child_env,
-    free_port,
     http_answers,
     pid_matches,
     python_module,

@@ -34,13 +34,21 @@ def _serve(port: int, state_dir: Path) -> int:
     from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
+    from ..net import nodelay
     from . import moto_ext
 
     moto_ext.install()
     # Built here rather than through ThreadedMotoServer: its start() waits forever when the
     # port is taken, while make_server raises at once and the supervisor can retry another port.
     app = DomainDispatcherApplication(create_backend_app)
-    server = make_server("127.0.0.1", port, app, True, request_handler=MotoRequestHandler)
+
+    class Handler(MotoRequestHandler):
+        # socketserver's switch for TCP_NODELAY on each accepted connection (see net.py: without
+        # it a keep-alive answer written in two sends waits for the client's delayed ACK).
+        disable_nagle_algorithm = True
+
+    server = make_server("127.0.0.1", port, app, True, request_handler=Handler)
+    nodelay(server.socket)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .supervisor import SandboxError, free_port, port_open, wait_until
+from ..net import free_port, port_open
+from .supervisor import SandboxError, wait_until
 
 DATABASE = "defillama"
 _SERVER_USER = "postgres"

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .supervisor import SandboxError, child_env, free_port, spawn, wait_until
+from ..net import free_port
+from .supervisor import SandboxError, child_env, spawn, wait_until
 
 INSTALL_HINT = "install it with `apt-get install -y redis-server` (the project's setup script does this)"
 

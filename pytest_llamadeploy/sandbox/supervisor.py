@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ..net import port_open
 from ..procs import pid_alive
 
 #: The directory that holds the ``pytest_llamadeploy`` package: children must import it
@@ -27,40 +27,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 class SandboxError(Exception):
     """A sandbox operation failed; the message says what, where, and the fix."""
-
-
-def free_port() -> int:
-    """A port the OS considers free on 127.0.0.1 right now (the caller retries if it loses a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bind_loopback(port: int, who: str) -> socket.socket:
-    """A socket bound to 127.0.0.1:port (0: any free port) for a server to listen on.
-
-    Raises SystemExit(2) with a message naming the port when it is taken, so a
-    component started on a lost port race says so instead of a traceback.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        print(f"{who}: cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another --port (0: any free)",
-              file=sys.stderr)
-        raise SystemExit(2) from None
-    return sock
-
-
-def port_open(port: int, timeout: float = 0.2) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def child_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -19,9 +19,9 @@ import traceback
 from pathlib import Path
 
 from ... import metricnames as m
+from ...net import bind_loopback
 from ...procs import pid_alive
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
-from ..supervisor import bind_loopback
 
 #: Seconds from the stop request to a forced exit (the supervisor's SIGKILL comes at 10 s).
 STOP_DEADLINE = 6.0

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...net import bind_loopback
 from ..state import SandboxNotRunning, SandboxState
-from ..supervisor import bind_loopback
 from .faults import KNOBS, parse_faults
 
 READY = "llamadeploy-service ready"
