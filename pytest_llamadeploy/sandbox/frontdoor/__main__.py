@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-function", default=m.REST_API_NAME)
     parser.add_argument("--ws-function", default=m.WS_API_ID)
     parser.add_argument("--alias", default="live")
-    parser.add_argument("--refresh-interval", type=float, default=0.25,
+    # 1 s: an UpdateAlias reaches traffic within about a second, as on AWS, for 2 GetAlias calls a
+    # second; 0.25 s cost moto and the front door 8 calls a second, a third of the idle sandbox's CPU.
+    parser.add_argument("--refresh-interval", type=float, default=1.0,
                         help="seconds between alias reads (weights take effect within this + one request)")
     parser.add_argument("--trace-sample", type=float, default=0.05,
                         help="share of requests traced beyond the first per version per second")
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     sock.listen(512)
     port = sock.getsockname()[1]
 
+    # uvloop and httptools: the C event loop and HTTP parser (bench/FRONTDOOR.md); no permessage-deflate,
+    # as API Gateway's WebSocket APIs offer none (and compressing every relayed event twice cost CPU).
     config = uvicorn.Config(app, log_level=args.log_level, ws="websockets-sansio", lifespan="on", interface="asgi3",
-                            access_log=False, timeout_graceful_shutdown=3)
+                            access_log=False, timeout_graceful_shutdown=3, loop="uvloop", http="httptools",
+                            ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     # A proxy allocates many short-lived objects; full collections of everything imported at
     # start-up stalled the event loop for whole seconds under load (seen with gdb). Freeze the

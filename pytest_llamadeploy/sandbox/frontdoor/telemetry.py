@@ -27,6 +27,8 @@ log = logging.getLogger("llamadeploy.frontdoor")
 _MAX_VALUES = 150
 _MAX_DATUMS = 1000
 _ERROR_LINES_PER_SECOND = 5
+#: Seconds between publications of log events and trace segments (metrics go every second).
+SLOW_FLUSH = 5.0
 _TRACE_ERRORS_PER_SECOND = 3
 
 
@@ -110,6 +112,9 @@ class Telemetry:
         self._instance = os.urandom(16).hex()
         self.flushes = 0
         self.publish_errors = 0
+        self._pending_logs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self._pending_traces: list[str] = []
+        self._last_slow_flush = time.monotonic()
         self._warned: set[str] = set()
 
     # -- recording (request path: cheap) -----------------------------------------------
@@ -225,8 +230,7 @@ class Telemetry:
         if self._clients is None:
             return
         metric_data: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        logs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        traces: list[str] = []
+        logs, traces = self._pending_logs, self._pending_traces
         for second, bucket in sorted(buckets.items()):
             for namespace, datums in self.datums(second, bucket).items():
                 metric_data[namespace].extend(datums)
@@ -237,7 +241,13 @@ class Telemetry:
         metric_data[m.ELASTICACHE].extend(d | {"Timestamp": now_ts} for d in cache)
         if buckets or cache:
             metric_data[m.DYNAMODB].extend(self._dynamodb_datums(now_ts))
-        self._publish(metric_data, logs, traces)
+        # Logs and traces go out every SLOW_FLUSH seconds (CloudWatch Logs and X-Ray show them
+        # seconds late on AWS too): each call costs moto a request whatever it carries.
+        slow = everything or time.monotonic() - self._last_slow_flush >= SLOW_FLUSH
+        if slow:
+            self._pending_logs, self._pending_traces = defaultdict(list), []
+            self._last_slow_flush = time.monotonic()
+        self._publish(metric_data, logs if slow else {}, traces if slow else [])
         self.flushes += 1
 
     def datums(self, second: int, bucket: _Bucket) -> dict[str, list[dict[str, Any]]]:

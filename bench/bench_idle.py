@@ -1,0 +1,90 @@
+"""CPU of an idle sandbox (no gate running), summed over its processes.
+
+    .venv/bin/llamadeploy sandbox up
+    .venv/bin/python bench/bench_idle.py [--seconds 60]
+
+Reads utime+stime from /proc/PID/stat (and of each process's children that
+still run, e.g. PostgreSQL's backends) for every process state.json records,
+twice, ``--seconds`` apart. Prints each component's share of one core and the
+sum. Goal (issue 10): the sum <= 25 % of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    todo, seen = [pid], []
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def sample(pids: dict[str, int]) -> dict[str, float]:
+    return {name: sum(_cpu(p) for p in _tree(pid)) for name, pid in pids.items()}
+
+
+def sandbox_pids() -> dict[str, int]:
+    from pytest_llamadeploy.sandbox.state import SandboxState
+
+    state = SandboxState.load(None)
+    pids = {name: int(c["pid"]) for name, c in state.components.items() if c.get("pid")}
+    pids.update({f"service {r}": int(v["pid"]) for r, v in state.versions.items() if v.get("pid")})
+    return pids
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    pids = sandbox_pids()
+    before = sample(pids)
+    t0 = time.monotonic()
+    time.sleep(args.seconds)  # the measurement interval itself
+    after = sample(pids)
+    elapsed = time.monotonic() - t0
+    shares = {name: round(100.0 * (after[name] - before[name]) / elapsed, 1) for name in pids}
+    shares["total"] = round(sum(shares.values()), 1)
+    if args.json:
+        print(json.dumps(shares))
+    else:
+        for name, pct in sorted(shares.items(), key=lambda kv: -kv[1]):
+            print(f"{name:16} {pct:5.1f} % of one core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
