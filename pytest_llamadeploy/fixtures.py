@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .context import StageContext
-from .stage import context_path
+if TYPE_CHECKING:  # imported when a fixture runs: boto3 and pydantic stay out of runs without a gate
+    from .context import StageContext
 
 
 def _run_dir(config: pytest.Config) -> Path | None:
@@ -27,6 +28,9 @@ def llama(request: pytest.FixtureRequest) -> StageContext:
     The controller performed the stage's action before any gate test ran; this
     reads what it wrote, so every xdist worker sees the same stage.
     """
+    from .context import StageContext
+    from .stage import context_path
+
     run_dir = _run_dir(request.config)
     if run_dir is None:
         pytest.fail("gate tests need a stage: run with --env=ENV --stage=STAGE --release=TAG", pytrace=False)

@@ -156,7 +156,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def _suite_of(item: pytest.Item) -> tuple[str | None, bool]:
     """(suite name, lives under a ``suites/`` folder)."""
-    from .policy import KNOWN_SUITES
+    from .suitenames import KNOWN_SUITES
 
     marker = item.get_closest_marker("llamadeploy_suite")
     parts = Path(str(item.path)).parts

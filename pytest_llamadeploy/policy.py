@@ -19,20 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .suitenames import KNOWN_SUITES
 from .units import Duration, Rate, Threshold
 
-#: Gate suites the plugin knows how to select (folders under ``suites/``).
-KNOWN_SUITES = (
-    "checklist",
-    "health",
-    "functional",
-    "performance",
-    "monitoring",
-    "compare",
-    "migration",
-    "backup",
-    "restore",
-)
 ACTIONS = ("none", "deploy", "shift", "promote", "rollback", "preflight", "backup", "migrate", "restore")
 _SECRET_IN_URL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 

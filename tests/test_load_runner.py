@@ -19,15 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llamadeploy.load import (
+from pytest_llamadeploy.load.runner import (
     LocustError,
     LocustRun,
+    _child_env,
     local_workers,
-    response_time_percentile,
     run_locust,
+    worker_command,
 )
-from pytest_llamadeploy.load.runner import _child_env, free_port, worker_command
-from pytest_llamadeploy.load.stats import EndpointStats, RunStats, StatsFileError, merge
+from pytest_llamadeploy.load.stats import (
+    EndpointStats,
+    RunStats,
+    StatsFileError,
+    merge,
+    response_time_percentile,
+)
+from pytest_llamadeploy.net import free_port
 
 APP = textwrap.dedent('''
     import asyncio
