@@ -22,21 +22,25 @@ MIN_KEEP_PREVIOUS = 86400.0
 PLAN = ["deploy", "shift10", "shift50", "shift100"]
 WEIGHTS = {"shift10": 0.10, "shift50": 0.50}
 
-# "Key Metrics to Watch": signal -> (op family, loosest allowed threshold).
+# "Key Metrics to Watch": signal -> (op family, loosest allowed threshold). Each runbook line is
+# kept on the functions' own per-version signal (service.*) and on AWS's metrics (second line).
 KEY_METRICS = {
+    "service.error_rate": ("max", 0.01),
     "lambda.error_rate": ("max", 0.01),
+    "service.latency": ("max", 500.0),
     "lambda.duration": ("max", 500.0),
     "apigw.5xx": ("max", 0.0),
-    "ws.connect_error_rate": ("max", 0.001),
+    "service.ws_connect_error_rate": ("max", 0.001),
     "cache.hit_rate": ("min", 0.80),
     "dynamodb.throttles": ("max", 0.0),
 }
 # "Automatic rollback is triggered when".
 ROLLBACK_TRIGGERS = {
+    "service.error_rate": ("max", 0.05),
     "lambda.error_rate": ("max", 0.05),
     "lambda.throttle_rate": ("max", 0.001),
     "apigw.5xx": ("max", 10.0),
-    "ws.connect_error_rate": ("max", 0.01),
+    "service.ws_connect_error_rate": ("max", 0.01),
 }
 # "Performance Tests": attribute -> (family, loosest).
 PERFORMANCE = {"api_p95": ("max", 200.0), "ws_p95": ("max", 100.0), "db_p95": ("max", 50.0), "cache_hit_rate": ("min", 0.80)}

@@ -1,9 +1,10 @@
-"""CloudWatch names and dimension sets: the one place that spells them.
+"""CloudWatch vocabulary: AWS's namespaces and metric names, and the service contract's EMF names.
 
-These are AWS's real names. The sandbox's front door publishes exactly these
-series, and the gate queries exactly these, so the gate's code is the same for
-AWS and the sandbox. (moto's get_metric_data ignores the namespace when
-dimensions are given, see MOTO.md, so every query uses the full dimension set.)
+Only names AWS (or docs/service-contract.md) defines live here. The names of a
+team's own resources (API, stage, cache group, tables, stack...) come from the
+policy's ``resources:`` section; nothing here names a resource. Queries use
+full dimension sets (moto's get_metric_data ignores the namespace when
+dimensions are given, see MOTO.md).
 """
 
 from __future__ import annotations
@@ -14,70 +15,81 @@ ELASTICACHE = "AWS/ElastiCache"
 DYNAMODB = "AWS/DynamoDB"
 SQS = "AWS/SQS"
 
-# AWS/Lambda, per alias invocation: what real Lambda publishes with ExecutedVersion.
+# AWS/Lambda.
 LAMBDA_INVOCATIONS = "Invocations"
 LAMBDA_ERRORS = "Errors"
 LAMBDA_THROTTLES = "Throttles"
 LAMBDA_DURATION = "Duration"  # milliseconds
 
-
-def lambda_version_dims(function: str, alias: str, version: str) -> list[dict[str, str]]:
-    """Dimensions of a per-version series of an alias invocation (FunctionName, Resource, ExecutedVersion)."""
-    return [
-        {"Name": "FunctionName", "Value": function},
-        {"Name": "Resource", "Value": f"{function}:{alias}"},
-        {"Name": "ExecutedVersion", "Value": str(version)},
-    ]
-
-
-def lambda_function_dims(function: str) -> list[dict[str, str]]:
-    return [{"Name": "FunctionName", "Value": function}]
-
-
-# AWS/ApiGateway, REST API (the onchain-api function's front).
+# AWS/ApiGateway, REST APIs (dimensions ApiName; ApiName, Stage).
 APIGW_COUNT = "Count"
 APIGW_5XX = "5XXError"
 APIGW_4XX = "4XXError"
 APIGW_LATENCY = "Latency"  # milliseconds
-REST_API_NAME = "onchain-api"
+APIGW_INTEGRATION_LATENCY = "IntegrationLatency"
 
-
-def apigw_rest_dims(api_name: str = REST_API_NAME) -> list[dict[str, str]]:
-    return [{"Name": "ApiName", "Value": api_name}]
-
-
-# WebSocket: the $connect route is served by the onchain-ws function, so per-version
-# connect attempts and connect errors are that function's Invocations and Errors
-# (AWS/Lambda, dims above). API-level totals are API Gateway's ConnectCount.
+# AWS/ApiGateway, WebSocket APIs (dimensions ApiId; ApiId, Stage; ApiId, Stage, Route).
 WS_CONNECT_COUNT = "ConnectCount"
-WS_API_ID = "onchain-ws"
+WS_MESSAGE_COUNT = "MessageCount"
+WS_INTEGRATION_ERROR = "IntegrationError"
+WS_CLIENT_ERROR = "ClientError"
+WS_EXECUTION_ERROR = "ExecutionError"
+WS_INTEGRATION_LATENCY = "IntegrationLatency"
+WS_CONNECT_ROUTE = "$connect"
 
-
-def apigw_ws_dims(api_id: str = WS_API_ID, stage: str = "live") -> list[dict[str, str]]:
-    return [{"Name": "ApiId", "Value": api_id}, {"Name": "Stage", "Value": stage}]
-
-
-# AWS/ElastiCache: hit rate = CacheHits / (CacheHits + CacheMisses).
+# AWS/ElastiCache, per cache node (CacheClusterId = <replication group>-NNN).
 CACHE_HITS = "CacheHits"
 CACHE_MISSES = "CacheMisses"
-CACHE_CLUSTER_ID = "onchain-redis"
+CACHE_HIT_RATE = "CacheHitRate"  # percent
 
-
-def elasticache_dims(cluster: str = CACHE_CLUSTER_ID) -> list[dict[str, str]]:
-    return [{"Name": "CacheClusterId", "Value": cluster}]
-
-
-# AWS/DynamoDB: throttling = ReadThrottleEvents + WriteThrottleEvents.
+# AWS/DynamoDB (published only when a request is throttled).
 DDB_READ_THROTTLES = "ReadThrottleEvents"
 DDB_WRITE_THROTTLES = "WriteThrottleEvents"
-DDB_TABLE = "onchain-alerts"
+DDB_THROTTLED_REQUESTS = "ThrottledRequests"
+
+# The service contract's EMF metrics (docs/service-contract.md), dimensions FunctionName, Version.
+SVC_REQUESTS = "Requests"
+SVC_5XX = "Responses5xx"
+SVC_LATENCY = "Latency"
+SVC_WS_CONNECTS = "WsConnects"
+SVC_WS_CONNECT_ERRORS = "WsConnectErrors"
+SVC_CACHE_HITS = "CacheHits"
+SVC_CACHE_MISSES = "CacheMisses"
+SVC_DB_TIME = "DbQueryTime"
+SVC_EVENTS_TO_DELIVER = "EventsToDeliver"
+SVC_EVENTS_DELIVERED = "EventsDelivered"
+SVC_EVENT_LATENCY = "EventDeliveryLatency"
 
 
-def dynamodb_dims(table: str = DDB_TABLE) -> list[dict[str, str]]:
-    return [{"Name": "TableName", "Value": table}]
+def dims(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    """A dimension list as boto3 takes it."""
+    return [{"Name": name, "Value": str(value)} for name, value in pairs]
 
 
-# Names the sandbox gives the rest of the system (provisioned at `sandbox up`).
-SQS_ALERTS_QUEUE = "onchain-alerts"
-RDS_INSTANCE = "defillama"
-STACK_NAME = "onchain-services"
+def lambda_version_dims(function: str, alias: str, version: str) -> list[dict[str, str]]:
+    """One version's series of invocations through an alias (FunctionName, Resource, ExecutedVersion)."""
+    return dims(("FunctionName", function), ("Resource", f"{function}:{alias}"), ("ExecutedVersion", str(version)))
+
+
+def lambda_alias_dims(function: str, alias: str) -> list[dict[str, str]]:
+    """Every invocation through the alias, whichever version ran (FunctionName, Resource)."""
+    return dims(("FunctionName", function), ("Resource", f"{function}:{alias}"))
+
+
+def lambda_qualified_dims(function: str, version: str) -> list[dict[str, str]]:
+    """Direct invokes of one version (Qualifier=N): no ExecutedVersion dimension, as on AWS."""
+    return dims(("FunctionName", function), ("Resource", f"{function}:{version}"))
+
+
+def lambda_function_dims(function: str) -> list[dict[str, str]]:
+    return dims(("FunctionName", function))
+
+
+def service_dims(function: str, version: str) -> list[dict[str, str]]:
+    """The contract's EMF dimension set: exactly FunctionName and Version."""
+    return dims(("FunctionName", function), ("Version", str(version)))
+
+
+def log_group(function: str) -> str:
+    """Lambda's log group of a function."""
+    return f"/aws/lambda/{function}"

@@ -227,7 +227,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     runner.act()
     if runner.failure is None:
-        from .stage import bake_probe
+        from .bakeprobe import bake_probe
 
         runner.bake(probe=bake_probe(runner.context, runner.policy) if runner.stage_policy.watch else None)
     if runner.failure is not None:

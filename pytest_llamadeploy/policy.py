@@ -57,6 +57,8 @@ class DeployCommand(_Model):
 class Service(_Model):
     functions: list[str] = Field(min_length=1)
     alias: str = "live"
+    #: The alias the preview stage calls: the deploy stage points it at the new versions.
+    preview_alias: str = "preview"
     #: The function behind the REST API and the one behind the WebSocket API.
     api_function: str
     ws_function: str
@@ -141,6 +143,8 @@ class Compare(_Model):
     #: Seconds after traffic moved that are not compared (connection pools and caches
     #: of the newly weighted version warm up; Argo's initialDelay, Kayenta's warmup).
     warmup: Duration = 60.0
+    #: Seconds per sample of the rank test (per-interval p95 latency of each version).
+    interval: Duration = 10.0
     min_samples: int = Field(default=20, ge=1)
 
 
@@ -169,11 +173,16 @@ class Targets(_Model):
     source: Literal["sandbox", "env"] = "env"
     api_url: str = ""
     ws_url: str = ""
+    #: The preview stage of the REST and WebSocket APIs: their integrations call the preview alias
+    #: (``service.preview_alias``), so they reach the release under test at 0 % (README, AWS section).
+    preview_api_url: str = ""
+    preview_ws_url: str = ""
     postgres_dsn: str = ""
     redis_url: str = ""
     sqs_queue_url: str = ""
 
-    @field_validator("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")
+    @field_validator("api_url", "ws_url", "preview_api_url", "preview_ws_url", "postgres_dsn", "redis_url",
+                     "sqs_queue_url")
     @classmethod
     def _no_literal_secret(cls, value: str) -> str:
         if _SECRET_IN_URL.search(value):
@@ -190,6 +199,75 @@ class Aws(_Model):
     max_attempts: int = Field(default=3, ge=1)
 
 
+class SignalSource(_Model):
+    """How a source of metrics serves its data: the period it keeps and how late a datapoint appears."""
+
+    #: Seconds per datapoint: 1, 5, 10, 20, 30 for high-resolution data, else a multiple of 60.
+    resolution: Duration
+    #: Seconds after which a datapoint has arrived, at worst: windows end this long before now, and the
+    #: final decision of a bake waits (at most) this long for the bake's last data.
+    lag: Duration
+
+    @field_validator("resolution")
+    @classmethod
+    def _period_cloudwatch_accepts(cls, value: float) -> float:
+        if value in (1, 5, 10, 20, 30) or (value >= 60 and value % 60 == 0):
+            return value
+        raise ValueError("must be 1s, 5s, 10s, 20s or 30s (high-resolution data) or a multiple of 60s "
+                         "(standard resolution: every AWS/* service metric)")
+
+
+class ServiceSource(SignalSource):
+    #: CloudWatch namespace of the functions' Embedded Metric Format metrics (docs/service-contract.md).
+    namespace: str = Field(min_length=1)
+
+
+class Metrics(_Model):
+    """Where each signal comes from, at what resolution and delay (see ../shared/AWS.md).
+
+    ``service``: the functions' own EMF metrics (per version, high resolution, seconds late).
+    ``aws``: AWS's service metrics (AWS/Lambda, AWS/ApiGateway, AWS/ElastiCache, AWS/DynamoDB):
+    60-s datapoints published minutes late on AWS.
+    """
+
+    service: ServiceSource
+    aws: SignalSource
+
+    def source(self, name: str) -> SignalSource:
+        return self.service if name == "service" else self.aws
+
+
+class Resources(_Model):
+    """The AWS names of the service's resources; no resource name lives in code (doctor proves each exists)."""
+
+    #: API Gateway REST API name (the ``ApiName`` metric dimension) and the stage users call.
+    rest_api: str = Field(min_length=1)
+    rest_stage: str = Field(min_length=1)
+    #: WebSocket API id (``ApiId``: AWS's generated id, not a name) and the stage users call.
+    ws_api_id: str = Field(min_length=1)
+    ws_stage: str = Field(min_length=1)
+    #: ElastiCache replication group; its member clusters are ``<group>-001`` ... ``<group>-NNN``.
+    cache_group: str = Field(min_length=1)
+    cache_nodes: int = Field(default=1, ge=1, le=500)
+    #: DynamoDB tables the service uses (throttles are watched on each).
+    dynamodb_tables: list[str] = Field(min_length=1)
+    #: CloudFormation stack of the service, SNS topic of stakeholder notices, SQS queue of alerts.
+    stack: str = Field(min_length=1)
+    sns_topic: str = Field(min_length=1)
+    alerts_queue: str = Field(min_length=1)
+    #: X-Ray service name the API function's traces carry.
+    xray_service: str = Field(min_length=1)
+    #: Log group per function (default ``/aws/lambda/<function>``).
+    log_groups: dict[str, str] = Field(default_factory=dict)
+
+    def cache_clusters(self) -> list[str]:
+        """The replication group's member clusters, as ElastiCache names them (CacheClusterId)."""
+        return [f"{self.cache_group}-{i:03d}" for i in range(1, self.cache_nodes + 1)]
+
+    def log_group(self, function: str) -> str:
+        return self.log_groups.get(function, f"/aws/lambda/{function}")
+
+
 class Ledger(_Model):
     backend: Literal["dynamodb", "file"] = "dynamodb"
     table: str = "llamadeploy-ledger"
@@ -202,7 +280,6 @@ class Monitoring(_Model):
     #: Alarm names the runbook expects to exist, enabled, and not in ALARM.
     alarms: list[str] = Field(default_factory=list)
     insufficient_data_grace: Duration = 300.0
-    log_group_prefix: str = "/aws/lambda/"
     require_traces: bool = True
     require_logs: bool = True
 
@@ -240,6 +317,8 @@ class Policy(_Model):
     #: The ordered stages of a release: each runs only if the one before it passed.
     plan: list[str] = Field(min_length=1)
     stages: dict[str, Stage]
+    metrics: Metrics
+    resources: Resources
     key_metrics: dict[str, MetricRule] = Field(default_factory=dict)
     rollback_triggers: dict[str, MetricRule] = Field(default_factory=dict)
     watch: Watch = Watch()
@@ -259,6 +338,35 @@ class Policy(_Model):
                 raise ValueError(f"plan names stage {name!r}, which is not under stages: ({', '.join(self.stages)})")
         if len(set(self.plan)) != len(self.plan):
             raise ValueError(f"plan lists a stage twice: {self.plan}")
+        return self
+
+    @model_validator(mode="after")
+    def _rules_fit_their_source(self) -> Policy:
+        """A rule must be answerable at its signal's resolution: a window holding at least one
+        datapoint, and no more datapoints asked (min_samples of a datapoint-counted signal) than
+        the window can hold."""
+        from .metrics.signals import UnknownSignal, get_signal
+
+        problems = []
+        for section in ("key_metrics", "rollback_triggers"):
+            for name, rule in getattr(self, section).items():
+                try:
+                    signal = get_signal(rule.signal)
+                except UnknownSignal as exc:
+                    problems.append(f"{section}.{name}.signal: {exc}")
+                    continue
+                source = self.metrics.source(signal.source)
+                where = f"{section}.{name}"
+                if rule.window < source.resolution:
+                    problems.append(f"{where}.window = {rule.window:g}s is shorter than one datapoint of its "
+                                    f"signal {signal.name} (metrics.{signal.source}.resolution = "
+                                    f"{source.resolution:g}s): lengthen the window")
+                elif not signal.samples and rule.min_samples > rule.window // source.resolution:
+                    problems.append(f"{where}.min_samples = {rule.min_samples} datapoints cannot fit its window of "
+                                    f"{rule.window:g}s at {source.resolution:g}s per datapoint "
+                                    f"(at most {int(rule.window // source.resolution)})")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def previous_stage(self, stage: str) -> str | None:

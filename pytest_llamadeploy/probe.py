@@ -1,14 +1,18 @@
-"""Probes of the service: through the alias, or of one Lambda version directly.
+"""Probes of the service: through a stage's URL, or of one Lambda version directly.
 
-Used by the health suite and by the bake watch. In the sandbox
-(``targets.source == "sandbox"``) a version is reached through the front door
-with the ``x-llama-version`` header. On AWS (``source == "env"``) a version is
-reached by invoking it (``Qualifier=N``) with an API Gateway proxy event, as
-CodeDeploy PreTraffic hooks do, since API Gateway cannot address a version.
+Used by the health suite and by the bake watch. A version is reached by
+invoking it (``Qualifier=N``) with an API Gateway proxy event, as CodeDeploy
+PreTraffic hooks do, since API Gateway cannot address a version: on AWS and in
+the sandbox alike (the sandbox's Lambda endpoint is its front door, which runs
+the release and answers as Lambda's Invoke API does). A URL probe goes through
+API Gateway: the live stage (what users get) or the preview stage (the release
+under test, whatever its share of traffic).
 
 Every probe returns a :class:`ProbeResult` (never raises for what it probes),
 whose ``describe()`` says what was probed, where (secrets redacted) and what
-came back, with the latency.
+came back, with the latency. A Lambda throttle (``TooManyRequestsException``
+from Invoke) is ``throttled``; an application's own HTTP 429 is an answer like
+any other, and fails a probe that expects 200.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from urllib.parse import parse_qsl, urlsplit
 from .redact import redact
 from .targets import ResolvedTargets
 
-VERSION_HEADER = "x-llama-version"
 RELEASE_HEADER = "x-llama-release"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_API_FUNCTION = "onchain-api"
@@ -40,8 +43,10 @@ class ProbeResult:
     target_description: str
     #: Parsed JSON body (HTTP) or first message (WebSocket), when there was one.
     body: Any = None
-    #: The Lambda version that served, when known (front door header / Invoke's ExecutedVersion).
+    #: The Lambda version that served, when known (the stage's header / Invoke's ExecutedVersion).
     version: str | None = None
+    #: Lambda refused the invocation for concurrency (TooManyRequestsException): a throttle, not an answer.
+    throttled: bool = False
 
     def describe(self) -> str:
         got = f"HTTP {self.status}" if self.status is not None else "no answer"
@@ -71,27 +76,23 @@ def _where(url: str) -> str:
 def probe_http(targets: ResolvedTargets, path: str = "/health", version: str | None = None,
                timeout: float = DEFAULT_TIMEOUT, *, method: str = "GET", headers: dict[str, str] | None = None,
                expect_status: int | tuple[int, ...] = 200, function: str = DEFAULT_API_FUNCTION,
-               lambda_client: Any = None) -> ProbeResult:
-    """One HTTP request through the alias, or to ``version`` of the API function directly."""
+               lambda_client: Any = None, url_key: str = "api_url") -> ProbeResult:
+    """One HTTP request through a stage (``url_key``: api_url or preview_api_url), or an invoke of ``version``."""
     if not path.startswith("/"):
         path = "/" + path
     expected = (expect_status,) if isinstance(expect_status, int) else tuple(expect_status)
-    if version is not None and targets.source != "sandbox":
+    if version is not None:
         return invoke_http(lambda_client, function, str(version), path, timeout=timeout, method=method,
                            headers=headers, expect_status=expected)
     import httpx
 
-    url = targets.require("api_url").rstrip("/") + path
-    send_headers = dict(headers or {})
-    how = "through the alias"
-    if version is not None:
-        send_headers[VERSION_HEADER] = str(version)
-        how = f"version {version} via {VERSION_HEADER}"
-    description = f"{method} {_where(url)} ({how})"
+    url = targets.require(url_key).rstrip("/") + path
+    stage = "the preview stage" if url_key.startswith("preview") else "the live stage"
+    description = f"{method} {_where(url)} (through {stage})"
     started = time.perf_counter()
     try:
-        with httpx.Client(timeout=timeout) as client:
-            response = client.request(method, url, headers=send_headers)
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            response = client.request(method, url, headers=dict(headers or {}))
     except httpx.TimeoutException:
         return ProbeResult(False, None, _elapsed_ms(started), None, f"no answer within {timeout:g} s", description)
     except httpx.HTTPError as exc:
@@ -203,7 +204,7 @@ def invoke_http(lambda_client: Any, function: str, version: str, path: str, time
         response = lambda_client.invoke(FunctionName=function, Qualifier=version, InvocationType="RequestResponse",
                                         Payload=json.dumps(event).encode())
     except Exception as exc:
-        return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+        return _invoke_failed(exc, started, description)
     result = interpret_invoke(response, description, _elapsed_ms(started), expect_status)
     if result.latency_ms > timeout * 1000.0 and result.ok:
         return ProbeResult(False, result.status, result.latency_ms, result.release,
@@ -213,6 +214,14 @@ def invoke_http(lambda_client: Any, function: str, version: str, path: str, time
 
 
 # -- WebSocket --------------------------------------------------------------------------
+def _invoke_failed(exc: Exception, started: float, description: str) -> ProbeResult:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    throttled = code == "TooManyRequestsException"
+    return ProbeResult(throttled, None, _elapsed_ms(started), None,
+                       f"throttled: {code}: {exc}" if throttled else f"{type(exc).__name__}: {exc}", description,
+                       throttled=throttled)
+
+
 def ws_connect_event(stage: str = "live") -> dict[str, Any]:
     """An API Gateway WebSocket ``$connect`` event for a direct invoke of the WS function."""
     return {
@@ -227,36 +236,36 @@ def ws_connect_event(stage: str = "live") -> dict[str, Any]:
 
 
 def probe_ws(targets: ResolvedTargets, version: str | None = None, timeout: float = DEFAULT_TIMEOUT, *,
-             function: str = DEFAULT_WS_FUNCTION, lambda_client: Any = None) -> ProbeResult:
-    """Open a WebSocket and read its first message (through the alias, or to ``version`` directly).
+             function: str = DEFAULT_WS_FUNCTION, lambda_client: Any = None, url_key: str = "ws_url") -> ProbeResult:
+    """Open a WebSocket through a stage and read its first message, or invoke ``version``'s ``$connect``.
 
-    On AWS a version is probed by invoking its ``$connect`` handler: the first
-    message of a real connection cannot be had without API Gateway, so that
-    probe checks the connect handler's answer only.
+    A version's ``$connect`` handler is invoked directly (the first message of a real
+    connection cannot be had without API Gateway), so that probe checks the connect
+    handler's answer only; the preview stage (``url_key="preview_ws_url"``) reaches the
+    release under test with a real connection.
     """
-    if version is not None and targets.source != "sandbox":
+    if version is not None:
         description = f"lambda:Invoke {function}:{version} $connect (API Gateway WebSocket event)"
         if lambda_client is None:
-            return ProbeResult(False, None, 0.0, None, "no Lambda client given for a version-targeted probe on AWS",
+            return ProbeResult(False, None, 0.0, None, "no Lambda client given for a version-targeted probe",
                                description)
         started = time.perf_counter()
         try:
             response = lambda_client.invoke(FunctionName=function, Qualifier=str(version),
                                             Payload=json.dumps(ws_connect_event()).encode())
         except Exception as exc:
-            return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
+            return _invoke_failed(exc, started, description)
         return interpret_invoke(response, description, _elapsed_ms(started))
 
     from websockets.exceptions import InvalidStatus, WebSocketException
     from websockets.sync.client import connect
 
-    url = targets.require("ws_url")
-    headers = {VERSION_HEADER: str(version)} if version is not None else {}
-    how = f"version {version} via {VERSION_HEADER}" if version is not None else "through the alias"
-    description = f"WebSocket {_where(url)} ({how}), first message"
+    url = targets.require(url_key)
+    stage = "the preview stage" if url_key.startswith("preview") else "the live stage"
+    description = f"WebSocket {_where(url)} (through {stage}), first message"
     started = time.perf_counter()
     try:
-        with connect(url, additional_headers=headers, open_timeout=timeout, close_timeout=1) as ws:
+        with connect(url, open_timeout=timeout, close_timeout=1) as ws:
             status = ws.response.status_code if ws.response is not None else 101
             served_version = ws.response.headers.get("x-amz-executed-version") if ws.response is not None else None
             remaining = max(0.05, timeout - (time.perf_counter() - started))

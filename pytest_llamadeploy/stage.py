@@ -95,6 +95,9 @@ class StageRunner:
         self.driver = hook.pytest_llamadeploy_traffic_driver(policy=self.policy, aws=self.aws) or LambdaAliasDriver(
             self.aws.client("lambda"), self.policy.service.functions, self.policy.service.alias
         )
+        #: The preview stage's alias: the release under test at 0 %, never an untested version after.
+        self.preview = LambdaAliasDriver(self.aws.client("lambda"), self.policy.service.functions,
+                                         self.policy.service.preview_alias)
         self.ledger: Ledger = hook.pytest_llamadeploy_ledger_backend(
             policy=self.policy, aws=self.aws, rootdir=settings.rootdir
         ) or open_ledger(self.policy, self.aws, settings.rootdir)
@@ -326,6 +329,8 @@ class StageRunner:
             if sp.action == "deploy":
                 probe_direct = sp.weight != 1.0
                 self._deploy()
+                if self.failure is None:
+                    self._point_preview(self.record.new_versions, "the release under test")
                 if self.failure is None and sp.weight == 1.0:
                     self._apply(promote_target(self.record.new_versions), "promote (all at once)")
                     moved_at = now()
@@ -346,14 +351,23 @@ class StageRunner:
             alias_after={fn: s.to_json() for fn, s in self._read_safely().items()},
             traffic_moved_at=moved_at, probe_new_directly=probe_direct, approver=d.approver,
             policy_hash=self.loaded.sha256, run_id=self.run_id, artifacts_dir=str(self.run_dir),
-            aws={"region": self.aws.region, "endpoint_url": self.aws.endpoint_url, "max_attempts": self.aws.max_attempts,
-                 "credentials": self.aws.credentials},
+            aws=self.aws.to_json(),
             targets=targets,
         )
         if action_result is not None:
             self.context.watch["action_result"] = action_result
         self.save_context()
         return self.context
+
+    def _point_preview(self, versions: dict[str, str], why: str) -> None:
+        """Point the preview alias at ``versions`` (the preview stage's integrations call it)."""
+        if not versions:
+            return
+        started = time.time()
+        after = self.preview.apply(promote_target(versions))
+        self.steps.append({"name": f"preview alias {self.policy.service.preview_alias} -> {versions} ({why})",
+                           "start": started, "stop": time.time(), "status": "passed",
+                           "after": {fn: s.to_json() for fn, s in after.items()}})
 
     def _read_safely(self) -> dict[str, AliasState]:
         try:
@@ -423,8 +437,7 @@ class StageRunner:
             new_versions=self.record.new_versions if self.record else {},
             approver=self.decision.approver if self.decision else None, policy_hash=self.loaded.sha256,
             run_id=self.run_id, artifacts_dir=str(self.run_dir),
-            aws={"region": self.aws.region, "endpoint_url": self.aws.endpoint_url,
-                 "max_attempts": self.aws.max_attempts, "credentials": self.aws.credentials},
+            aws=self.aws.to_json(),
             targets=self.targets,
         )
         ops = importlib.import_module("pytest_llamadeploy.ops")
@@ -524,6 +537,10 @@ class StageRunner:
                 self.out(f"llamadeploy: ROLLBACK FAILED: {exc}")
                 return False
             self.rolled_back = True
+            try:  # the preview stage must not keep serving the version just rolled back from
+                self._point_preview(to, "rolled back")
+            except Exception as exc:  # recorded; users' traffic is what the rollback had to restore
+                self.out(f"llamadeploy: could not point the preview alias back at {to}: {redact(str(exc))}")
             self.rollback_detail = {
                 "ok": True, "reason": reason, "at": iso(time.time()), "seconds": round(time.time() - started, 3),
                 "before": {fn: s.to_json() for fn, s in before.items()},
@@ -619,60 +636,6 @@ def _category_of(failures: list[str]) -> str:
         if any(prefix in f for f in failures):
             return prefix
     return "threshold breached:"
-
-
-def bake_probe(context: StageContext, policy: Any) -> Callable[[], tuple[bool | None, str]] | None:
-    """One version-targeted probe of the new API version, for the watch (None if nothing is new).
-
-    When the stage compares versions, each probe of the new version is mirrored on
-    the old one: probes add load, and load on one side only would make the new
-    version look slower than it is (seen in the sandbox: 1.5-3x at shift50).
-    A probe the new version did not answer at all is checked against the old
-    version at once (:func:`attribute_probe`): ``None`` means neither answered.
-    """
-    fn = policy.service.api_function
-    version = context.new_versions.get(fn)
-    old = context.old_versions.get(fn)
-    if not version or version == old:
-        return None
-    from .probe import probe_http
-
-    targets = context.resolved_targets
-    lambda_client = None if targets.source == "sandbox" else context.client("lambda")
-    mirror = old if "compare" in policy.stages[context.stage].suites else None
-
-    def probe_version(v: str) -> Any:
-        return probe_http(targets, policy.watch.probe_path, version=v, timeout=policy.watch.probe_timeout,
-                          function=fn, lambda_client=lambda_client)
-
-    def probe() -> tuple[bool | None, str]:
-        result = probe_version(version)
-        control = None
-        if mirror is not None:
-            control = probe_version(mirror)
-        elif result.status is None and old:
-            control = probe_version(old)
-        return attribute_probe(result, control)
-
-    return probe
-
-
-def attribute_probe(result: Any, control: Any | None) -> tuple[bool | None, str]:
-    """The watch's reading of one probe of the new version, given the old version's (or None).
-
-    - answered: ok or failed as answered (a 5xx, a wrong release);
-    - no answer, and the old version answered: the new version failed;
-    - no answer from either: ``None``, the probe path failed, not the release;
-    - no answer and no old version to ask: failed (nothing clears the release).
-    """
-    if result.status is not None or result.ok:
-        return result.ok, result.describe()
-    if control is not None and control.status is None:
-        return None, (f"{result.describe()}; the old version gave no answer either ({control.error}): "
-                      "the probe path failed, not the release")
-    if control is not None:
-        return False, f"{result.describe()}; the old version answered HTTP {control.status}"
-    return False, result.describe()
 
 
 def context_path(run_dir: Path) -> Path:

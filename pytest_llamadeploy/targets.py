@@ -27,8 +27,11 @@ class ResolvedTargets:
     postgres_dsn: str
     redis_url: str
     sqs_queue_url: str
-    #: "sandbox" or "env": how a version is probed directly (front door header vs Lambda invoke).
+    #: "sandbox" or "env": where the values came from.
     source: str
+    #: The preview stage: the preview alias, i.e. the release under test, whatever its share of traffic.
+    preview_api_url: str = ""
+    preview_ws_url: str = ""
 
     def require(self, name: str) -> str:
         value = getattr(self, name)
@@ -55,6 +58,8 @@ def resolve_targets(policy: Policy, sandbox_directory: Path | str | None = None,
         from .sandbox.state import SandboxState
 
         s = SandboxState.load(sandbox_directory)
-        return ResolvedTargets(s.api_url, s.ws_url, s.postgres_dsn, s.redis_url, s.sqs_queue_url, "sandbox")
-    values = {k: _expand(k, getattr(t, k), environ) for k in ("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")}
+        return ResolvedTargets(s.api_url, s.ws_url, s.postgres_dsn, s.redis_url, s.sqs_queue_url, "sandbox",
+                               s.preview_api_url, s.preview_ws_url)
+    keys = ("api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url", "preview_api_url", "preview_ws_url")
+    values = {k: _expand(k, getattr(t, k), environ) for k in keys}
     return ResolvedTargets(**values, source="env")

@@ -1,32 +1,38 @@
 """New versus old: error rate and p95 side by side, and a rank test on per-interval samples.
 
 Absolute thresholds miss a release that doubled its latency while staying under
-500 ms; this compares the two versions serving at the same time (shift50), as
-Kayenta does:
+500 ms; this compares the two versions serving at the same time, as Kayenta does,
+on the functions' own per-version signal (EMF, docs/service-contract.md: AWS's
+Lambda metrics have 2-4 one-minute points in a 5-minute window, too few to
+compare anything):
 
+- the API function: its requests, 5xx answers and latency; the WebSocket
+  function: its connects, failed connects and event delivery latency;
 - error rate: ``new - old <= compare.max_error_rate_diff``;
 - p95 over the window: ``new / old <= compare.max_p95_ratio``, or the new one slower by no
   more than ``compare.min_p95_delta`` ms (a ratio of two small numbers is mostly noise);
 - Mann-Whitney U (one-sided: is the new version slower?) on per-interval p95
-  durations (one sample per ``resolution`` seconds per version), failing when
+  latencies (one sample per ``compare.interval`` per version), failing when
   ``p < compare.alpha`` and the new median exceeds the old by more than
   ``compare.tolerance`` and by more than ``compare.min_p95_delta`` ms (significant and
   material). It needs ``compare.min_samples`` intervals per version;
   fewer is "inconclusive", which is not a pass (lengthen the bake).
 
-Everything comes from one GetMetricData call.
+Everything comes from one GetMetricData call; the window ends where the data has
+arrived (the service source's lag).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .. import metricnames as mn
-from .evaluate import fetch_with_retry, resolution_for
+from .evaluate import fetch_with_retry
 from .query import SeriesSpec, sum_since, valid_period
-from .signals import get_signal, series_dims
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -96,13 +102,22 @@ class Comparison:
                 f"{self.limits.get('min_p95_delta', 0.0):g} ms); {self.side_by_side}")
 
 
-def _specs(fn: str, alias: str, version: str, resolution: int, span: int) -> dict[str, SeriesSpec]:
-    dims = series_dims(get_signal("lambda.error_rate"), fn, alias, version)
+#: Per function role: (samples metric, failures metric, latency metric) of the service contract.
+_ROLES = {
+    "api": (mn.SVC_REQUESTS, mn.SVC_5XX, mn.SVC_LATENCY),
+    "ws": (mn.SVC_WS_CONNECTS, mn.SVC_WS_CONNECT_ERRORS, mn.SVC_EVENT_LATENCY),
+}
+
+
+def _specs(namespace: str, role: str, fn: str, version: str, resolution: int, span: int,
+           interval: int) -> dict[str, SeriesSpec]:
+    dims = tuple((d["Name"], d["Value"]) for d in mn.service_dims(fn, version))
+    samples, failures, latency = _ROLES[role]
     return {
-        "invocations": SeriesSpec(mn.LAMBDA, mn.LAMBDA_INVOCATIONS, dims, "Sum", resolution),
-        "errors": SeriesSpec(mn.LAMBDA, mn.LAMBDA_ERRORS, dims, "Sum", resolution),
-        "p95": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", span),
-        "intervals": SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", resolution),
+        "invocations": SeriesSpec(namespace, samples, dims, "Sum", resolution),
+        "errors": SeriesSpec(namespace, failures, dims, "Sum", resolution),
+        "p95": SeriesSpec(namespace, latency, dims, "p95", span),
+        "intervals": SeriesSpec(namespace, latency, dims, "p95", interval),
     }
 
 
@@ -156,16 +171,26 @@ def compare_versions(
     start: float,
     end: float,
 ) -> list[Comparison]:
-    """One Comparison per function serving both versions, from one GetMetricData call."""
+    """One Comparison per function serving both versions, from one GetMetricData call.
+
+    ``end`` is clamped to where the service source's data has arrived (now - lag).
+    """
+    source = policy.metrics.service
+    resolution = int(source.resolution)
+    interval = max(resolution, valid_period(float(policy.compare.interval)))
+    end = min(end, time.time() - float(source.lag))
     # Skip the warm-up after the shift, but never below min_samples intervals of window.
-    resolution = resolution_for(policy)
-    start = min(start + policy.compare.warmup, max(start, end - policy.compare.min_samples * resolution))
-    span = valid_period(max(end - start, 1.0))
+    start = min(start + policy.compare.warmup, max(start, end - policy.compare.min_samples * interval))
+    span = valid_period(max(end - math.floor(start / 60.0) * 60.0, 1.0))
+    roles = {policy.service.api_function: "api", policy.service.ws_function: "ws"}
     pairs = [(fn, str(old_versions[fn]), str(new_versions[fn])) for fn in functions
-             if fn in old_versions and fn in new_versions and str(old_versions[fn]) != str(new_versions[fn])]
-    wanted = {(fn, v): _specs(fn, alias, v, resolution, span) for fn, o, n in pairs for v in (o, n)}
+             if fn in roles and fn in old_versions and fn in new_versions
+             and str(old_versions[fn]) != str(new_versions[fn])]
+    namespace = source.namespace
+    wanted = {(fn, v): _specs(namespace, roles[fn], fn, v, resolution, span, interval)
+              for fn, o, n in pairs for v in (o, n)}
     specs = [s for d in wanted.values() for s in d.values()]
-    data = fetch_with_retry(cloudwatch, specs, start, end)
+    data = fetch_with_retry(cloudwatch, specs, start, max(end, start + 1.0))
     settings = policy.compare
     out: list[Comparison] = []
     for fn, old, new in pairs:
@@ -176,8 +201,8 @@ def compare_versions(
         new_err = sum_since(data[n["errors"]], since) / new_inv if new_inv else None
         old_p95 = max((v for _, v in data[o["p95"]]), default=None)
         new_p95 = max((v for _, v in data[n["p95"]]), default=None)
-        old_iv = [v for _, v in data[o["intervals"]]]
-        new_iv = [v for _, v in data[n["intervals"]]]
+        old_iv = [v for t, v in data[o["intervals"]] if t >= since]
+        new_iv = [v for t, v in data[n["intervals"]] if t >= since]
         ev, pv, rv, diff, ratio, u, p = judge(old_inv, new_inv, old_err, new_err, old_p95, new_p95, old_iv, new_iv,
                                               settings)
         out.append(Comparison(

@@ -1,8 +1,11 @@
 """The metrics a CloudWatch dashboard shows, read from its JSON body.
 
 Handles the console's shorthand: ``"."`` repeats the value at the same position
-of the previous row, and a trailing ``{...}`` holds rendering options such as
-``stat`` (the widget's ``stat`` is the default).
+of the previous row; a row starting with ``"..."`` repeats the previous row and
+replaces its last values with the ones given (``["...", "i-2"]`` after
+``["AWS/EC2", "CPUUtilization", "InstanceId", "i-1"]`` is instance i-2); a
+trailing ``{...}`` holds rendering options such as ``stat`` (the widget's ``stat``
+is the default).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ def dashboard_series(name: str, body: dict[str, Any], period: int) -> list[Serie
             parts = list(row[:-1] if options else row)
             if "expression" in options:
                 continue  # metric math: its inputs are other rows
+            if parts and parts[0] == "...":
+                tail = parts[1:]
+                if not previous or len(tail) > len(previous):
+                    raise DashboardError(f"dashboard {name}: widget {w} metric row {r} {row!r} repeats a previous "
+                                         "row with '...', but there is none as long")
+                parts = previous[:len(previous) - len(tail)] + tail
+            if "..." in parts:
+                raise DashboardError(f"dashboard {name}: widget {w} metric row {r} {row!r}: '...' only starts a row")
             resolved = [previous[i] if p == "." and i < len(previous) else p for i, p in enumerate(parts)]
             if len(resolved) < 2 or len(resolved) % 2 != 0:
                 raise DashboardError(

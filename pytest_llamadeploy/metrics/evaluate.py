@@ -1,26 +1,26 @@
 """Rule evaluation: a policy's MetricRules, per version and function, from one GetMetricData call.
 
-Every rule is ``value <op> threshold`` over its window. The window is clamped to
-the start given (the moment traffic moved): datapoints before it belong to
-another traffic split.
+Every rule is ``value <op> threshold`` over its window, on data as CloudWatch
+serves it (../shared/AWS.md):
 
-Honest no-data handling: when a value rests on fewer than ``min_samples``
-samples (or has no datapoint at all), the rule's ``no_data`` decides:
-``pass`` and ``fail`` are immediate; ``wait`` keeps waiting ("no_data") until
-``no_data_grace`` has passed since the start of the window, or the evaluation is
-final (end of a bake), and is then ``inconclusive`` - which fails the stage.
-``wait`` never turns into a pass.
-
-Time resolution: when every rule's window starts at the same moment (always
-during a bake shorter than the shortest window, and at the end of a bake for
-the key metrics), each sum is asked as ONE datapoint covering the span. When
-windows differ, sums are asked per bucket (at least ``resolution``: 1 s when
-the watch polls faster than a minute, as in the sandbox, 60 s otherwise, the
-period of AWS's standard Lambda metrics; at most ~12 buckets per series) and
-added up on the client per window, so one call still serves every rule. A percentile cannot be added up: it is asked with
-one period covering the whole span of the call, i.e. over the earliest window of
-the poll (with the runbook's policies every percentile rule has the same 5 m
-window, and during a bake all windows start at the shift anyway).
+- **Lag-aware windows.** Each signal's source (policy ``metrics:``) says how late
+  its datapoints arrive at worst; a window ends at ``now - lag``, where the data
+  has arrived, never at ``now`` where the newest buckets are still missing. At the
+  end of a bake the caller passes ``final_end`` (the bake's end) and waits, bounded,
+  until the data up to it has arrived (``arrived``).
+- **Periods CloudWatch accepts.** Sums are asked per datapoint of the source
+  (``resolution``: 1 s for the functions' EMF, 60 s for AWS's service metrics)
+  and added on the client over exactly the window's buckets. A percentile cannot
+  be added up: it is asked with one period covering the window from the minute
+  its StartTime is rounded down to (CloudWatch rounds StartTime down to the whole
+  minute); data of the same version from up to a minute before the window is then
+  included, which is the same code serving under another split.
+- **Honest no-data.** A value resting on fewer than ``min_samples`` samples (or no
+  datapoint at all) is "no data"; the rule's ``no_data`` decides: ``pass`` and
+  ``fail`` are immediate; ``wait`` waits until ``no_data_grace`` has passed since
+  the window's first data could have arrived (its start + lag + one datapoint),
+  or the evaluation is final, and is then ``inconclusive`` - which fails the stage.
+  ``wait`` never turns into a pass.
 """
 
 from __future__ import annotations
@@ -32,8 +32,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ..units import format_duration
-from .query import Points, ProviderError, SeriesSpec, count_since, fetch, sum_since, valid_period
-from .signals import Signal, format_value, get_signal, series_dims, statistic_for
+from .query import Points, ProviderError, SeriesSpec, fetch, valid_period
+from .signals import (
+    DimTuple,
+    Signal,
+    format_value,
+    functions_of,
+    get_signal,
+    namespace_of,
+    series_dims,
+    statistic_for,
+)
 
 Verdict = Literal["pass", "fail", "no_data", "inconclusive"]
 ALL = "all"
@@ -63,6 +72,8 @@ class RuleResult:
     verdict: Verdict
     message: str
     statistic: str = "Sum"
+    #: Where the window ends (epoch s): the data's arrival, not the poll's time.
+    window_end: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,10 +88,18 @@ class Target:
     signal: Signal
     label: str
     function: str | None
-    #: Lambda versions whose series are added up (one for a per-version value).
+    #: Lambda versions behind the value (one for a per-version value).
     versions: tuple[str, ...]
     start: float
+    end: float
     statistic: str
+    namespace: str
+    #: Dimension sets whose series are added up.
+    dims: tuple[DimTuple, ...]
+    #: Seconds per datapoint of the source.
+    resolution: int
+    #: When the window's first data could have arrived (start + lag + one datapoint).
+    data_from: float
 
 
 @dataclass
@@ -89,116 +108,136 @@ class PollPlan:
     specs: list[SeriesSpec]
     span_start: float
     end: float
-    resolution: int
-    percentile_period: int
-    #: Period of the summed series: the whole span (one datapoint per series) when every window
-    #: starts at the same moment, else ``resolution`` (summed on the client per window).
-    sum_period: int = 1
     extra: list[SeriesSpec] = field(default_factory=list)
 
 
-def resolution_for(policy: Any) -> int:
-    """Seconds per summed bucket: 1 s for a fast watch (sandbox), 60 s otherwise (AWS Lambda's period)."""
-    return 1 if policy.watch.interval < 60 else 60
+def plan_targets(rules: Mapping[str, Any], policy: Any, versions: Mapping[str, Mapping[str, str]], start: float,
+                 now: float, *, final_end: float | None = None) -> list[Target]:
+    """Targets of every rule x version label x function.
 
-
-def plan_targets(
-    rules: Mapping[str, Any],
-    functions: list[str],
-    alias: str,
-    versions: Mapping[str, Mapping[str, str]],
-    ws_function: str,
-    start: float,
-    end: float,
-) -> list[Target]:
-    """Targets of every rule x version label x function; windows clamped to ``start``."""
+    Windows are clamped to ``start`` (the moment traffic moved: datapoints before it belong
+    to another split) and end where each source's data has arrived: ``now - lag``, or
+    ``final_end`` for the final decision of a bake.
+    """
     targets: list[Target] = []
     for name, rule in rules.items():
         signal = get_signal(rule.signal, f"rule {name}")
         statistic = statistic_for(signal, rule.statistic)
+        source = policy.metrics.source(signal.source)
+        resolution = int(source.resolution)
+        end = final_end if final_end is not None else now - float(source.lag)
+        end = max(end, start)
         window_start = max(start, end - rule.window)
+        data_from = start + float(source.lag) + resolution
+        namespace = namespace_of(signal, policy)
+
+        def add(label: str, fn: str | None, numbers: tuple[str, ...], dims: list[DimTuple],
+                _rule: Any = rule, _name: str = name, _signal: Signal = signal, _stat: str = statistic,
+                _ws: float = window_start, _end: float = end, _res: int = resolution, _from: float = data_from,
+                _ns: str = namespace) -> None:
+            targets.append(Target(_name, _rule, _signal, label, fn, numbers, _ws, _end, _stat, _ns,
+                                  tuple(dict.fromkeys(dims)), _res, _from))
+
         if signal.scope == "global":
-            targets.append(Target(name, rule, signal, ALL, None, (), window_start, statistic))
+            add(ALL, None, (), series_dims(signal, policy, None, None))
             continue
-        fns = [ws_function] if signal.scope == "ws" else list(functions)
-        for fn in fns:
-            if rule.per_version:
-                for label, by_fn in versions.items():
-                    if fn in by_fn:
-                        targets.append(Target(name, rule, signal, label, fn, (str(by_fn[fn]),), window_start, statistic))
+        for fn in functions_of(signal, policy.service):
+            present = {label: str(by_fn[fn]) for label, by_fn in versions.items() if fn in by_fn}
+            if not present:
+                continue
+            if rule.per_version and signal.versioned:
+                for label, version in present.items():
+                    add(label, fn, (version,), series_dims(signal, policy, fn, version))
+                continue
+            every = tuple(sorted(set(present.values())))
+            if signal.source == "service":  # no function-wide EMF series: add the versions' series up
+                dims = [d for v in every for d in series_dims(signal, policy, fn, v)]
             else:
-                every = tuple(sorted({str(by_fn[fn]) for by_fn in versions.values() if fn in by_fn}))
-                targets.append(Target(name, rule, signal, ALL, fn, every, window_start, statistic))
+                dims = series_dims(signal, policy, fn, None)
+            add(ALL, fn, every, dims)
     return targets
 
 
-def _series(target: Target, alias: str, metric: str, stat: str, period: int) -> list[SeriesSpec]:
+def percentile_period(target: Target, span_start: float) -> int:
+    """One period from the minute the call's StartTime is rounded down to, through the window's end."""
+    rounded = math.floor(span_start / 60.0) * 60.0
+    return max(valid_period(max(target.end - rounded, 1.0)), target.resolution)
+
+
+def _spec(target: Target, metric: str, dims: DimTuple, stat: str, period: int) -> SeriesSpec:
+    return SeriesSpec(target.namespace, metric, dims, stat, period)
+
+
+def target_specs(target: Target, span_start: float) -> dict[str, list[SeriesSpec]]:
+    """role ("numerator", "denominator", "samples", "percentile") -> the series it needs."""
     s = target.signal
-    if s.scope == "global":
-        return [SeriesSpec(s.namespace, metric, s.global_dims, stat, period)]
-    if s.kind == "percentile" and len(target.versions) != 1:
-        # A percentile of several versions cannot be added up: ask the function-wide series.
-        return [SeriesSpec(s.namespace, metric, series_dims(s, target.function, alias, None), stat, period)]
-    return [SeriesSpec(s.namespace, metric, series_dims(s, target.function, alias, v), stat, period) for v in target.versions]
+    roles: dict[str, list[SeriesSpec]] = {}
+    for dims in target.dims:
+        if s.kind == "percentile":
+            roles.setdefault("percentile", []).append(
+                _spec(target, s.numerator[0], dims, target.statistic, percentile_period(target, span_start)))
+        else:
+            for metric in s.numerator:
+                roles.setdefault("numerator", []).append(_spec(target, metric, dims, "Sum", target.resolution))
+        for metric in s.denominator:
+            roles.setdefault("denominator", []).append(_spec(target, metric, dims, "Sum", target.resolution))
+        for metric in s.samples:
+            roles.setdefault("samples", []).append(_spec(target, metric, dims, s.samples_stat, target.resolution))
+    return roles
 
 
-def plan_poll(targets: list[Target], alias: str, end: float, resolution: int,
-              extra: list[SeriesSpec] | None = None) -> PollPlan:
-    """Every series the targets need (sums per ``resolution``, percentiles over the whole span)."""
-    span_start = min((t.start for t in targets), default=end - resolution)
-    percentile_period = valid_period(max(end - span_start, 1.0))
-    # One datapoint per series instead of one per second: the response (and moto's work) is what
-    # makes a poll of 50 functions slow, not the number of queries.
-    if len({t.start for t in targets}) <= 1:
-        sum_period = percentile_period
-    else:
-        # Windows differ (a bake longer than the shortest window): at most ~12 buckets per series,
-        # so a window edge is placed within half a bucket (2.5 s of a 1 m window in the sandbox).
-        sum_period = max(resolution, valid_period((end - span_start) / 12.0))
+def plan_poll(targets: list[Target], now: float, extra: list[SeriesSpec] | None = None) -> PollPlan:
+    """Every series the targets need, for one call covering every window."""
+    span_start = min((t.start for t in targets), default=now - 60.0)
     specs: list[SeriesSpec] = []
     for target in targets:
-        s = target.signal
-        for metric in dict.fromkeys(s.numerator + s.denominator + s.samples):
-            if s.kind == "percentile" and metric in s.numerator:
-                specs.extend(_series(target, alias, metric, target.statistic, percentile_period))
-            else:
-                specs.extend(_series(target, alias, metric, "Sum", sum_period))
+        for role_specs in target_specs(target, span_start).values():
+            specs.extend(role_specs)
     specs.extend(extra or [])
-    return PollPlan(targets, list(dict.fromkeys(specs)), span_start, end, resolution, percentile_period,
-                    sum_period, list(extra or []))
+    return PollPlan(targets, list(dict.fromkeys(specs)), span_start, now, list(extra or []))
 
 
-def _total(target: Target, alias: str, data: Mapping[SeriesSpec, Points], metrics: tuple[str, ...],
-           plan: PollPlan) -> tuple[float, int]:
-    """Sum over the window of the named metrics, and how many datapoints carried it."""
-    total = 0.0
-    points = 0
-    # Buckets start on whole seconds from the call's start: take the bucket nearest the window start.
-    since = math.floor(target.start) - plan.sum_period / 2.0
-    for metric in dict.fromkeys(metrics):
-        for spec in _series(target, alias, metric, "Sum", plan.sum_period):
-            series = data.get(spec, [])
-            total += sum_since(series, since)
-            points += count_since(series, since)
+def _in_window(points: Points, target: Target) -> Points:
+    """Datapoints whose bucket lies in the window (a bucket counts where most of it lies)."""
+    half = target.resolution / 2.0
+    return [(t, v) for t, v in points if target.start - half - 1e-6 <= t < target.end - half + 1e-6]
+
+
+def _sum(target: Target, data: Mapping[SeriesSpec, Points], specs: list[SeriesSpec]) -> tuple[float, int]:
+    total, points = 0.0, 0
+    for spec in specs:
+        window = _in_window(data.get(spec, []), target)
+        total += sum(v for _, v in window)
+        points += len(window)
     return total, points
 
 
-def compute(target: Target, alias: str, data: Mapping[SeriesSpec, Points], plan: PollPlan) -> tuple[float | None, float]:
+def compute(target: Target, data: Mapping[SeriesSpec, Points], span_start: float) -> tuple[float | None, float]:
     """(value, samples) of one target from fetched data; value None when there is nothing to compute on."""
     s = target.signal
-    samples, _ = _total(target, alias, data, s.samples, plan) if s.samples else (0.0, 0)
+    roles = target_specs(target, span_start)
+    samples, _ = _sum(target, data, roles.get("samples", []))
     if s.kind == "ratio":
-        num, _ = _total(target, alias, data, s.numerator, plan)
-        den, _ = _total(target, alias, data, s.denominator, plan)
+        num, _ = _sum(target, data, roles.get("numerator", []))
+        den, _ = _sum(target, data, roles.get("denominator", []))
         return (num / den if den > 0 else None), samples
     if s.kind == "sum":
-        num, points = _total(target, alias, data, s.numerator, plan)
-        return num, (samples if s.samples else float(points))
-    values: list[float] = []
-    for spec in _series(target, alias, s.numerator[0], target.statistic, plan.percentile_period):
-        values.extend(v for _, v in data.get(spec, []))
-    # One bucket spans the window; several only if the span crossed a period boundary: be conservative.
+        num, points = _sum(target, data, roles.get("numerator", []))
+        if not s.samples:
+            samples = float(points)
+        # No datapoint at all is no data, never a zero: a series that does not exist reads as None.
+        return (num if points else None), samples
+    values = [v for spec in roles.get("percentile", []) for t, v in data.get(spec, []) if t < target.end]
+    # Several versions' series (or a window split over two periods): the worst one, conservatively.
     return (max(values) if values else None), samples
+
+
+def arrived(target: Target, data: Mapping[SeriesSpec, Points], span_start: float) -> bool:
+    """True when every series of the target has a datapoint in its window's last bucket (nothing more to wait for)."""
+    roles = target_specs(target, span_start)
+    specs = roles.get("samples") or roles.get("numerator") or roles.get("denominator") or []
+    last = target.end - target.resolution
+    return bool(specs) and all(any(t >= last - 1e-6 for t, _ in data.get(spec, [])) for spec in specs)
 
 
 def judge(rule: Any, value: float | None, samples: float, *, waited: float, grace: float, final: bool) -> Verdict:
@@ -224,8 +263,10 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
         where = f"{target.function} version{'s' if len(target.versions) > 1 else ''} {versions}{label}"
     stat = f" {target.statistic}" if s.kind == "percentile" else ""
     bound = format_value(s, rule.threshold, bound=True)
-    sample_text = f"{samples:g} {s.samples_noun}" if s.samples else f"{samples:g} datapoints"
-    head = f"{result_kind} {target.rule_name}:{stat} {format_value(s, value)} on {where} over the last {format_duration(round(window))}"
+    sample_text = f"{samples:g} {s.samples_noun if s.samples else 'datapoints'}"
+    origin = f"{source}: {s.source} metrics, {target.namespace}"
+    head = (f"{result_kind} {target.rule_name}:{stat} {format_value(s, value)} on {where} over "
+            f"{format_duration(round(window))} ending {format_duration(round(max(0.0, time.time() - target.end)))} ago")
     if value is None or samples < rule.min_samples:
         need = f"needs >= {rule.min_samples} {s.samples_noun if s.samples else 'datapoints'}"
         tail = {
@@ -234,24 +275,24 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
             "no_data": "waiting for data",
             "inconclusive": "inconclusive: not enough data to decide, which is not a pass",
         }[verdict]
-        return f"{head}: {sample_text}, {need}; {tail} (source: {source})"
+        return f"{head}: {sample_text}, {need}; {tail} (source: {origin})"
     verb = "within" if verdict == "pass" else "breaks"
-    return f"{head}, must be {rule.op} {bound} ({verb}; source: {source}; {sample_text})"
+    return f"{head}, must be {rule.op} {bound} ({verb}; source: {origin}; {sample_text})"
 
 
-def evaluate_plan(plan: PollPlan, alias: str, data: Mapping[SeriesSpec, Points], *, now: float, grace: float,
+def evaluate_plan(plan: PollPlan, data: Mapping[SeriesSpec, Points], *, now: float, grace: float,
                   final: bool, result_kind: str = "rule") -> list[RuleResult]:
     results: list[RuleResult] = []
     for target in plan.targets:
-        value, samples = compute(target, alias, data, plan)
-        window = max(0.0, now - target.start)
-        verdict = judge(target.rule, value, samples, waited=window, grace=grace, final=final)
+        value, samples = compute(target, data, plan.span_start)
+        window = max(0.0, target.end - target.start)
+        verdict = judge(target.rule, value, samples, waited=now - target.data_from, grace=grace, final=final)
         results.append(RuleResult(
             rule=target.rule_name, signal=target.signal.name, version=target.label,
             version_number=",".join(target.versions), function=target.function or "",
             value=value, threshold=target.rule.threshold, op=target.rule.op, window=window, samples=samples,
             verdict=verdict, message=describe(result_kind, target, value, samples, verdict, window),
-            statistic=target.statistic,
+            statistic=target.statistic, window_end=target.end,
         ))
     return results
 
@@ -270,25 +311,34 @@ def fetch_with_retry(cloudwatch: Any, specs: list[SeriesSpec], start: float, end
     raise ProviderError(f"metrics unavailable: {attempts} GetMetricData attempts failed (last: {last})")
 
 
+def max_lag(policy: Any, rules: Mapping[str, Any]) -> float:
+    """The longest lag among the sources of ``rules``: how long the final decision may wait."""
+    sources = {get_signal(r.signal).source for r in rules.values()}
+    return max((float(policy.metrics.source(s).lag) for s in sources), default=0.0)
+
+
 def evaluate_rules(
     cloudwatch: Any,
     policy: Any,
     rules: Mapping[str, Any],
-    functions: list[str],
-    alias: str,
     versions: Mapping[str, Mapping[str, str]],
     start: float,
     end: float,
     *,
     final: bool = True,
     result_kind: str = "key metric",
+    now: float | None = None,
 ) -> list[RuleResult]:
-    """Every rule x version x function over [start, end], from ONE GetMetricData call (chunked past 500)."""
-    targets = plan_targets(rules, functions, alias, versions, policy.service.ws_function, start, end)
-    plan = plan_poll(targets, alias, end, resolution_for(policy))
-    data = fetch_with_retry(cloudwatch, plan.specs, plan.span_start, end)
-    return evaluate_plan(plan, alias, data, now=end, grace=policy.watch.no_data_grace, final=final,
-                         result_kind=result_kind)
+    """Every rule x version x function over [start, end], from ONE GetMetricData call (chunked past 500).
+
+    ``end`` is where the windows end (a bake's end); the data up to it should have
+    arrived (callers run after the watch's final wait, or accept fewer datapoints).
+    """
+    now = time.time() if now is None else now
+    targets = plan_targets(rules, policy, versions, start, now, final_end=end)
+    plan = plan_poll(targets, now)
+    data = fetch_with_retry(cloudwatch, plan.specs, plan.span_start, now)
+    return evaluate_plan(plan, data, now=now, grace=policy.watch.no_data_grace, final=final, result_kind=result_kind)
 
 
 def serving_versions(context: Any) -> dict[str, dict[str, str]]:

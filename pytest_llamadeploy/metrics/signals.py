@@ -1,28 +1,39 @@
-"""The signal catalog: what a policy's ``signal:`` means in CloudWatch series.
+"""The signal catalog: what a policy's ``signal:`` means in CloudWatch series, and where they come from.
 
 A signal is computed on the client from a few series, so that every rate is
 ``sum(numerator) / sum(denominator)`` over exactly the rule's window (CloudWatch
-metric math is not evaluated by moto, and summing raw counts is also what keeps
-a rate honest when the window holds few requests). Percentiles are asked of
-CloudWatch (``Stat: p95``): they cannot be rebuilt from per-interval values.
+metric math is not evaluated by moto, and summing raw counts keeps a rate honest
+when the window holds few requests). Percentiles are asked of CloudWatch
+(``Stat: p95``): they cannot be rebuilt from per-interval values.
 
-Scopes:
-- ``function``: one value per function and Lambda version (``ExecutedVersion``).
-- ``ws``: like ``function`` but only the WebSocket function ($connect attempts and
-  errors are that function's Invocations and Errors, see ``metricnames``).
-- ``global``: one value for the whole service (API Gateway, ElastiCache, DynamoDB).
+Sources (the policy's ``metrics:`` section gives each its resolution and lag):
+- ``service``: the functions' own Embedded Metric Format metrics
+  (docs/service-contract.md), per ``FunctionName, Version``, high resolution,
+  seconds late. The runbook's error rate (user-visible 5xx) and latency per
+  version, which AWS's own metrics cannot give at 10 % of traffic within a bake.
+- ``aws``: AWS's service metrics, 60-s datapoints published minutes late:
+  Lambda per ``ExecutedVersion`` (Errors count unhandled failures only; Throttles
+  exist per alias, not per version), API Gateway per API and stage, ElastiCache
+  per cache node, DynamoDB per table. The second line and the service-wide view.
+
+Scopes: ``function`` (every function), ``api`` (the REST API's function), ``ws``
+(the WebSocket API's function), ``global`` (one value for the service).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .. import metricnames as mn
 
-Scope = Literal["function", "ws", "global"]
+Scope = Literal["function", "api", "ws", "global"]
 Kind = Literal["ratio", "sum", "percentile"]
 Unit = Literal["rate", "ms", "count"]
+Source = Literal["service", "aws"]
+#: A dimension set as a hashable tuple of (name, value).
+DimTuple = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -31,43 +42,98 @@ class Signal:
     kind: Kind
     scope: Scope
     unit: Unit
-    namespace: str
+    source: Source
     #: ratio: numerator / denominator; sum: numerator; percentile: numerator[0] with the rule's statistic.
     numerator: tuple[str, ...]
     denominator: tuple[str, ...] = ()
-    #: Metric names whose Sum counts the samples a value rests on (requests, connects).
+    #: Metric names whose statistic ``samples_stat`` counts the samples a value rests on.
     samples: tuple[str, ...] = ()
+    samples_stat: str = "Sum"
     #: What the samples are called in a message ("invocations", "connects").
     samples_noun: str = "samples"
-    #: For a global signal: the dimension set of every series.
-    global_dims: tuple[tuple[str, str], ...] = ()
     default_statistic: str = "Sum"
+    #: Per version (ExecutedVersion / Version dimension) or only per alias or service.
+    versioned: bool = True
+    #: For an ``aws`` signal: the namespace (the service namespace comes from the policy).
+    namespace: str = ""
+    #: For a global signal: its dimension sets from the policy's resources (summed).
+    global_dims: Callable[[Any], list[DimTuple]] | None = None
+    description: str = ""
 
 
-def _dims(dims: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple((d["Name"], d["Value"]) for d in dims)
+def _dims(items: list[dict[str, str]]) -> DimTuple:
+    return tuple((d["Name"], d["Value"]) for d in items)
+
+
+def _apigw_rest(resources: Any) -> list[DimTuple]:
+    return [_dims(mn.dims(("ApiName", resources.rest_api), ("Stage", resources.rest_stage)))]
+
+
+def _apigw_ws_connect(resources: Any) -> list[DimTuple]:
+    return [_dims(mn.dims(("ApiId", resources.ws_api_id), ("Stage", resources.ws_stage),
+                          ("Route", mn.WS_CONNECT_ROUTE)))]
+
+
+def _cache_nodes(resources: Any) -> list[DimTuple]:
+    return [_dims(mn.dims(("CacheClusterId", cluster))) for cluster in resources.cache_clusters()]
+
+
+def _tables(resources: Any) -> list[DimTuple]:
+    return [_dims(mn.dims(("TableName", table))) for table in resources.dynamodb_tables]
 
 
 SIGNALS: dict[str, Signal] = {
     s.name: s
     for s in (
-        Signal("lambda.error_rate", "ratio", "function", "rate", mn.LAMBDA,
-               (mn.LAMBDA_ERRORS,), (mn.LAMBDA_INVOCATIONS,), (mn.LAMBDA_INVOCATIONS,), "invocations"),
-        # Throttled requests are not counted in Invocations, so they join the denominator.
-        Signal("lambda.throttle_rate", "ratio", "function", "rate", mn.LAMBDA,
-               (mn.LAMBDA_THROTTLES,), (mn.LAMBDA_INVOCATIONS, mn.LAMBDA_THROTTLES),
-               (mn.LAMBDA_INVOCATIONS, mn.LAMBDA_THROTTLES), "requests"),
-        Signal("lambda.duration", "percentile", "function", "ms", mn.LAMBDA,
-               (mn.LAMBDA_DURATION,), (), (mn.LAMBDA_INVOCATIONS,), "invocations", default_statistic="p95"),
-        Signal("apigw.5xx", "sum", "global", "count", mn.APIGATEWAY,
-               (mn.APIGW_5XX,), (), (mn.APIGW_COUNT,), "requests", _dims(mn.apigw_rest_dims())),
-        Signal("ws.connect_error_rate", "ratio", "ws", "rate", mn.LAMBDA,
-               (mn.LAMBDA_ERRORS,), (mn.LAMBDA_INVOCATIONS,), (mn.LAMBDA_INVOCATIONS,), "connects"),
-        Signal("cache.hit_rate", "ratio", "global", "rate", mn.ELASTICACHE,
-               (mn.CACHE_HITS,), (mn.CACHE_HITS, mn.CACHE_MISSES), (mn.CACHE_HITS, mn.CACHE_MISSES),
-               "lookups", _dims(mn.elasticache_dims())),
-        Signal("dynamodb.throttles", "sum", "global", "count", mn.DYNAMODB,
-               (mn.DDB_READ_THROTTLES, mn.DDB_WRITE_THROTTLES), (), (), "requests", _dims(mn.dynamodb_dims())),
+        # -- the functions' own signal (EMF), per version, seconds late
+        Signal("service.error_rate", "ratio", "api", "rate", "service", (mn.SVC_5XX,), (mn.SVC_REQUESTS,),
+               (mn.SVC_REQUESTS,), samples_noun="requests",
+               description="user-visible 5xx answers / requests of a version"),
+        Signal("service.latency", "percentile", "api", "ms", "service", (mn.SVC_LATENCY,), (),
+               (mn.SVC_REQUESTS,), samples_noun="requests", default_statistic="p95",
+               description="request latency of a version, as the function measured it"),
+        Signal("service.ws_connect_error_rate", "ratio", "ws", "rate", "service", (mn.SVC_WS_CONNECT_ERRORS,),
+               (mn.SVC_WS_CONNECTS,), (mn.SVC_WS_CONNECTS,), samples_noun="connects",
+               description="refused or failed WebSocket connects / connects of a version"),
+        Signal("service.db_time", "percentile", "api", "ms", "service", (mn.SVC_DB_TIME,), (),
+               (mn.SVC_DB_TIME,), samples_stat="SampleCount", samples_noun="queries", default_statistic="p95",
+               description="database query time of a version, in the database"),
+        Signal("service.cache_hit_rate", "ratio", "api", "rate", "service", (mn.SVC_CACHE_HITS,),
+               (mn.SVC_CACHE_HITS, mn.SVC_CACHE_MISSES), (mn.SVC_CACHE_HITS, mn.SVC_CACHE_MISSES),
+               samples_noun="lookups", description="cache hits / lookups of a version"),
+        Signal("service.event_delivery_ratio", "ratio", "ws", "rate", "service", (mn.SVC_EVENTS_DELIVERED,),
+               (mn.SVC_EVENTS_TO_DELIVER,), (mn.SVC_EVENTS_TO_DELIVER,), samples_noun="events",
+               description="events written to subscribers / events due to them, on a version"),
+        Signal("service.event_latency", "percentile", "ws", "ms", "service", (mn.SVC_EVENT_LATENCY,), (),
+               (mn.SVC_EVENT_LATENCY,), samples_stat="SampleCount", samples_noun="events",
+               default_statistic="p95", description="event delivery latency on a version"),
+        # -- AWS's service metrics: 60-s datapoints, minutes late
+        Signal("lambda.error_rate", "ratio", "function", "rate", "aws", (mn.LAMBDA_ERRORS,),
+               (mn.LAMBDA_INVOCATIONS,), (mn.LAMBDA_INVOCATIONS,), samples_noun="invocations",
+               namespace=mn.LAMBDA, description="Lambda Errors (unhandled failures) / Invocations"),
+        # Throttled requests are not in Invocations (they join the denominator) and carry no
+        # ExecutedVersion: the rate is the alias's.
+        Signal("lambda.throttle_rate", "ratio", "function", "rate", "aws", (mn.LAMBDA_THROTTLES,),
+               (mn.LAMBDA_INVOCATIONS, mn.LAMBDA_THROTTLES), (mn.LAMBDA_INVOCATIONS, mn.LAMBDA_THROTTLES),
+               samples_noun="requests", versioned=False, namespace=mn.LAMBDA,
+               description="Lambda Throttles / (Invocations + Throttles) through the alias"),
+        Signal("lambda.duration", "percentile", "function", "ms", "aws", (mn.LAMBDA_DURATION,), (),
+               (mn.LAMBDA_INVOCATIONS,), samples_noun="invocations", default_statistic="p95",
+               namespace=mn.LAMBDA, description="Lambda Duration"),
+        Signal("apigw.5xx", "sum", "global", "count", "aws", (mn.APIGW_5XX,), (), (mn.APIGW_COUNT,),
+               samples_noun="requests", namespace=mn.APIGATEWAY, global_dims=_apigw_rest,
+               description="API Gateway 5XXError on the REST API's stage"),
+        Signal("apigw.ws_connect_error_rate", "ratio", "global", "rate", "aws", (mn.WS_INTEGRATION_ERROR,),
+               (mn.WS_CONNECT_COUNT,), (mn.WS_CONNECT_COUNT,), samples_noun="connects",
+               namespace=mn.APIGATEWAY, global_dims=_apigw_ws_connect,
+               description="WebSocket $connect IntegrationError / ConnectCount on the API's stage"),
+        Signal("cache.hit_rate", "ratio", "global", "rate", "aws", (mn.CACHE_HITS,),
+               (mn.CACHE_HITS, mn.CACHE_MISSES), (mn.CACHE_HITS, mn.CACHE_MISSES), samples_noun="lookups",
+               namespace=mn.ELASTICACHE, global_dims=_cache_nodes,
+               description="ElastiCache CacheHits / (CacheHits + CacheMisses) over the group's nodes"),
+        Signal("dynamodb.throttles", "sum", "global", "count", "aws", (mn.DDB_READ_THROTTLES, mn.DDB_WRITE_THROTTLES),
+               (), (), namespace=mn.DYNAMODB, global_dims=_tables,
+               description="DynamoDB Read/WriteThrottleEvents (published only when one happens)"),
     )
 }
 
@@ -119,11 +185,36 @@ def format_value(signal: Signal, value: float | None, bound: bool = False) -> st
     return f"{value:g}"
 
 
-def series_dims(signal: Signal, function: str | None, alias: str, version: str | None) -> tuple[tuple[str, str], ...]:
-    """Full dimension set of one series (full, because moto matches subsets loosely, see MOTO.md)."""
+def functions_of(signal: Signal, service: Any) -> list[str]:
+    """The functions a signal has a value for (service: the policy's ``service`` section)."""
     if signal.scope == "global":
-        return signal.global_dims
+        return []
+    if signal.scope == "api":
+        return [service.api_function]
+    if signal.scope == "ws":
+        return [service.ws_function]
+    return list(service.functions)
+
+
+def namespace_of(signal: Signal, policy: Any) -> str:
+    return policy.metrics.service.namespace if signal.source == "service" else signal.namespace
+
+
+def series_dims(signal: Signal, policy: Any, function: str | None, version: str | None) -> list[DimTuple]:
+    """Full dimension sets of the series a value sums (moto matches subsets loosely, see MOTO.md).
+
+    ``version`` None asks for the function's value over every version: the alias's
+    series for Lambda; for the service's EMF, which has no function-wide series,
+    the caller sums the versions itself.
+    """
+    if signal.scope == "global":
+        assert signal.global_dims is not None
+        return signal.global_dims(policy.resources)
     assert function is not None
-    if version is None:
-        return _dims(mn.lambda_function_dims(function))
-    return _dims(mn.lambda_version_dims(function, alias, version))
+    alias = policy.service.alias
+    if signal.source == "service":
+        assert version is not None, "the service's EMF has per-version series only"
+        return [_dims(mn.service_dims(function, version))]
+    if version is None or not signal.versioned:
+        return [_dims(mn.lambda_alias_dims(function, alias))]
+    return [_dims(mn.lambda_version_dims(function, alias, version))]

@@ -10,42 +10,30 @@ does not run to its end first.
 What triggers, and from which version:
 - a trigger rule failing on the new version, or on a service-wide signal
   (API Gateway 5xx) - the old version's values are shown, never acted on;
-- a ``wait`` rule still short of ``min_samples`` after ``no_data_grace`` since the
-  start of its window, or at the end of the bake: "inconclusive" (never a pass);
+- a ``wait`` rule still short of ``min_samples`` after ``no_data_grace`` since its
+  window's first data could have arrived, or at the final decision: "inconclusive"
+  (never a pass);
 - ``provider_error_limit`` GetMetricData failures in a row: "metrics unavailable";
 - probes (source "probe"): among the last 10 probes of the new version, at least 2
-  failed and the failure ratio exceeds the ``lambda.error_rate`` trigger's bound
-  (5 %). Two failures, not one, so that a single lost packet does not roll a
-  release back; 2 of at most 10 is >= 20 %, far above 5 %, so a real fault is
-  not missed. A dead version trips it in two probes (1 s at 2 probes/s).
-  A probe answered HTTP 429 is a throttle, not an error (Lambda counts a
-  throttled invoke under ``Throttles``, not ``Errors``): it is recorded but not
-  counted as failed, so a throttling release is caught by the
-  ``lambda_throttle_rate`` trigger and named as such, not as a probe failure.
-  A probe may also come back "unattributed" (``ok is None``): the new version gave
-  no answer and neither did the old one probed the same way at once, so the probe
-  path (this host, the network, an overloaded front door) is what failed, not the
-  release. Those are counted and shown, never in the rule's window: a busy CI host
-  must not roll back a healthy release (seen: /health taking 2-10 s at load 12).
-  A hung release still fails, since the old version's answer convicts it.
+  failed and the failure ratio exceeds the error-rate trigger's bound (5 %). Two
+  failures, not one, so that a single lost packet does not roll a release back; 2
+  of at most 10 is >= 20 %, far above 5 %, so a real fault is not missed. A probe
+  throttled by Lambda (TooManyRequestsException) is counted as a throttle, left to
+  the throttle-rate trigger; an application's HTTP 429 is a failed probe. A probe
+  may also come back "unattributed" (``ok is None``): the new version gave no
+  answer and neither did the old one probed the same way at once, so the probe
+  path (this host, the network, an overloaded front door) failed, not the
+  release. Those are counted and shown, never in the rule's window.
 
-Physics (why these numbers): at 10 % of the sandbox's 20 requests/s the new
-version serves 2 alias-routed requests/s. The watch's probes are version-targeted
-(a direct invoke, as CodeDeploy's hooks do), and Lambda, like the sandbox's front
-door, does not count those under ``ExecutedVersion``, so they add no CloudWatch
-samples: the watch counts them itself as the second source. ``min_samples: 20``
-over a window clamped to the shift is then reached ~10 s after the shift (plus
-~1 s of publication delay); 20 is the smallest count at which a 5 % bound is
-measurable without one unlucky request rolling back (1 error in 20 is exactly
-5 %, so the rule fires from the second error). Hence, for a 10 s sandbox bake,
-either the traffic rate goes to >= 40 requests/s or ``no_data_grace`` covers the
-bake; otherwise the honest verdict is "inconclusive" (see bench/WATCH.md). A
-30 % fault adds ~0.6 errors/s on the new version, crossing 5 % of the cumulative
-window within 1-3 s of onset once 20 samples exist; the probes cross their rule
-within ~3 s on their own (if they hit an endpoint the fault affects: the
-reference service exempts ``/health`` from ``error_rate``). On AWS, with Lambda's
-1-minute metrics, detection rests on the probes first, which is why both sources
-are named in the verdict.
+Physics (../shared/AWS.md, policy ``metrics:``): every window ends where its
+source's data has arrived (``now - lag``). The functions' EMF signal (per version,
+1-s resolution, seconds late) is what decides within a bake; AWS's own metrics
+(60-s datapoints, minutes late on AWS) are the second line, and during a 5-minute
+bake on AWS they cover only the bake's first minutes. At the end of the bake the
+windows end at the deadline and the final decision waits - still acting on any
+breach - until each rule's last bucket has arrived or the longest lag has passed:
+a late minute is waited for, not turned into "inconclusive". Probes are
+version-targeted and counted by the watch itself, apart from CloudWatch.
 """
 
 from __future__ import annotations
@@ -61,9 +49,9 @@ from typing import Any, Literal
 
 from .. import metricnames as mn
 from ..units import format_duration
-from .evaluate import ALL, RuleResult, evaluate_plan, plan_poll, plan_targets, resolution_for
+from .evaluate import ALL, RuleResult, arrived, evaluate_plan, max_lag, plan_poll, plan_targets
 from .query import ProviderError, QueryError, SeriesSpec, fetch
-from .signals import format_value, get_signal, series_dims
+from .signals import format_value, get_signal
 
 BreachKind = Literal["threshold", "inconclusive", "probe", "provider"]
 #: A probe of the new version: (True ok | False failed | None unattributed, detail).
@@ -74,8 +62,9 @@ OutFn = Callable[[str, bool], None]
 PROBE_WINDOW = 10
 PROBE_MIN_FAILURES = 2
 _DEFAULT_PROBE_BOUND = 0.05
-#: How ``ProbeResult.describe()`` shows a throttled answer ("... -> HTTP 429 ...").
-_THROTTLED = re.compile(r"-> HTTP 429\b")
+#: How ``ProbeResult.describe()`` shows a Lambda throttle (Invoke's TooManyRequestsException). An
+#: application's own HTTP 429 is an answer, and fails a probe that expects 200.
+_THROTTLED = re.compile(r"\bthrottled: TooManyRequestsException\b")
 
 
 @dataclass
@@ -155,7 +144,9 @@ class BakeWatch:
         for name, rule in self.rules.items():
             get_signal(rule.signal, f"rollback_triggers.{name}")  # a typo fails before traffic is watched
         self.interval = float(policy.watch.interval)
-        self.resolution = resolution_for(policy)
+        self.resolution = int(policy.metrics.service.resolution)
+        #: How long past the bake's end the final decision may wait for the bake's last data.
+        self.final_wait = max_lag(policy, self.rules)
         self.probe_bound = next(
             (r.threshold for r in self.rules.values() if r.signal == "lambda.error_rate"), _DEFAULT_PROBE_BOUND)
 
@@ -203,7 +194,7 @@ class BakeWatch:
         self._deadline = self.started_at + bake_seconds
         self._wake.set()
         # Past the deadline the final poll may still retry provider errors: allow for that, then give up loudly.
-        limit = self._deadline + (self.policy.watch.provider_error_limit + 2) * (self.interval + 30.0)
+        limit = self._deadline + self.final_wait + (self.policy.watch.provider_error_limit + 2) * (self.interval + 30.0)
         while not self._finished.wait(timeout=0.2):
             if self.clock() > limit or not self._threads[0].is_alive():
                 self._fire(Breach("inconclusive", "watch", "", None, None, "", bake_seconds, "", "cloudwatch",
@@ -314,46 +305,65 @@ class BakeWatch:
                 self._finished.set()
 
     def _final(self) -> None:
-        """The last poll at the deadline: wait rules without enough data end inconclusive."""
+        """The decision at the end of the bake, on the bake's whole data.
+
+        Windows now end at the bake's end, and the data up to it arrives late (each
+        source's lag): the watch keeps polling - still acting on any breach - until every
+        rule's last bucket has arrived or ``final_wait`` (the longest lag) has passed since
+        the deadline. Only then do rules still short of data end inconclusive: a late
+        minute is waited for, not turned into "inconclusive" (../shared/AWS.md).
+        """
+        assert self._deadline is not None
+        bound = self._deadline + self.final_wait
         while not self._stop.is_set() and not self._breach_fired:
-            ok = self.poll(final=True)
-            if ok or self._breach_fired:
+            outcome = self.poll(final=True, settle=self.clock() >= bound)
+            if outcome == "decided" or self._breach_fired:
                 break
-            self._stop.wait(self.interval)
+            self._stop.wait(min(self.interval, max(0.05, bound - self.clock())) if outcome == "waiting"
+                            else self.interval)
         self._finished.set()
 
-    def poll(self, *, final: bool = False) -> bool:
-        """One poll and decision; True when CloudWatch answered. Public for benchmarks."""
+    def poll(self, *, final: bool = False, settle: bool = True) -> str:
+        """One poll: "decided", "waiting" (final, the last data not in yet) or "error". Public for benchmarks.
+
+        During the bake every window ends where its source's data has arrived (now - lag);
+        with ``final`` the windows end at the deadline, and unless ``settle`` a rule whose
+        last bucket has not arrived keeps waiting rather than being judged inconclusive.
+        """
         t0 = time.perf_counter()
         now = self.clock()
-        targets = plan_targets(self.rules, self.functions, self.alias, self.versions,
-                               self.policy.service.ws_function, self.started_at, now)
+        targets = plan_targets(self.rules, self.policy, self.versions, self.started_at, now,
+                               final_end=self._deadline if final else None)
         plot = self._plot_specs()
-        plan = plan_poll(targets, self.alias, now, self.resolution, extra=plot)
+        plan = plan_poll(targets, now, extra=plot)
         try:
             data = fetch(self.cloudwatch, plan.specs, plan.span_start, now)
         except ProviderError as exc:
             self._provider_error(str(exc))
-            return False
+            return "error"
         except QueryError as exc:
             self._fire(Breach("inconclusive", "watch", "", None, None, "", 0.0, "", "cloudwatch",
                               f"inconclusive: metrics unavailable: {exc}"))
-            return False
+            return "error"
         c = self._counters
         c.consecutive_provider_errors = 0
         c.polls += 1
-        results = evaluate_plan(plan, self.alias, data, now=now, grace=self.policy.watch.no_data_grace,
-                                final=final, result_kind="rollback trigger")
+        waiting = final and not settle and not all(arrived(t, data, plan.span_start) for t in targets)
+        results = evaluate_plan(plan, data, now=now, grace=self.policy.watch.no_data_grace,
+                                final=final and not waiting, result_kind="rollback trigger")
         self._record(now, results, data, plan.span_start)
         c.poll_seconds.append(time.perf_counter() - t0)
         for result in results:
             if result.version not in ("new", ALL):
                 continue
-            if result.verdict in ("fail", "inconclusive"):
+            if result.verdict == "fail" or (result.verdict == "inconclusive" and not waiting):
                 self._fire(self._breach_of(result))
-                return True
+                return "decided"
+        if waiting:
+            self._emit(self._progress(now, results, False) + " | bake over, waiting for its last data", True)
+            return "waiting"
         self._emit(self._progress(now, results, final), not final)
-        return True
+        return "decided"
 
     def _provider_error(self, text: str) -> None:
         c = self._counters
@@ -375,19 +385,26 @@ class BakeWatch:
                       result.version_number, "cloudwatch", result.message, function=result.function,
                       label=result.version, samples=result.samples)
 
+    def _plot_dims(self, fn: str, version: str) -> tuple[tuple[str, str], ...]:
+        return tuple((d["Name"], d["Value"]) for d in mn.service_dims(fn, version))
+
     def _plot_specs(self) -> list[SeriesSpec]:
-        """Per-interval series of the API and WebSocket functions for the report's plots (same call)."""
-        signal = get_signal("lambda.error_rate")
-        shown = {self.policy.service.api_function, self.policy.service.ws_function}
+        """Per-interval series of the API function's versions for the report's plots (same call).
+
+        The functions' own EMF series: requests, 5xx answers and latency p95 per version,
+        the signal the runbook's error rate and latency rules read.
+        """
+        fn = self.policy.service.api_function
+        namespace = self.policy.metrics.service.namespace
         specs = []
         for by_fn in self.versions.values():
-            for fn, version in by_fn.items():
-                if fn not in self.functions or fn not in shown:
-                    continue
-                dims = series_dims(signal, fn, self.alias, version)
-                specs += [SeriesSpec(mn.LAMBDA, mn.LAMBDA_INVOCATIONS, dims, "Sum", self.resolution),
-                          SeriesSpec(mn.LAMBDA, mn.LAMBDA_ERRORS, dims, "Sum", self.resolution),
-                          SeriesSpec(mn.LAMBDA, mn.LAMBDA_DURATION, dims, "p95", self.resolution)]
+            version = by_fn.get(fn)
+            if version is None:
+                continue
+            dims = self._plot_dims(fn, str(version))
+            specs += [SeriesSpec(namespace, mn.SVC_REQUESTS, dims, "Sum", self.resolution),
+                      SeriesSpec(namespace, mn.SVC_5XX, dims, "Sum", self.resolution),
+                      SeriesSpec(namespace, mn.SVC_LATENCY, dims, "p95", self.resolution)]
         return specs
 
     def _record(self, now: float, results: list[RuleResult], data: Mapping[SeriesSpec, Any], since: float) -> None:
@@ -398,16 +415,19 @@ class BakeWatch:
             values[key] = {"value": r.value, "samples": r.samples, "verdict": r.verdict,
                                    "version": r.version_number}
         series: dict[str, Any] = {}
-        wanted = {mn.LAMBDA_INVOCATIONS: "invocations", mn.LAMBDA_ERRORS: "errors", mn.LAMBDA_DURATION: "p95_ms"}
+        # The report's plots read these names (reporting/stage_result.py): requests, 5xx, p95.
+        wanted = {mn.SVC_REQUESTS: "invocations", mn.SVC_5XX: "errors", mn.SVC_LATENCY: "p95_ms"}
+        fn = self.policy.service.api_function
         for label, by_fn in self.versions.items():
-            for fn, version in by_fn.items():
-                dims = series_dims(get_signal("lambda.error_rate"), fn, self.alias, version)
-                entry: dict[str, Any] = {"version": version}
-                for spec, points in data.items():
-                    if spec.dims == dims and spec.metric in wanted and spec.period == self.resolution \
-                            and spec.stat in ("Sum", "p95"):
-                        entry[wanted[spec.metric]] = [[t, v] for t, v in points if t >= since]
-                series.setdefault(label, {})[fn] = entry
+            version = by_fn.get(fn)
+            if version is None:
+                continue
+            dims = self._plot_dims(fn, str(version))
+            entry: dict[str, Any] = {"version": version, "source": "service (EMF)"}
+            for spec in self._plot_specs():
+                if spec.dims == dims:
+                    entry[wanted[spec.metric]] = [[t, v] for t, v in data.get(spec, []) if t >= since]
+            series.setdefault(label, {})[fn] = entry
         with self._lock:
             self._polls.append(poll)
             self._last_results = results
@@ -422,15 +442,13 @@ class BakeWatch:
                 if r.version != label or r.function not in (self.policy.service.api_function,
                                                             self.policy.service.ws_function):
                     continue
-                if r.signal == "ws.connect_error_rate" or r.function == self.policy.service.api_function:
-                    short = r.rule.replace("lambda_", "").replace("_rate", "")
-                    shown.append(f"{short} {format_value(get_signal(r.signal), r.value)}")
+                short = r.rule.replace("lambda_", "").replace("_rate", "")
+                shown.append(f"{short} {format_value(get_signal(r.signal), r.value)}")
             if shown:
                 api = self.policy.service.api_function
                 version = self.versions[label].get(api, "?")
-                samples = next((r.samples for r in results if r.version == label and r.function == api
-                                and r.signal == "lambda.error_rate"), 0)
-                parts.append(f"{label} v{version} ({samples:g} inv): " + ", ".join(shown))
+                samples = max((r.samples for r in results if r.version == label and r.function == api), default=0)
+                parts.append(f"{label} v{version} ({samples:g} req): " + ", ".join(shown))
         for r in results:
             if r.version == ALL:
                 parts.append(f"{r.rule} {format_value(get_signal(r.signal), r.value)}")
@@ -457,10 +475,11 @@ class BakeWatch:
             if ok is None:  # unattributed: see the module docstring
                 self._probe_unanswered(str(detail)[:300])
             else:
-                if not ok and _THROTTLED.search(str(detail)):
+                if _THROTTLED.search(str(detail)):
+                    # A Lambda throttle is the throttle-rate trigger's to judge, not a failed probe.
                     with self._lock:
                         self._probe_throttled += 1
-                    ok = True  # a throttle, not an error: see the module docstring
+                    ok = True
                 self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))

@@ -154,11 +154,9 @@ def check_redis(url: str) -> Finding:
 
 def run_doctor(policy: Any, aws_config: Any, targets: Any) -> list[Finding]:
     """Every troubleshooting check, in the runbook's order (deployment, then health)."""
-    from ..metricnames import STACK_NAME
-
     findings = [check_credentials(aws_config)]
     if findings[0].ok:
-        findings += [check_stack(aws_config, STACK_NAME), check_lambda_env(aws_config, policy)]
+        findings += [check_stack(aws_config, policy.resources.stack), check_lambda_env(aws_config, policy)]
     findings += [check_postgres(targets.postgres_dsn), check_redis(targets.redis_url)]
     return findings
 

@@ -143,8 +143,16 @@ def _healthy(state: SandboxState) -> list[str]:
 
 
 def up(directory: Path, traffic_rate: float = DEFAULT_TRAFFIC_RATE, timeout: float = 60.0,
-       say: Say = _stderr) -> tuple[SandboxState, bool]:
-    """Bring the sandbox up (or find it up). Returns (state, whether it was started now)."""
+       say: Say = _stderr, physics: str = "fast", metric_lag: float | None = None) -> tuple[SandboxState, bool]:
+    """Bring the sandbox up (or find it up). Returns (state, whether it was started now).
+
+    ``physics`` (sandbox/physics.py): ``fast`` keeps AWS's meanings on a compressed clock for CI;
+    ``aws`` serves AWS/* metrics at 60-s resolution, each minute ``metric_lag`` seconds late
+    (default: drawn between 60 and 180 s). A running sandbox with other physics is refused.
+    """
+    from .physics import physics as make_physics
+
+    chosen = make_physics(physics, metric_lag)  # a bad name fails before anything starts
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with state_lock(directory, timeout=timeout * 5):
@@ -154,12 +162,18 @@ def up(directory: Path, traffic_rate: float = DEFAULT_TRAFFIC_RATE, timeout: flo
             existing = None
         if existing is not None:
             dead = _healthy(existing)
+            running = (existing.extra.get("physics") or {}).get("name", "fast")
+            if not dead and running != chosen.name:
+                raise SandboxError(f"the sandbox in {directory} runs {running} physics, not {chosen.name}: "
+                                   f"`llamadeploy sandbox down` first, then `llamadeploy sandbox up --physics "
+                                   f"{chosen.name}`")
             if not dead:
                 return existing, False
             say(f"sandbox in {directory}: stale state ({', '.join(dead)} not running); cleaning up")
             _stop_all(existing, say)
             existing.path.unlink(missing_ok=True)
         state = SandboxState(directory=directory)
+        state.extra["physics"] = {"name": chosen.name, "metric_lag": metric_lag, "describe": chosen.describe()}
         try:
             _start_all(state, traffic_rate, timeout, say)
         except BaseException:
@@ -202,8 +216,9 @@ def _start_all(state: SandboxState, traffic_rate: float, timeout: float, say: Sa
     state.save()
     step(f"redis at {redis.url}")
 
-    from .provision import create_alias, provision, provision_observability
+    from .provision import NAMES, create_alias, provision, provision_observability
 
+    state.extra["names"] = dict(NAMES)
     aws = sandbox_aws(state)
     provided = provision(aws, state)
     state.sqs_queue_url = provided["sqs_queue_url"]
@@ -231,7 +246,7 @@ def _start_all(state: SandboxState, traffic_rate: float, timeout: float, say: Sa
     create_alias(aws, versions)
     state.extra["baseline"] = {"release": BASELINE_RELEASE, "lambda_versions": versions}
     state.save()
-    step(f"alias live -> {versions}")
+    step(f"aliases live and preview -> {versions}")
 
     baseline_url = state.versions[BASELINE_RELEASE].get("url")
     if baseline_url:
@@ -244,13 +259,23 @@ def _start_all(state: SandboxState, traffic_rate: float, timeout: float, say: Sa
             say(f"warning: cache warm-up failed ({type(exc).__name__}: {exc}); the first minutes run cold")
 
     if runnable(FRONTDOOR_MODULE):
-        state.components["frontdoor"] = _start_python_component(state, "frontdoor", FRONTDOOR_MODULE, [], port=True,
-                                                                timeout=timeout)
+        ready = directory / "frontdoor.ready"
+        ready.unlink(missing_ok=True)
+        state.components["frontdoor"] = _start_python_component(
+            state, "frontdoor", FRONTDOOR_MODULE, ["--ready-file", str(ready)], port=True, timeout=timeout)
         port = state.components["frontdoor"]["port"]
+        # Its sockets listen before it has written which ports it chose: wait for the file too.
+        wait_until(ready.exists, timeout, "front door ready file", log_path=directory / "logs" / "frontdoor.log")
+        ports = json.loads(ready.read_text())
+        state.components["frontdoor"]["extra_ports"] = [ports["preview_port"], ports["lambda_port"]]
         state.api_url = f"http://127.0.0.1:{port}"
         state.ws_url = f"ws://127.0.0.1:{port}/ws"
+        state.preview_api_url = f"http://127.0.0.1:{ports['preview_port']}"
+        state.preview_ws_url = f"ws://127.0.0.1:{ports['preview_port']}/ws"
+        state.lambda_endpoint = f"http://127.0.0.1:{ports['lambda_port']}"
         state.save()
-        step(f"front door at {state.api_url}")
+        step(f"front door: live stage {state.api_url}, preview stage {state.preview_api_url}, "
+              f"Lambda API {state.lambda_endpoint} ({state.extra['physics']['describe']})")
     else:
         say(f"warning: {FRONTDOOR_MODULE} is not there yet; no api_url/ws_url")
 
@@ -323,7 +348,9 @@ def down(directory: Path, say: Say = _stderr) -> bool:
             say(f"no sandbox state in {directory}: nothing to stop")
             return True
         problems = _stop_all(state, say)
-        ports = [int(e["port"]) for e in [*state.components.values(), *state.versions.values()] if e.get("port")]
+        entries = [*state.components.values(), *state.versions.values()]
+        ports = [int(e["port"]) for e in entries if e.get("port")]
+        ports += [int(p) for e in entries for p in e.get("extra_ports") or []]
         listening = [p for p in ports if not wait_port_closed(p, timeout=5.0)]
         if listening:
             problems.append(f"still listening on 127.0.0.1 port(s) {', '.join(map(str, listening))}")
@@ -350,9 +377,11 @@ def status_data(directory: Path) -> dict[str, Any]:
         entry["alive"] = release_running(state, release) if entry.get("pid") else False
     data["running"] = all(e["alive"] for e in data["components"].values()) and bool(data["components"])
     try:
-        from .provision import alias_state
+        from .provision import PREVIEW_ALIAS, alias_state
 
-        data["aliases"] = alias_state(sandbox_aws(state)) if data["components"].get("moto", {}).get("alive") else {}
+        alive = data["components"].get("moto", {}).get("alive")
+        data["aliases"] = alias_state(sandbox_aws(state)) if alive else {}
+        data["preview_aliases"] = alias_state(sandbox_aws(state), PREVIEW_ALIAS) if alive else {}
     except Exception as exc:  # noqa: BLE001 - status reports what it can; the error is shown, not hidden
         data["aliases"] = {}
         data["aliases_error"] = str(exc)
@@ -363,8 +392,11 @@ def _print_status(data: dict[str, Any]) -> None:
     from ..redact import redact
 
     print(f"sandbox {data['directory']}: {'running' if data['running'] else 'NOT fully running'}")
-    for key in ("aws_endpoint", "api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url"):
-        print(f"  {key:14} {redact(str(data.get(key) or '-'))}")
+    for key in ("aws_endpoint", "lambda_endpoint", "api_url", "ws_url", "preview_api_url", "preview_ws_url",
+                "postgres_dsn", "redis_url", "sqs_queue_url"):
+        print(f"  {key:15} {redact(str(data.get(key) or '-'))}")
+    physics = (data.get("extra") or {}).get("physics") or {}
+    print(f"  {'physics':15} {physics.get('describe') or physics.get('name') or 'fast'}")
     print("components:")
     for name, entry in data["components"].items():
         print(f"  {name:10} pid {entry.get('pid')!s:8} port {entry.get('port') or '-'!s:6} "
@@ -376,9 +408,10 @@ def _print_status(data: dict[str, Any]) -> None:
         print(f"  {release:10} {entry.get('url') or '-':24} {'alive' if entry['alive'] else 'DEAD':5} "
               f"versions {versions or '-'}; {faults}")
     print("aliases:")
-    for function, alias in data.get("aliases", {}).items():
-        weights = ", ".join(f"v{v}={w:g}" for v, w in alias["weights"].items())
-        print(f"  {function}:live -> {alias['version']}{' + ' + weights if weights else ''}")
+    for name, key in (("live", "aliases"), ("preview", "preview_aliases")):
+        for function, alias in data.get(key, {}).items():
+            weights = ", ".join(f"v{v}={w:g}" for v, w in alias["weights"].items())
+            print(f"  {function}:{name} -> {alias['version']}{' + ' + weights if weights else ''}")
     if data.get("aliases_error"):
         print(f"  (cannot read aliases: {data['aliases_error']})")
 
@@ -400,6 +433,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     p_up.add_argument("--traffic-rate", type=float, default=DEFAULT_TRAFFIC_RATE,
                       help="background requests per second (0 disables; default 20)")
     p_up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each component")
+    p_up.add_argument("--physics", choices=("fast", "aws"), default="fast",
+                      help="fast: AWS's meanings on a compressed clock (CI); aws: AWS/* metrics per 60 s, "
+                           "each minute visible minutes late (default fast)")
+    p_up.add_argument("--metric-lag", type=_seconds, default=None, metavar="SECONDS",
+                      help="fix the AWS/* metrics' delay instead of drawing it (aws: 60-180 s, fast: 1-3 s)")
     add("down", "stop exactly the processes the sandbox started")
     p_status = add("status", "components, endpoints, releases, alias state")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -412,12 +450,23 @@ def register(parser: argparse.ArgumentParser) -> None:
     p_fault.add_argument("faults", nargs="+", metavar="KNOB=VALUE")
 
 
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds, e.g. 90") from None
+    if not 0.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{raw!r}: a lag between 0 and 3600 seconds")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     directory = sandbox_dir(args.dir)
     try:
         if args.action == "up":
             started = time.monotonic()
-            state, fresh = up(directory, traffic_rate=args.traffic_rate, timeout=args.timeout)
+            state, fresh = up(directory, traffic_rate=args.traffic_rate, timeout=args.timeout,
+                              physics=args.physics, metric_lag=args.metric_lag)
             _stderr(f"sandbox {'started' if fresh else 'already running'} in {directory} "
                     f"({time.monotonic() - started:.1f}s)")
             _print_status(status_data(directory))

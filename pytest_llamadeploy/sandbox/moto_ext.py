@@ -16,6 +16,12 @@ they are against AWS; only the server answers more like CloudWatch does:
   states set through the backend's own ``set_alarm_state``. New alarms start in
   INSUFFICIENT_DATA, as on AWS.
 - The SQS queue-depth metrics AWS publishes by itself (AWS/SQS, QueueName), every 5 s.
+- ``GetMetricData`` as CloudWatch serves it: StartTime rounded down (to the minute, or to
+  the 5/10/20/30-s division for those periods), and sub-minute periods answered only for
+  series stored at high resolution (``StorageResolution: 1``).
+- X-Ray ``GetTraceSummaries`` with a FilterExpression (moto answers 500): conjunctions of
+  ``service("name")`` and ``annotation.key = value``, the subset the gate uses; anything
+  else is refused with the unsupported clause named. Summaries carry their annotations.
 - Points older than an hour are pruned, so the sandbox stays fast over a long day.
 - A CloudFormation update whose template contains ``STACK_ROLLBACK_FAILED_MARKER``
   fails and its rollback fails too, leaving the stack in ``UPDATE_ROLLBACK_FAILED``
@@ -33,6 +39,7 @@ import ast
 import json
 import math
 import operator
+import re
 import sys
 import threading
 import time
@@ -135,6 +142,44 @@ def _provider_series(backend: Any) -> dict[SeriesKey, list[Any]]:
     return extra
 
 
+class _Snapshot:
+    """Copies of the series one call asks for, each taken under the lock when first asked.
+
+    Copying the whole index for every GetMetricData call and every alarm pass cost
+    moto time growing with everything stored (an hour of 1-s data is ~10^5 points).
+    """
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+        self._provider: dict[SeriesKey, list[Any]] | None = None
+        self._copies: dict[SeriesKey, list[Any]] = {}
+
+    def get(self, key: SeriesKey) -> list[Any]:
+        copy = self._copies.get(key)
+        if copy is None:
+            with _LOCK:
+                copy = list(_index(self._backend).get(key, ()))
+            if self._provider is None:
+                self._provider = _provider_series(self._backend)
+            copy += self._provider.get(key, [])
+            self._copies[key] = copy
+        return copy
+
+
+#: Series that received a datum with StorageResolution 1: only these answer sub-minute periods.
+_HIGH_RESOLUTION: set[SeriesKey] = set()
+_SUB_MINUTE = (1, 5, 10, 20, 30)
+
+
+def request_start(start: datetime, period: int) -> datetime:
+    """StartTime as CloudWatch rounds it for data under 15 days old (API reference, GetMetricData StartTime):
+    down to the 5/10/20/30-second division of the minute for those periods, else to the whole minute."""
+    start = start.replace(microsecond=0)
+    if period in (5, 10, 20, 30):
+        return start - timedelta(seconds=start.second % period)
+    return start.replace(second=0)
+
+
 def series_values(
     series: list[Any], start: datetime, end: datetime, period: int, stat: str, unit: str | None = None
 ) -> tuple[list[datetime], list[float]]:
@@ -159,15 +204,11 @@ def _get_metric_data(self: Any, queries: list[dict[str, Any]], start_time: datet
     from moto.cloudwatch.exceptions import InvalidParameterValue, ValidationError
     from moto.cloudwatch.metric_data_expression_parser import parse_expression
 
-    start = _naive_utc(start_time).replace(microsecond=0)
+    requested = _naive_utc(start_time).replace(microsecond=0)
     end = _naive_utc(end_time).replace(microsecond=0)
-    if start >= end:
+    if requested >= end:
         raise ValidationError("The parameter EndTime must be greater than StartTime.")
-    with _LOCK:
-        index = _index(self)
-        snapshot = {k: list(v) for k, v in index.items()}
-    for key, datums in _provider_series(self).items():
-        snapshot.setdefault(key, []).extend(datums)
+    snapshot = _Snapshot(self)
 
     results: list[dict[str, Any]] = []
     returned: list[dict[str, Any]] = []
@@ -178,18 +219,30 @@ def _get_metric_data(self: Any, queries: list[dict[str, Any]], start_time: datet
         metric = stat_spec["Metric"]
         stat = stat_spec["Stat"]
         period = int(stat_spec["Period"])
-        if period <= 0:
-            raise InvalidParameterValue(f"The value {period} for parameter Period is invalid.")
+        if period <= 0 or (period not in _SUB_MINUTE and period % 60):
+            raise InvalidParameterValue(f"The value {period} for parameter Period is invalid: use 1, 5, 10, 20, 30 "
+                                        "or a multiple of 60.")
         if stat not in ("Sum", "Average", "Minimum", "Maximum", "SampleCount") and _parse_percentile(stat) is None:
             raise InvalidParameterValue(f"The value {stat} for parameter MetricStat.Stat is not supported.")
         key = (metric["Namespace"], metric["MetricName"],
                tuple(sorted((d["Name"], d["Value"]) for d in metric.get("Dimensions", []))))
-        stamps, values = series_values(snapshot.get(key, []), start, end, period, stat, stat_spec.get("Unit"))
+        messages: list[dict[str, str]] = []
+        stamps: list[datetime] = []
+        values: list[float] = []
+        if period < 60 and key not in _HIGH_RESOLUTION:
+            # AWS: a standard-resolution metric has one datapoint a minute; sub-minute periods return nothing.
+            messages.append({"Code": "NoDataForPeriod", "Value": f"{metric['MetricName']} is stored at standard "
+                             f"resolution: Period {period} needs a high-resolution metric (StorageResolution 1)"})
+        else:
+            stamps, values = series_values(snapshot.get(key), request_start(requested, period), end, period, stat,
+                                           stat_spec.get("Unit"))
         if scan_by == "TimestampDescending":
             stamps.reverse()
             values.reverse()
         item = {"id": query["Id"], "label": query.get("Label") or metric["MetricName"], "values": values,
                 "timestamps": stamps, "status_code": "Complete"}
+        if messages:
+            item["messages"] = messages
         results.append(item)
         if query.get("ReturnData", True) not in (False, "false"):
             returned.append(item)
@@ -245,7 +298,7 @@ def _arith(expression: str, names: dict[str, float | None]) -> float | None:
     return walk(ast.parse(expression, mode="eval"))
 
 
-def _alarm_period_values(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: datetime) -> tuple[int, list[float | None]]:
+def _alarm_period_values(alarm: Any, snapshot: _Snapshot, now: datetime) -> tuple[int, list[float | None]]:
     """The alarm's value for each of its last EvaluationPeriods periods, newest first (None: missing)."""
     periods = int(alarm.evaluation_periods or 1)
     if alarm.metric_name:
@@ -255,7 +308,7 @@ def _alarm_period_values(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: 
         out: list[float | None] = []
         for k in range(periods):
             end = now - timedelta(seconds=k * period)
-            _, values = series_values(snapshot.get(key, []), end - timedelta(seconds=period), end, period, stat, alarm.unit)
+            _, values = series_values(snapshot.get(key), end - timedelta(seconds=period), end, period, stat, alarm.unit)
             out.append(values[0] if values else None)
         return period, out
     stats = [q for q in alarm.metric_data_queries if q.metric_stat is not None]
@@ -271,7 +324,7 @@ def _alarm_period_values(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: 
             ms = q.metric_stat
             key = (ms.metric.namespace, ms.metric.metric_name,
                    tuple(sorted((d.name, d.value) for d in ms.metric.dimensions)))
-            _, values = series_values(snapshot.get(key, []), end - timedelta(seconds=period), end, period, ms.stat)
+            _, values = series_values(snapshot.get(key), end - timedelta(seconds=period), end, period, ms.stat)
             named[q.id] = values[0] if values else None
         if expr:
             out.append(_arith(expr[-1].expression, named))
@@ -280,7 +333,7 @@ def _alarm_period_values(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: 
     return period, out
 
 
-def evaluate_alarm(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: datetime) -> tuple[str, str, dict[str, Any]]:
+def evaluate_alarm(alarm: Any, snapshot: _Snapshot, now: datetime) -> tuple[str, str, dict[str, Any]]:
     """(state, reason, reason data) of one metric alarm as CloudWatch would set it now."""
     compare = _COMPARE.get(alarm.comparison_operator)
     if compare is None:
@@ -312,8 +365,7 @@ def evaluate_alarm(alarm: Any, snapshot: dict[SeriesKey, list[Any]], now: dateti
 def evaluate_alarms(backend: Any, now: datetime | None = None) -> int:
     """Evaluate every metric alarm of one backend; returns how many changed state."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    with _LOCK:
-        snapshot = {k: list(v) for k, v in _index(backend).items()}
+    snapshot = _Snapshot(backend)
     changed = 0
     for alarm in list(backend.alarms.values()):
         if alarm.rule is not None:
@@ -394,8 +446,81 @@ def _loop(stop: threading.Event) -> None:
 # ---------------------------------------------------------------- entry points
 
 
+_SERVICE_CLAUSE = re.compile(r'service\(\s*"([^"]*)"\s*\)')
+_ANNOTATION_CLAUSE = re.compile(r'annotation\.([A-Za-z0-9_]+)\s*=\s*(?:"([^"]*)"|(-?\d+(?:\.\d+)?)|(true|false))')
+
+
+def trace_filter(expression: str) -> Callable[[list[Any]], bool]:
+    """A predicate over a trace's segments for an X-Ray filter expression (the subset above)."""
+    tests: list[Callable[[list[Any]], bool]] = []
+    for clause in re.split(r"\s+AND\s+", expression.strip(), flags=re.IGNORECASE):
+        clause = clause.strip()
+        if match := _SERVICE_CLAUSE.fullmatch(clause):
+            def named(segs: list[Any], n: str = match.group(1)) -> bool:
+                return any(seg.name == n for seg in segs)
+
+            tests.append(named)
+        elif match := _ANNOTATION_CLAUSE.fullmatch(clause):
+            key, text, number, boolean = match.groups()
+            wanted: Any = text if text is not None else (float(number) if number is not None else boolean == "true")
+
+            def has(segs: list[Any], k: str = key, w: Any = wanted) -> bool:
+                for seg in segs:
+                    value = (seg.annotations or {}).get(k)
+                    if value is not None and (value == w or (isinstance(w, float) and _number(value) == w)):
+                        return True
+                return False
+
+            tests.append(has)
+        else:
+            raise ValueError(f"the sandbox's X-Ray does not evaluate filter clause {clause!r} "
+                             "(supported: service(\"name\"), annotation.key = value, joined by AND)")
+    return lambda segs: all(test(segs) for test in tests)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _install_xray_filters() -> None:
+    from moto.core.exceptions import AWSError
+    from moto.xray.models import SegmentCollection
+
+    original = SegmentCollection.summary
+
+    def summary(self: Any, start_time: Any, end_time: Any, filter_expression: Any = None) -> dict[str, Any]:
+        result = original(self, start_time, end_time, None)
+        keep = None
+        if filter_expression:
+            try:
+                keep = trace_filter(str(filter_expression))
+            except ValueError as exc:
+                raise AWSError(str(exc), exception_type="InvalidRequestException", status=400) from None
+        kept = []
+        for item in result["TraceSummaries"]:
+            segments = self._traces[item["Id"]]["segments"]
+            if keep is not None and not keep(segments):
+                continue
+            annotations: dict[str, list[dict[str, Any]]] = {}
+            for seg in segments:
+                for key, value in (seg.annotations or {}).items():
+                    kind = "BooleanValue" if isinstance(value, bool) else (
+                        "NumberValue" if isinstance(value, int | float) else "StringValue")
+                    annotations.setdefault(key, []).append({"AnnotationValue": {kind: value}})
+            item["Annotations"] = annotations
+            kept.append(item)
+        result["TraceSummaries"] = kept
+        result["TracesProcessedCount"] = len(kept)
+        return result
+
+    SegmentCollection.summary = summary  # type: ignore[method-assign]
+
+
 def install() -> None:
-    """Patch moto's CloudWatch backend (idempotent)."""
+    """Patch moto's CloudWatch and X-Ray backends (idempotent)."""
     global _INSTALLED
     if _INSTALLED:
         return
@@ -407,6 +532,10 @@ def install() -> None:
     def put_metric_data(self: Any, namespace: str, metric_data: list[dict[str, Any]]) -> None:
         with _LOCK:
             original_put(self, namespace, metric_data)
+            for datum in metric_data:  # moto drops StorageResolution; the period check needs it
+                if str(datum.get("StorageResolution", "60")) == "1":
+                    dims = tuple(sorted((d["Name"], d["Value"]) for d in datum.get("Dimensions", [])))
+                    _HIGH_RESOLUTION.add((namespace, datum["MetricName"], dims))
 
     def alarm_init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_alarm_init(self, *args, **kwargs)
@@ -415,6 +544,7 @@ def install() -> None:
         self.state_reason = "Unchecked: Initial alarm creation"
 
     _install_stack_failure()
+    _install_xray_filters()
     models.CloudWatchBackend.put_metric_data = put_metric_data  # type: ignore[method-assign]
     models.CloudWatchBackend.get_metric_data = _get_metric_data  # type: ignore[method-assign]
     models.Alarm.__init__ = alarm_init  # type: ignore[method-assign]

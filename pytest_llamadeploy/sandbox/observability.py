@@ -2,10 +2,12 @@
 
 Alarms (names as ``policies/defaults.yaml`` ``monitoring.alarms``), each with an
 SNS topic as its action and actions enabled; moto_ext evaluates them every
-second. They watch the function-wide Lambda series (``FunctionName`` only),
-as production alarms do: a per-version alarm would have to be recreated at
-every release. Periods are 10 s (a high-resolution alarm) so that the sandbox
-answers in seconds; the 5xx alarm keeps the runbook's 5 minutes.
+second. They watch the alias-wide series (Lambda ``FunctionName, Resource``; API
+Gateway per API and stage), as production alarms do: a per-version alarm would
+have to be recreated at every release. Under fast physics the AWS/* data is per
+second, so the alarms use 10-s periods and answer in seconds; under aws physics
+it is per minute, so they use 60 s, as on AWS. The 5xx alarm keeps the runbook's
+5 minutes either way.
 
 Dashboards: Main, Lambda, WebSocket, Redis, SQS, whose widgets name only series
 the sandbox publishes (front door: Lambda, API Gateway, ElastiCache; moto_ext:
@@ -18,9 +20,9 @@ import json
 from typing import Any
 
 from .. import metricnames as mn
+from .provision import ALIAS, NAMES
 
 TOPIC = "llamadeploy-alarms"
-ALARM_PERIOD = 10
 
 ALARM_NAMES = (
     "onchain-lambda-error-rate",
@@ -31,15 +33,16 @@ ALARM_NAMES = (
 DASHBOARD_NAMES = ("Main", "Lambda", "WebSocket", "Redis", "SQS")
 
 
-def _stat(query_id: str, namespace: str, metric: str, dims: list[dict[str, str]], stat: str = "Sum") -> dict[str, Any]:
+def _stat(query_id: str, namespace: str, metric: str, dims: list[dict[str, str]], period: int,
+          stat: str = "Sum") -> dict[str, Any]:
     return {"Id": query_id, "ReturnData": False, "MetricStat": {
         "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": dims},
-        "Period": ALARM_PERIOD, "Stat": stat}}
+        "Period": period, "Stat": stat}}
 
 
-def _rate_alarm(name: str, description: str, function: str, numerator: str, denominator_expr: str,
-                extra: list[dict[str, Any]], threshold_pct: float, topic: str) -> dict[str, Any]:
-    dims = mn.lambda_function_dims(function)
+def _rate_alarm(name: str, description: str, namespace: str, dims: list[dict[str, str]], numerator: str,
+                denominator: str, denominator_expr: str, extra: list[dict[str, Any]], threshold_pct: float,
+                topic: str, period: int) -> dict[str, Any]:
     return {
         "AlarmName": name,
         "AlarmDescription": description,
@@ -51,8 +54,8 @@ def _rate_alarm(name: str, description: str, function: str, numerator: str, deno
         "ComparisonOperator": "GreaterThanThreshold",
         "TreatMissingData": "notBreaching",
         "Metrics": [
-            _stat("num", mn.LAMBDA, numerator, dims),
-            _stat("inv", mn.LAMBDA, mn.LAMBDA_INVOCATIONS, dims),
+            _stat("num", namespace, numerator, dims, period),
+            _stat("inv", namespace, denominator, dims, period),
             *extra,
             {"Id": "rate", "Expression": f"100 * num / ({denominator_expr})", "Label": f"{name} (%)",
              "ReturnData": True},
@@ -60,14 +63,16 @@ def _rate_alarm(name: str, description: str, function: str, numerator: str, deno
     }
 
 
-def alarm_definitions(topic_arn: str, api_function: str = "onchain-api", ws_function: str = "onchain-ws") -> list[dict[str, Any]]:
-    """put_metric_alarm arguments of the runbook's four rollback alarms."""
-    api_dims = mn.lambda_function_dims(api_function)
+def alarm_definitions(topic_arn: str, api_function: str = "onchain-api", ws_function: str = "onchain-ws",
+                      period: int = 10) -> list[dict[str, Any]]:
+    """put_metric_alarm arguments of the runbook's four rollback alarms (``period``: 10 s fast, 60 s aws)."""
+    api_dims = mn.lambda_alias_dims(api_function, ALIAS)
+    connects = mn.dims(("ApiId", NAMES["ws_api"]), ("Stage", NAMES["ws_stage"]), ("Route", mn.WS_CONNECT_ROUTE))
     return [
-        _rate_alarm(ALARM_NAMES[0], "Lambda error rate > 5%", api_function, mn.LAMBDA_ERRORS, "inv", [], 5.0,
-                    topic_arn),
-        _rate_alarm(ALARM_NAMES[1], "Lambda throttle rate > 0.1%", api_function, mn.LAMBDA_THROTTLES, "inv + thr",
-                    [_stat("thr", mn.LAMBDA, mn.LAMBDA_THROTTLES, api_dims)], 0.1, topic_arn),
+        _rate_alarm(ALARM_NAMES[0], "Lambda error rate > 5%", mn.LAMBDA, api_dims, mn.LAMBDA_ERRORS,
+                    mn.LAMBDA_INVOCATIONS, "inv", [], 5.0, topic_arn, period),
+        _rate_alarm(ALARM_NAMES[1], "Lambda throttle rate > 0.1%", mn.LAMBDA, api_dims, mn.LAMBDA_THROTTLES,
+                    mn.LAMBDA_INVOCATIONS, "inv + num", [], 0.1, topic_arn, period),
         {
             "AlarmName": ALARM_NAMES[2],
             "AlarmDescription": "API Gateway 5xx errors > 10 in 5 minutes",
@@ -75,7 +80,7 @@ def alarm_definitions(topic_arn: str, api_function: str = "onchain-api", ws_func
             "AlarmActions": [topic_arn],
             "Namespace": mn.APIGATEWAY,
             "MetricName": mn.APIGW_5XX,
-            "Dimensions": mn.apigw_rest_dims(),
+            "Dimensions": mn.dims(("ApiName", NAMES["rest_api"]), ("Stage", NAMES["rest_stage"])),
             "Statistic": "Sum",
             "Period": 300,
             "EvaluationPeriods": 1,
@@ -83,8 +88,8 @@ def alarm_definitions(topic_arn: str, api_function: str = "onchain-api", ws_func
             "ComparisonOperator": "GreaterThanThreshold",
             "TreatMissingData": "notBreaching",
         },
-        _rate_alarm(ALARM_NAMES[3], "WebSocket connection errors > 1%", ws_function, mn.LAMBDA_ERRORS, "inv", [],
-                    1.0, topic_arn),
+        _rate_alarm(ALARM_NAMES[3], "WebSocket connection errors > 1%", mn.APIGATEWAY, connects,
+                    mn.WS_INTEGRATION_ERROR, mn.WS_CONNECT_COUNT, "inv", [], 1.0, topic_arn, period),
     ]
 
 
@@ -95,13 +100,15 @@ def _widget(title: str, metrics: list[list[Any]], x: int, y: int) -> dict[str, A
 
 
 def _lambda(metric: str, function: str, stat: str = "Sum") -> list[Any]:
-    return [mn.LAMBDA, metric, "FunctionName", function, {"stat": stat}]
+    return [mn.LAMBDA, metric, "FunctionName", function, "Resource", f"{function}:{ALIAS}", {"stat": stat}]
 
 
 def dashboard_bodies(api_function: str = "onchain-api", ws_function: str = "onchain-ws") -> dict[str, dict[str, Any]]:
     """The five dashboards' bodies (CloudWatch dashboard JSON, full metric arrays: no "." shorthand)."""
-    apigw = ["ApiName", mn.REST_API_NAME]
-    ws = ["ApiId", mn.WS_API_ID, "Stage", "live"]
+    apigw = ["ApiName", NAMES["rest_api"], "Stage", NAMES["rest_stage"]]
+    ws = ["ApiId", NAMES["ws_api"], "Stage", NAMES["ws_stage"], "Route", mn.WS_CONNECT_ROUTE]
+    node = ["CacheClusterId", f"{NAMES['cache_group']}-001"]
+    queue = ["QueueName", NAMES["alerts_queue"]]
     return {
         "Main": {"widgets": [
             _widget("API requests and 5xx", [[mn.APIGATEWAY, mn.APIGW_COUNT, *apigw],
@@ -120,19 +127,16 @@ def dashboard_bodies(api_function: str = "onchain-api", ws_function: str = "onch
         ]},
         "WebSocket": {"widgets": [
             _widget("WebSocket connects", [[mn.APIGATEWAY, mn.WS_CONNECT_COUNT, *ws]], 0, 0),
-            _widget("$connect errors", [_lambda(mn.LAMBDA_INVOCATIONS, ws_function),
-                                        _lambda(mn.LAMBDA_ERRORS, ws_function)], 12, 0),
+            _widget("$connect integration errors", [[mn.APIGATEWAY, mn.WS_INTEGRATION_ERROR, *ws]], 12, 0),
         ]},
         "Redis": {"widgets": [
-            _widget("Cache hits and misses", [[mn.ELASTICACHE, mn.CACHE_HITS, "CacheClusterId", mn.CACHE_CLUSTER_ID],
-                                              [mn.ELASTICACHE, mn.CACHE_MISSES, "CacheClusterId", mn.CACHE_CLUSTER_ID]],
-                    0, 0),
+            _widget("Cache hits and misses", [[mn.ELASTICACHE, mn.CACHE_HITS, *node],
+                                              [mn.ELASTICACHE, mn.CACHE_MISSES, *node]], 0, 0),
         ]},
         "SQS": {"widgets": [
             _widget("Alerts queue depth", [
-                [mn.SQS, "ApproximateNumberOfMessagesVisible", "QueueName", mn.SQS_ALERTS_QUEUE, {"stat": "Maximum"}],
-                [mn.SQS, "ApproximateNumberOfMessagesNotVisible", "QueueName", mn.SQS_ALERTS_QUEUE,
-                 {"stat": "Maximum"}],
+                [mn.SQS, "ApproximateNumberOfMessagesVisible", *queue, {"stat": "Maximum"}],
+                [mn.SQS, "ApproximateNumberOfMessagesNotVisible", *queue, {"stat": "Maximum"}],
             ], 0, 0),
         ]},
     }
@@ -143,7 +147,8 @@ def provision(aws_config: Any, state: Any = None) -> dict[str, Any]:
     sns = aws_config.client("sns")
     cloudwatch = aws_config.client("cloudwatch")
     topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
-    alarms = alarm_definitions(topic_arn)
+    resolution = 60 if ((getattr(state, "extra", None) or {}).get("physics") or {}).get("name") == "aws" else 10
+    alarms = alarm_definitions(topic_arn, period=resolution)
     for alarm in alarms:
         cloudwatch.put_metric_alarm(**alarm)
     bodies = dashboard_bodies()

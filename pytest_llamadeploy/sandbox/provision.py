@@ -3,8 +3,9 @@
 Lambda functions with the alias ``live`` (the alias is created after the
 baseline release is published, see ``cli``), the alerts queue and table, the
 RDS instance (so backup/snapshot stages have something to snapshot), the
-CloudFormation stack and the log groups. Names come from ``metricnames`` and
-the policy defaults, so the gate's code finds them as it would on AWS.
+CloudFormation stack and the log groups. ``NAMES`` are this rehearsal
+account's resource names: ``policies/sandbox.yaml``'s ``resources:`` section
+names the same, and the gate finds them as it would on AWS.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ import json
 import zipfile
 from typing import Any
 
-from .. import metricnames
 from ..aws import AwsConfig
 from .state import SANDBOX_CREDENTIALS, SandboxState
 
 FUNCTIONS = ("onchain-api", "onchain-ws")
 ALIAS = "live"
+#: The alias the preview stage calls (the release under test at 0 %).
+PREVIEW_ALIAS = "preview"
+#: The sandbox account's resource names (policies/sandbox.yaml, ``resources:``, names the same).
+NAMES = {
+    "rest_api": "onchain-api", "rest_stage": "live", "preview_stage": "preview",
+    "ws_api": "onchain-ws", "ws_stage": "live", "cache_group": "onchain-redis",
+    "dynamodb_table": "onchain-alerts", "alerts_queue": "onchain-alerts", "rds_instance": "defillama",
+    "stack": "onchain-services", "sns_topic": "onchain-deployments",
+}
 BASELINE_RELEASE = "v0"
 RUNTIME = "python3.11"
 ROLE_NAME = "onchain-lambda-role"
@@ -93,10 +102,10 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
         )
         logs.create_log_group(logGroupName=f"/aws/lambda/{function}")
 
-    queue_url = clients.client("sqs").create_queue(QueueName=metricnames.SQS_ALERTS_QUEUE)["QueueUrl"]
+    queue_url = clients.client("sqs").create_queue(QueueName=NAMES["alerts_queue"])["QueueUrl"]
 
     clients.client("dynamodb").create_table(
-        TableName=metricnames.DDB_TABLE,
+        TableName=NAMES["dynamodb_table"],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
                               {"AttributeName": "sk", "AttributeType": "S"}],
@@ -105,11 +114,11 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
 
     # No master password: moto does not need one and the sandbox's database uses trust auth.
     clients.client("rds").create_db_instance(
-        DBInstanceIdentifier=metricnames.RDS_INSTANCE, DBInstanceClass="db.t3.micro", Engine="postgres",
+        DBInstanceIdentifier=NAMES["rds_instance"], DBInstanceClass="db.t3.micro", Engine="postgres",
         AllocatedStorage=20, DBName="defillama", MasterUsername="postgres", BackupRetentionPeriod=7,
     )
 
-    clients.client("cloudformation").create_stack(StackName=metricnames.STACK_NAME,
+    clients.client("cloudformation").create_stack(StackName=NAMES["stack"],
                                               TemplateBody=json.dumps(_STACK_TEMPLATE))
     return {"sqs_queue_url": queue_url, "role_arn": role_arn}
 
@@ -119,22 +128,22 @@ def fail_stack_update(aws: AwsConfig) -> None:
     from .moto_ext import STACK_ROLLBACK_FAILED_MARKER
 
     template = dict(_STACK_TEMPLATE, Description=f"{_STACK_TEMPLATE['Description']} {STACK_ROLLBACK_FAILED_MARKER}")
-    aws.client("cloudformation").update_stack(StackName=metricnames.STACK_NAME, TemplateBody=json.dumps(template))
+    aws.client("cloudformation").update_stack(StackName=NAMES["stack"], TemplateBody=json.dumps(template))
 
 
 def repair_stack(aws: AwsConfig) -> str:
     """A good update of the stack (UPDATE_COMPLETE): what a fixed deployment leaves. Returns the status."""
     cfn = aws.client("cloudformation")
-    cfn.update_stack(StackName=metricnames.STACK_NAME, TemplateBody=json.dumps(_STACK_TEMPLATE))
-    return str(cfn.describe_stacks(StackName=metricnames.STACK_NAME)["Stacks"][0]["StackStatus"])
+    cfn.update_stack(StackName=NAMES["stack"], TemplateBody=json.dumps(_STACK_TEMPLATE))
+    return str(cfn.describe_stacks(StackName=NAMES["stack"])["Stacks"][0]["StackStatus"])
 
 
 def create_alias(aws: AwsConfig, versions: dict[str, str]) -> None:
-    """Point ``live`` at the baseline's version of each function (all traffic, no routing config)."""
+    """Point ``live`` (users) and ``preview`` (the preview stage) at the baseline's version of each function."""
     lam = aws.client("lambda")
     for function, version in versions.items():
-        lam.create_alias(FunctionName=function, Name=ALIAS, FunctionVersion=str(version),
-                         Description="production traffic")
+        for alias, description in ((ALIAS, "production traffic"), (PREVIEW_ALIAS, "the release under test at 0%")):
+            lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=str(version), Description=description)
 
 
 def provision_observability(aws: AwsConfig, state: SandboxState) -> bool:
@@ -147,12 +156,12 @@ def provision_observability(aws: AwsConfig, state: SandboxState) -> bool:
     return True
 
 
-def alias_state(aws: AwsConfig) -> dict[str, Any]:
+def alias_state(aws: AwsConfig, alias: str = ALIAS) -> dict[str, Any]:
     """Per function: the alias's main version and its additional version weights."""
     lam = aws.client("lambda")
     result: dict[str, Any] = {}
     for function in FUNCTIONS:
-        alias = lam.get_alias(FunctionName=function, Name=ALIAS)
-        weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-        result[function] = {"version": alias["FunctionVersion"], "weights": {k: float(v) for k, v in weights.items()}}
+        found = lam.get_alias(FunctionName=function, Name=alias)
+        weights = (found.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+        result[function] = {"version": found["FunctionVersion"], "weights": {k: float(v) for k, v in weights.items()}}
     return result

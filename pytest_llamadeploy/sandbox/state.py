@@ -15,8 +15,6 @@ from typing import Any
 
 ENV_DIR = "LLAMADEPLOY_SANDBOX_DIR"
 DEFAULT_DIR = Path(".llamadeploy/sandbox")
-#: Header (HTTP and WebSocket handshake) that makes the front door route to one Lambda version.
-VERSION_HEADER = "x-llama-version"
 #: Header every response of the reference service carries.
 RELEASE_HEADER = "x-llama-release"
 #: moto accepts any credentials; these are never real.
@@ -48,6 +46,10 @@ class SandboxState:
     postgres_dsn: str = ""
     redis_url: str = ""
     sqs_queue_url: str = ""
+    #: The preview stage (the release under test at 0 %) and Lambda's Invoke API, both on the front door.
+    preview_api_url: str = ""
+    preview_ws_url: str = ""
+    lambda_endpoint: str = ""
     #: name -> {"pid": int, "port": int, ...} for each long-running component.
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: release -> {"pid", "port", "url", "faults": {...}, "lambda_versions": {function: version}}
@@ -67,6 +69,9 @@ class SandboxState:
             "postgres_dsn": self.postgres_dsn,
             "redis_url": self.redis_url,
             "sqs_queue_url": self.sqs_queue_url,
+            "preview_api_url": self.preview_api_url,
+            "preview_ws_url": self.preview_ws_url,
+            "lambda_endpoint": self.lambda_endpoint,
             "components": self.components,
             "versions": self.versions,
             **({"extra": self.extra} if self.extra else {}),
@@ -88,7 +93,8 @@ class SandboxState:
             raise SandboxNotRunning(directory) from None
         except json.JSONDecodeError as exc:
             raise SandboxNotRunning(directory, f"state.json is not JSON ({exc})") from None
-        known = {k: data.get(k, "") for k in ("region", "aws_endpoint", "api_url", "ws_url", "postgres_dsn", "redis_url", "sqs_queue_url")}
+        known = {k: data.get(k, "") for k in ("region", "aws_endpoint", "api_url", "ws_url", "postgres_dsn", "redis_url",
+                                              "sqs_queue_url", "preview_api_url", "preview_ws_url", "lambda_endpoint")}
         return cls(
             directory=directory,
             components=data.get("components", {}),

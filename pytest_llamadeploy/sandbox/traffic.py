@@ -7,7 +7,8 @@ starts on its tick whether or not earlier ones answered, as users do; at most
 ``--max-in-flight`` at once) over the service's read-only query endpoints
 (``docs/service-contract.md``): ``/chains``, ``/protocols?chain=``,
 ``/protocols/{id}``, ``/tvl/{chain}`` with a bearer token, and an occasional
-``/health``. No writes: traffic must not change what functional gates assert.
+``/health``; and ``--event-rate`` TVL events a second on a chain of its own
+(``llamadeploy-traffic``: no alert rule or functional gate uses it).
 WebSocket: ``--ws-clients`` clients, each connects to ``ws_url``, reads the
 hello, subscribes to ``tvl``, holds the connection ``--ws-hold`` seconds
 (+-50 % jitter) and reconnects, so new connections keep being spread over the
@@ -74,6 +75,11 @@ log = logging.getLogger("llamadeploy.traffic")
 DEFAULT_RATE = 20.0
 DEFAULT_WS_CLIENTS = 4
 DEFAULT_WS_HOLD = 1.0
+#: TVL events published per second (POST /events/tvl on a chain of its own): every subscribed
+#: WebSocket client of every release receives each, so each version's event delivery (ratio and
+#: latency, docs/service-contract.md) has samples in every bake window.
+DEFAULT_EVENT_RATE = 1.0
+EVENT_CHAIN = "llamadeploy-traffic"
 FALLBACK_CHAINS = ["Ethereum", "Arbitrum", "Polygon"]
 TRAFFIC_USER = "llamadeploy-traffic"
 
@@ -94,12 +100,14 @@ class Stats:
 
 class Traffic:
     def __init__(self, api_url: str, ws_url: str, rate: float, ws_clients: int, ws_hold: float,
-                 max_in_flight: int = 8, timeout: float = 5.0, seed: int | None = None):
+                 max_in_flight: int = 8, timeout: float = 5.0, seed: int | None = None,
+                 event_rate: float = DEFAULT_EVENT_RATE):
         self.api_url = api_url.rstrip("/")
         self.ws_url = ws_url
         self.rate = rate
         self.ws_clients = ws_clients
         self.ws_hold = ws_hold
+        self.event_rate = event_rate
         self.max_in_flight = max_in_flight
         self.timeout = timeout
         self.stats = Stats()
@@ -121,6 +129,8 @@ class Traffic:
                                          cookie_jar=aiohttp.DummyCookieJar()) as client:
             await self._prime(client)
             tasks = [asyncio.create_task(self._http_loop(client))]
+            if self.event_rate > 0:
+                tasks.append(asyncio.create_task(self._event_loop(client)))
             if self.ws_url:
                 tasks += [asyncio.create_task(self._ws_loop(i)) for i in range(self.ws_clients)]
             try:
@@ -195,6 +205,25 @@ class Traffic:
             elif delay > 0:
                 await asyncio.sleep(delay)
 
+    async def _event_loop(self, client: Any) -> None:
+        """Publish a TVL event every 1/event_rate seconds, each awaited (a slow release slows this, not piles up)."""
+        interval = 1.0 / self.event_rate
+        while not self.stop.is_set():
+            started = time.monotonic()
+            await self._publish(client)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _publish(self, client: Any) -> None:
+        try:
+            body = {"chain": EVENT_CHAIN, "tvl": round(self._rng.uniform(1e6, 2e6), 2)}
+            async with client.post(f"{self.api_url}/events/tvl", json=body, headers=self._auth()) as response:
+                await response.read()
+            self.stats.statuses[f"event:{response.status}"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.statuses[f"event:{type(exc).__name__}"] += 1
+
     async def _one(self, client: Any, path: str) -> None:
         self._in_flight += 1
         try:
@@ -262,7 +291,7 @@ async def _report(traffic: Traffic, every: float) -> None:
 
 async def amain(args: argparse.Namespace, api_url: str, ws_url: str) -> Stats:
     traffic = Traffic(api_url, ws_url, args.rate, args.ws_clients, args.ws_hold,
-                      max_in_flight=args.max_in_flight, seed=args.seed)
+                      max_in_flight=args.max_in_flight, seed=args.seed, event_rate=args.event_rate)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, traffic.stop.set)
@@ -284,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ws-hold", type=float, default=DEFAULT_WS_HOLD,
                         help="seconds a WebSocket client keeps a connection before reconnecting (+-50 %%)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until stopped)")
+    parser.add_argument("--event-rate", type=float, default=DEFAULT_EVENT_RATE,
+                        help="TVL events published per second (0 disables; default 1)")
     # Small on purpose: an open-loop schedule with a large in-flight allowance buries a slow
     # front door (requests pile up faster than it answers, and it never recovers). At 20 req/s
     # and ~50 ms per request about 1 is in flight; beyond 8 the tick is skipped and counted.
@@ -295,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = []
     if not args.rate > 0:
         problems.append(f"--rate {args.rate:g}: must be > 0 requests per second")
+    if args.event_rate < 0:
+        problems.append(f"--event-rate {args.event_rate:g}: must be >= 0 events per second")
     if args.ws_clients < 0:
         problems.append(f"--ws-clients {args.ws_clients}: must be >= 0")
     if not args.ws_hold > 0:

@@ -1,9 +1,10 @@
 """Fixtures of the functional gate: clients aimed where the stage says.
 
 At a deploy stage (``llama.probe_new_directly``) the new version serves 0 % of
-traffic, so every request and WebSocket handshake names it with the
-``x-llama-version`` header (the sandbox's front door routes by it); at later
-stages they go through the alias, with no header.
+traffic, so every request and WebSocket connection goes through the preview
+stage (``targets.preview_api_url`` / ``preview_ws_url``), whose integrations call
+the preview alias: the release under test, reached exactly as on AWS. At later
+stages they go through the live stage, as users do.
 """
 
 from __future__ import annotations
@@ -17,49 +18,47 @@ from typing import Any
 
 import pytest
 
-from pytest_llamadeploy.sandbox.state import VERSION_HEADER
-
 HTTP_TIMEOUT = 10.0
 WS_OPEN_TIMEOUT = 10.0
 FUNCTIONAL_USER = "llamadeploy-functional"
 
 
-def _version_header(llama: Any, function: str) -> dict[str, str]:
-    if not llama.probe_new_directly:
-        return {}
-    version = llama.new_versions.get(function)
-    if not version:
-        pytest.fail(f"stage {llama.stage} must test the new version of {function} directly (0 % traffic), "
-                    f"but the stage context names no new version for it (new_versions={llama.new_versions})",
+def _url(llama: Any, kind: str) -> str:
+    """The live stage's URL, or the preview stage's at 0 %."""
+    key = f"preview_{kind}" if llama.probe_new_directly else kind
+    url = llama.resolved_targets.__dict__.get(key, "")
+    if not url:
+        pytest.fail(f"stage {llama.stage} tests the new version at 0 % through the preview stage, but targets."
+                    f"{key} is not set for env {llama.env}: set it to the URL of the preview stage whose "
+                    f"integration calls the {llama.policy.service.preview_alias} alias (README, AWS section)",
                     pytrace=False)
-    return {VERSION_HEADER: str(version)}
+    return url
 
 
 @pytest.fixture(scope="session")
 def api_url(llama: Any) -> str:
-    return llama.resolved_targets.require("api_url").rstrip("/")
+    return _url(llama, "api_url").rstrip("/")
 
 
 @pytest.fixture(scope="session")
 def ws_url(llama: Any) -> str:
-    return llama.resolved_targets.require("ws_url")
+    return _url(llama, "ws_url")
 
 
 @pytest.fixture(scope="session")
 def where(llama: Any) -> str:
-    """How failure messages name the target: the route and, when direct, the version."""
+    """How failure messages name the target: the stage, and the release under test."""
     if llama.probe_new_directly:
-        return (f"new version {llama.new_versions.get(llama.api_function)} of {llama.api_function} "
-                f"(release {llama.release}, named directly)")
-    return f"the alias (release {llama.release}, stage {llama.stage})"
+        return (f"the preview stage: new version {llama.new_versions.get(llama.api_function)} of "
+                f"{llama.api_function} (release {llama.release}, 0 % of users)")
+    return f"the live stage (release {llama.release}, stage {llama.stage})"
 
 
 @pytest.fixture(scope="session")
 def api(llama: Any, api_url: str) -> Iterator[Any]:
     import httpx
 
-    with httpx.Client(base_url=api_url, headers=_version_header(llama, llama.api_function),
-                      timeout=HTTP_TIMEOUT) as client:
+    with httpx.Client(base_url=api_url, timeout=HTTP_TIMEOUT, trust_env=False) as client:
         yield client
 
 
@@ -124,8 +123,7 @@ def ws_connect(llama: Any, ws_url: str, where: str) -> Iterator[Callable[[], WsS
         def open_session() -> WsSession:
             try:
                 connection = opened.enter_context(
-                    connect(ws_url, additional_headers=_version_header(llama, llama.ws_function),
-                            open_timeout=WS_OPEN_TIMEOUT, close_timeout=2))
+                    connect(ws_url, open_timeout=WS_OPEN_TIMEOUT, close_timeout=2))
             except Exception as exc:  # noqa: BLE001 - every handshake failure is the gate's answer
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 pytest.fail(f"WebSocket connect to {ws_url} via {where} failed"

@@ -1,10 +1,10 @@
 """Health gate: the API, the WebSocket, PostgreSQL and Redis answer, fast.
 
 Targets come from the stage context (``llama``): the sandbox state or the
-env's policy. At a deploy stage the new version serves 0 % of traffic, so it
-is also probed directly: in the sandbox through the front door's
-``x-llama-version`` header, on AWS by invoking the Lambda version with an API
-Gateway proxy event (as CodeDeploy PreTraffic hooks do).
+env's policy. At a deploy stage the new version serves 0 % of traffic, so it is
+also checked through the preview stage (its alias points at the new version) and
+by invoking the Lambda version itself with an API Gateway event (``Qualifier=N``,
+as CodeDeploy PreTraffic hooks do): the same calls on AWS and in the sandbox.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pytest_llamadeploy.probe import ProbeResult, probe_http, probe_postgres, pr
 
 #: Seconds each probe may take; a health check slower than this is a failed check.
 PROBE_TIMEOUT = 5.0
-ROUTES = ["alias", "new-version"]
+ROUTES = ["live", "preview", "new-version"]
 
 
 class Stage:
@@ -42,11 +42,13 @@ def _record(record_property, result: ProbeResult) -> None:
 
 
 def _version(llama, route: str, function: str) -> str | None:
-    """The Lambda version to target, or None for the alias (skips where the stage has no direct probe)."""
-    if route == "alias":
+    """The Lambda version to invoke (route new-version), or None for a stage's URL; skips what the stage lacks."""
+    if route == "live":
         return None
     if not llama.probe_new_directly:
-        pytest.skip(f"stage {llama.stage} probes through the alias only (the new version already serves traffic)")
+        pytest.skip(f"stage {llama.stage} checks through the live stage only (the new version already serves users)")
+    if route == "preview":
+        return None
     version = llama.new_versions.get(function)
     if not version:
         pytest.fail(f"stage {llama.stage} must probe the new version of {function} directly, but the context "
@@ -54,10 +56,16 @@ def _version(llama, route: str, function: str) -> str | None:
     return str(version)
 
 
-def _lambda_client(llama, version: str | None):
-    if version is None or llama.resolved_targets.source == "sandbox":
-        return None
-    return llama.client("lambda")
+def _url_key(route: str, kind: str) -> str:
+    return f"preview_{kind}" if route == "preview" else kind
+
+
+def _served_by_release(llama, result: ProbeResult, what: str) -> None:
+    """The release under test answered (a preview stage or an invoke that reached another release is wrong)."""
+    if result.release:
+        assert result.release == llama.release, (
+            f"{what} is served by release {result.release}, not by the release under deployment "
+            f"{llama.release}: {result.describe()}")
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -65,15 +73,14 @@ def test_api_health(stage, route, record_property):
     llama = stage.context
     version = _version(llama, route, llama.api_function)
     result = probe_http(llama.resolved_targets, "/health", version=version, timeout=PROBE_TIMEOUT,
-                        function=llama.api_function, lambda_client=_lambda_client(llama, version))
+                        function=llama.api_function, lambda_client=llama.client("lambda", max_attempts=1),
+                        url_key=_url_key(route, "api_url"))
     _record(record_property, result)
     assert result.ok, f"API health check failed: {result.describe()}"
     status = result.body.get("status") if isinstance(result.body, dict) else None
     assert status == "ok", f"API health body does not say status ok: {result.describe()}"
-    if version is not None and llama.resolved_targets.source == "sandbox" and result.release:
-        assert result.release == llama.release, (
-            f"version {version} of {llama.api_function} is served by release {result.release}, "
-            f"not by the release under deployment {llama.release}: {result.describe()}")
+    if route != "live":
+        _served_by_release(llama, result, f"the {route} route of {llama.api_function}")
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -81,16 +88,15 @@ def test_websocket_first_message(stage, route, record_property):
     llama = stage.context
     version = _version(llama, route, llama.ws_function)
     result = probe_ws(llama.resolved_targets, version=version, timeout=PROBE_TIMEOUT,
-                      function=llama.ws_function, lambda_client=_lambda_client(llama, version))
+                      function=llama.ws_function, lambda_client=llama.client("lambda", max_attempts=1),
+                      url_key=_url_key(route, "ws_url"))
     _record(record_property, result)
     assert result.ok, f"WebSocket check failed: {result.describe()}"
-    if llama.resolved_targets.source == "sandbox" or version is None:
+    if version is None:
         assert isinstance(result.body, dict) and result.body.get("release"), (
             f"the first WebSocket message does not name the release: {result.describe()}")
-    if version is not None and llama.resolved_targets.source == "sandbox":
-        assert result.release == llama.release, (
-            f"version {version} of {llama.ws_function} is served by release {result.release}, "
-            f"not by the release under deployment {llama.release}: {result.describe()}")
+    if route != "live":
+        _served_by_release(llama, result, f"the {route} route of {llama.ws_function}")
 
 
 def test_postgres_select_1(stage, record_property):

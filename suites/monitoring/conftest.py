@@ -45,7 +45,7 @@ def key_metric_results(llama: Any) -> list[Any]:
     start, end = llama.bake_window()
     policy = llama.policy
     try:
-        return evaluate_rules(llama.client("cloudwatch"), policy, policy.key_metrics, policy.service.functions,
-                              policy.service.alias, serving_versions(llama), start, end)
+        return evaluate_rules(llama.client("cloudwatch"), policy, policy.key_metrics, serving_versions(llama),
+                              start, end)
     except ProviderError as exc:
         pytest.fail(f"key metrics inconclusive: {exc}", pytrace=False)

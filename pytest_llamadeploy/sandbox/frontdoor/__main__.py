@@ -18,7 +18,6 @@ import time
 import traceback
 from pathlib import Path
 
-from ... import metricnames as m
 from ...net import bind_loopback
 from ...procs import pid_alive
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
@@ -34,11 +33,15 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_llamadeploy.sandbox.frontdoor",
                                      description="API Gateway + Lambda alias routing for the sandbox")
-    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--port", type=int, required=True,
+                        help="port of the live stage on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--preview-port", type=int, default=0, help="port of the preview stage (0: any free port)")
+    parser.add_argument("--lambda-port", type=int, default=0, help="port of Lambda's Invoke API (0: any free port)")
     parser.add_argument("--state-dir", required=True, help="the sandbox state folder (state.json)")
-    parser.add_argument("--api-function", default=m.REST_API_NAME)
-    parser.add_argument("--ws-function", default=m.WS_API_ID)
-    parser.add_argument("--alias", default="live")
+    parser.add_argument("--api-function", default="onchain-api")
+    parser.add_argument("--ws-function", default="onchain-ws")
+    parser.add_argument("--alias", default="live", help="the alias the live stage calls")
+    parser.add_argument("--preview-alias", default="preview", help="the alias the preview stage calls")
     # 1 s: an UpdateAlias reaches traffic within about a second, as on AWS, for 2 GetAlias calls a
     # second; 0.25 s cost moto and the front door 8 calls a second, a third of the idle sandbox's CPU.
     parser.add_argument("--refresh-interval", type=float, default=1.0,
@@ -69,22 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ...aws import AwsConfig
-    from .app import FrontDoor
+    from ..physics import physics
+    from .app import FrontDoor, StageRoute
     from .routing import Router
-    from .telemetry import Telemetry
+    from .telemetry import ApiNames, Telemetry
 
     # Fail fast against moto: a stuck call must not hold routing or a flush for long.
     aws = AwsConfig(region=state.region or "us-east-1", endpoint_url=state.aws_endpoint, max_attempts=1,
                     credentials=dict(SANDBOX_CREDENTIALS), connect_timeout=2.0, read_timeout=5.0)
-    router = Router(aws.client("lambda"), [args.api_function, args.ws_function], alias=args.alias,
-                    refresh_interval=args.refresh_interval)
-    telemetry = Telemetry({s: aws.client(s) for s in ("cloudwatch", "logs", "xray")}, alias=args.alias,
-                          redis_url=state.redis_url, trace_sample=args.trace_sample)
-    app = FrontDoor(router, telemetry, args.api_function, args.ws_function)
+    names = state.extra.get("names") or {}
+    chosen = state.extra.get("physics") or {}
+    router = Router(aws.client("lambda"), [args.api_function, args.ws_function],
+                    aliases=(args.alias, args.preview_alias), refresh_interval=args.refresh_interval)
+    telemetry = Telemetry({s: aws.client(s) for s in ("cloudwatch", "logs", "xray")},
+                          names=ApiNames(**{k: v for k, v in names.items() if k in ApiNames.__dataclass_fields__}),
+                          physics=physics(chosen.get("name", "fast"), chosen.get("metric_lag")),
+                          redis_url=state.redis_url, trace_sample=args.trace_sample, state_dir=state_dir)
 
-    sock = bind_loopback(args.port, "frontdoor")
-    sock.listen(512)
-    port = sock.getsockname()[1]
+    socks = {role: bind_loopback(port, f"frontdoor ({role})")
+             for role, port in (("live", args.port), ("preview", args.preview_port), ("lambda", args.lambda_port))}
+    ports = {role: sock.getsockname()[1] for role, sock in socks.items()}
+    for sock in socks.values():
+        sock.listen(512)
+    port = ports["live"]
+    app = FrontDoor(router, telemetry, args.api_function, args.ws_function,
+                    stages={ports["live"]: StageRoute(names.get("rest_stage", "live"), args.alias),
+                            ports["preview"]: StageRoute(names.get("preview_stage", "preview"), args.preview_alias)},
+                    lambda_port=ports["lambda"], aws_endpoint=state.aws_endpoint)
 
     # uvloop and httptools: the C event loop and HTTP parser (bench/FRONTDOOR.md); no permessage-deflate,
     # as API Gateway's WebSocket APIs offer none (and compressing every relayed event twice cost CPU).
@@ -127,16 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
     if args.ready_file:
         tmp = Path(args.ready_file + ".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "url": f"http://127.0.0.1:{port}"}))
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "url": f"http://127.0.0.1:{port}",
+                                   "preview_port": ports["preview"], "lambda_port": ports["lambda"]}))
         os.replace(tmp, args.ready_file)
-    _say(f"listening on http://127.0.0.1:{port} (pid {os.getpid()})")
+    _say(f"listening: live stage http://127.0.0.1:{port}, preview stage http://127.0.0.1:{ports['preview']}, "
+         f"Lambda API http://127.0.0.1:{ports['lambda']} (pid {os.getpid()}; {telemetry.physics.describe()})")
     # uvicorn re-raises a captured SIGTERM once it has shut down, with the handler it found
     # installed: with the default one the process died there, before the last telemetry flush.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: None)
     code = 1
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=list(socks.values()))
         code = 0
     except BaseException:
         traceback.print_exc()

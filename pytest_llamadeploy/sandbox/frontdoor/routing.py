@@ -1,10 +1,13 @@
 """Lambda alias routing as the front door sees it: moto is the single source of truth.
 
-The alias (primary version + ``AdditionalVersionWeights``) is re-read in a
-background thread every ``refresh_interval`` so a weight change made with
-``update_alias`` reaches the traffic within about a second, as on AWS, without
-a moto round trip on the request path. A version's backend URL comes from that
-version's configuration (``LLAMA_BACKEND_URL``); published versions are
+Each API Gateway stage of the front door calls its functions through an alias
+(``live`` for users, ``preview`` for the release under test at 0 %): the stage
+variable ``lambdaAlias`` of AWS.md. The aliases (primary version +
+``AdditionalVersionWeights``) are re-read in a background thread every
+``refresh_interval`` with one ListAliases call per function, so a weight change
+made with ``update_alias`` reaches the traffic within about a second, as on AWS,
+without a moto round trip on the request path. A version's backend URL comes
+from that version's configuration (``LLAMA_BACKEND_URL``); published versions are
 immutable, so it is cached until the backend proves unreachable.
 """
 
@@ -71,13 +74,13 @@ class Backend:
 class Router:
     """Alias views (refreshed in the background) and version -> backend resolution."""
 
-    def __init__(self, lambda_client: Any, functions: list[str], alias: str = "live",
-                 refresh_interval: float = 0.25):
+    def __init__(self, lambda_client: Any, functions: list[str], aliases: tuple[str, ...] = ("live",),
+                 refresh_interval: float = 1.0):
         self._client = lambda_client
         self.functions = list(functions)
-        self.alias = alias
+        self.aliases = tuple(aliases)
         self.refresh_interval = refresh_interval
-        self._views: dict[str, AliasView] = {}
+        self._views: dict[tuple[str, str], AliasView] = {}
         self._backends: dict[tuple[str, str], Backend] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,38 +89,42 @@ class Router:
 
     # -- alias -------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Read every function's alias once; keep the last good view when moto does not answer."""
+        """Read every function's aliases once; keep the last good views when moto does not answer."""
         for function in self.functions:
             try:
-                response = self._client.get_alias(FunctionName=function, Name=self.alias)
-                view = alias_view_from_response(function, response, time.time())
-            except Exception as exc:  # moto down or alias missing: route with what we had
+                found = self._client.list_aliases(FunctionName=function).get("Aliases", [])
+                now = time.time()
+                views = {(function, a["Name"]): alias_view_from_response(function, a, now)
+                         for a in found if a.get("Name") in self.aliases}
+            except Exception as exc:  # moto down: route with what we had
                 message = f"{type(exc).__name__}: {exc}"
                 if self._last_error.get(function) != message:
-                    log.warning("cannot read alias %s:%s (%s); keeping the last known routing",
-                                function, self.alias, message)
+                    log.warning("cannot read the aliases of %s (%s); keeping the last known routing", function, message)
                 self._last_error[function] = message
                 continue
             self._last_error.pop(function, None)
             with self._lock:
-                self._views[function] = view
+                for alias in self.aliases:  # an alias deleted since is no route any more
+                    self._views.pop((function, alias), None)
+                self._views.update(views)
             # Resolve the backends of versions now in use off the request path.
-            for version in {view.primary, *view.weights}:
-                if (function, version) not in self._backends:
-                    try:
-                        self.backend(function, version)
-                    except Exception as exc:
-                        log.warning("cannot resolve %s:%s: %s", function, version, exc)
+            for view in views.values():
+                for version in {view.primary, *view.weights}:
+                    if (function, version) not in self._backends:
+                        try:
+                            self.backend(function, version)
+                        except Exception as exc:
+                            log.warning("cannot resolve %s:%s: %s", function, version, exc)
 
-    def view(self, function: str) -> AliasView:
+    def view(self, function: str, alias: str) -> AliasView:
         with self._lock:
-            view = self._views.get(function)
+            view = self._views.get((function, alias))
         if view is None:
-            detail = self._last_error.get(function, "not read yet")
-            raise AliasUnavailable(f"alias {function}:{self.alias} is not readable from the AWS endpoint ({detail})")
+            detail = self._last_error.get(function, "no such alias")
+            raise AliasUnavailable(f"alias {function}:{alias} is not readable from the AWS endpoint ({detail})")
         return view
 
-    def views(self) -> dict[str, AliasView]:
+    def views(self) -> dict[tuple[str, str], AliasView]:
         with self._lock:
             return dict(self._views)
 

@@ -1,8 +1,32 @@
-"""What the front door tells CloudWatch, CloudWatch Logs and X-Ray, once a second.
+"""What the front door tells CloudWatch, CloudWatch Logs and X-Ray: AWS's metrics, under AWS's physics.
 
-Requests only append to an in-memory bucket for the current second (a lock
-and a few additions); a background thread flushes completed seconds, so
-publication never slows a request. Series and semantics: ``sandbox/metricnames.py``.
+The front door plays API Gateway (a REST and a WebSocket API, each with its
+stages) and Lambda's invoke service. This module records what those publish and
+hands it to CloudWatch with AWS's meaning, labels, resolution and delay, as
+``sandbox/physics.py`` writes them down:
+
+- AWS/Lambda ``Invocations``, ``Errors`` (unhandled failures only), ``Throttles``,
+  ``Duration`` under ``FunctionName``; ``FunctionName, Resource``; and, through an
+  alias, ``FunctionName, Resource, ExecutedVersion``. A direct invoke of version N
+  is under ``Resource=fn:N`` and has no ExecutedVersion.
+- AWS/ApiGateway, REST: ``Count``, ``4XXError``, ``5XXError``, ``Latency``,
+  ``IntegrationLatency`` by ``ApiName`` and ``ApiName, Stage``. WebSocket:
+  ``ConnectCount``, ``MessageCount``, ``IntegrationError``, ``ClientError``,
+  ``ExecutionError``, ``IntegrationLatency`` by ``ApiId``, ``ApiId, Stage`` and
+  ``ApiId, Stage, Route``.
+- AWS/ElastiCache ``CacheHits``, ``CacheMisses``, ``CacheHitRate`` per cache node,
+  from the real Redis's INFO counters. Nothing for DynamoDB: moto never
+  throttles, and AWS publishes DynamoDB throttle metrics only when one happens.
+- The releases' EMF documents (their stdout, read by ``logship.py``), extracted
+  into metrics after CloudWatch Logs' delay, and shipped to CloudWatch Logs with
+  a REPORT line per function version and second and a few ERROR lines.
+- X-Ray: a segment per sampled invocation, annotated with exactly what the release
+  wrote (nothing about the version unless the release says it).
+
+Requests only add to an in-memory bucket of the current second (a lock and a few
+additions); a background thread flushes completed seconds through the physics'
+``Delivery`` (rolled up to 60 s and held for the drawn lag under ``aws``) and
+publishes with one PutMetricData per namespace per flush.
 """
 
 from __future__ import annotations
@@ -14,12 +38,24 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ... import metricnames as m
-from .. import metricnames as sm
+from ..physics import (
+    Delivery,
+    Outcome,
+    Physics,
+    apigw_rest_dimension_sets,
+    apigw_ws_dimension_sets,
+    elasticache_dimension_sets,
+    lambda_dimension_sets,
+)
+from ..physics import physics as make_physics
+from .logship import EmfDocument, LogShipper
 
 log = logging.getLogger("llamadeploy.frontdoor")
 
@@ -27,13 +63,23 @@ log = logging.getLogger("llamadeploy.frontdoor")
 _MAX_VALUES = 150
 _MAX_DATUMS = 1000
 _ERROR_LINES_PER_SECOND = 5
+_TRACE_ERRORS_PER_SECOND = 3
 #: Seconds between publications of log events and trace segments (metrics go every second).
 SLOW_FLUSH = 5.0
-_TRACE_ERRORS_PER_SECOND = 3
+CONNECT_ROUTE = "$connect"
+
+
+@dataclass(frozen=True)
+class ApiNames:
+    """The AWS names the front door publishes under (the sandbox provisions them; the policy names them)."""
+
+    rest_api: str = "onchain-api"
+    ws_api: str = "onchain-ws"
+    cache_group: str = "onchain-redis"
 
 
 @dataclass
-class _VersionStats:
+class _LambdaStats:
     invocations: int = 0
     errors: int = 0
     throttles: int = 0
@@ -44,26 +90,30 @@ class _VersionStats:
 
 
 @dataclass
-class _WsStats:
-    attempts: int = 0
-    errors: int = 0
-
-
-@dataclass
-class _ApiStats:
+class _RestStats:
     count: int = 0
     e4xx: int = 0
     e5xx: int = 0
     latencies: list[float] = field(default_factory=list)
-    ws_connects: int = 0
+    integration: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _WsStats:
+    connects: int = 0
+    messages: int = 0
+    integration_errors: int = 0
+    client_errors: int = 0
+    execution_errors: int = 0
+    integration: list[float] = field(default_factory=list)
 
 
 @dataclass
 class _Bucket:
-    #: (function, resource, version or "") -> stats; resource "live" = alias-routed, "N" = targeted.
-    lam: dict[tuple[str, str, str], _VersionStats] = field(default_factory=dict)
+    #: (function, resource, executed version or None) -> stats; resource is an alias or a version.
+    lam: dict[tuple[str, str, str | None], _LambdaStats] = field(default_factory=dict)
+    rest: dict[str, _RestStats] = field(default_factory=dict)
     ws: dict[tuple[str, str], _WsStats] = field(default_factory=dict)
-    api: _ApiStats = field(default_factory=_ApiStats)
     traces: list[dict[str, Any]] = field(default_factory=list)
     traced: set[tuple[str, str]] = field(default_factory=set)
 
@@ -77,7 +127,7 @@ def _values_datums(name: str, dims: list[dict[str, str]], ts: datetime, values: 
     counts = Counter(round(v, 1) for v in values)
     items = sorted(counts.items())
     return [
-        {"MetricName": name, "Dimensions": dims, "Timestamp": ts, "Unit": unit, "StorageResolution": 1,
+        {"MetricName": name, "Dimensions": dims, "Timestamp": ts, "Unit": unit,
          "Values": [v for v, _ in chunk], "Counts": [float(c) for _, c in chunk]}
         for chunk in (items[i:i + _MAX_VALUES] for i in range(0, len(items), _MAX_VALUES))
     ]
@@ -85,19 +135,23 @@ def _values_datums(name: str, dims: list[dict[str, str]], ts: datetime, values: 
 
 def _count_datum(name: str, dims: list[dict[str, str]], ts: datetime, value: float,
                  unit: str = "Count") -> dict[str, Any]:
-    return {"MetricName": name, "Dimensions": dims, "Timestamp": ts, "Unit": unit,
-            "StorageResolution": 1, "Value": float(value)}
+    return {"MetricName": name, "Dimensions": dims, "Timestamp": ts, "Unit": unit, "Value": float(value)}
 
 
 class Telemetry:
-    """Per-second aggregates of what the front door served, flushed to the AWS endpoint."""
+    """Per-second aggregates of what the front door served, flushed to the AWS endpoint under a physics."""
 
-    def __init__(self, clients: dict[str, Any] | None, alias: str = sm.LAMBDA_ALIAS,
-                 redis_url: str = "", trace_sample: float = 0.05, started: float | None = None):
+    def __init__(self, clients: dict[str, Any] | None, *, names: ApiNames | None = None,
+                 physics: Physics | None = None, redis_url: str = "", trace_sample: float = 0.05,
+                 started: float | None = None, state_dir: Path | None = None,
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time):
         #: service -> boto3 client ("cloudwatch", "logs", "xray"); None: aggregate only (unit tests).
         self._clients = clients
-        self.alias = alias
+        self.names = names or ApiNames()
+        self.physics = physics or make_physics("fast")
         self.trace_sample = trace_sample
+        self._clock = clock
+        self._rng = rng or random.Random()
         self._redis_url = redis_url
         self._redis: Any = None
         self._redis_last: tuple[int, int] | None = None
@@ -107,86 +161,98 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self._streams: dict[str, str] = {}
         self._groups: set[str] = set()
-        day = datetime.fromtimestamp(started or time.time(), UTC).strftime("%Y/%m/%d")
+        day = datetime.fromtimestamp(started or clock(), UTC).strftime("%Y/%m/%d")
         self._stream_prefix = day
         self._instance = os.urandom(16).hex()
         self.flushes = 0
         self.publish_errors = 0
+        self._warned: set[str] = set()
         self._pending_logs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self._pending_traces: list[str] = []
         self._last_slow_flush = time.monotonic()
-        self._warned: set[str] = set()
+        p = self.physics
+        self.service_delivery = Delivery(p.service_resolution, p.service_lag, p.storage_resolution,
+                                         rng=self._rng, clock=clock, max_values=_MAX_VALUES)
+        # EMF metrics keep the high resolution their directive declares; only their delay is physics.
+        self.emf_delivery = Delivery(1, p.emf_lag, 1, rng=self._rng, clock=clock, max_values=_MAX_VALUES)
+        self.shipper = LogShipper(state_dir) if state_dir is not None else None
 
     # -- recording (request path: cheap) -----------------------------------------------
-    def record_invocation(self, *, function: str, version: str, targeted: bool, status: int,
-                          duration_ms: float, release: str = "", detail: str = "",
-                          method: str = "GET", path: str = "/", now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        resource = version if targeted else self.alias
+    def record_invocation(self, *, function: str, resource: str, executed_version: str | None, version: str,
+                          outcome: Outcome, duration_ms: float, release: str = "", detail: str = "",
+                          method: str = "GET", path: str = "/", annotations: dict[str, Any] | None = None,
+                          now: float | None = None) -> None:
+        """One invocation request of ``function`` through ``resource`` (an alias, or the version for a direct invoke)."""
+        now = self._clock() if now is None else now
         with self._lock:
             bucket = self._buckets[int(now)]
-            stats = bucket.lam.setdefault((function, resource, version), _VersionStats())
+            stats = bucket.lam.setdefault((function, resource, executed_version), _LambdaStats())
             stats.release = release or stats.release
-            stats.statuses[status] += 1
-            if status == 429:
+            stats.statuses[outcome.client_status] += 1
+            if outcome.throttled:
                 stats.throttles += 1
             else:
                 stats.invocations += 1
                 stats.durations.append(duration_ms)
-                if status >= 500:
-                    stats.errors += 1
-                    if len(stats.error_lines) < _ERROR_LINES_PER_SECOND:
-                        stats.error_lines.append((now, f"ERROR {method} {path} -> {status} {detail}".strip()))
-            self._maybe_trace(bucket, function, version, status, duration_ms, release, method, path, now)
+                if outcome.error and len(stats.error_lines) < _ERROR_LINES_PER_SECOND:
+                    stats.error_lines.append((now, f"ERROR Invoke Error {method} {path}: {detail}".strip()))
+                stats.errors += 1 if outcome.error else 0
+            if not outcome.throttled:
+                self._maybe_trace(bucket, function, version, outcome, duration_ms, method, path, annotations, now)
 
-    def record_api(self, *, status: int, latency_ms: float, now: float | None = None) -> None:
-        """One REST request through API Gateway (alias-routed requests only)."""
-        now = time.time() if now is None else now
+    def record_rest(self, *, stage: str, status: int, latency_ms: float, integration_ms: float | None = None,
+                    now: float | None = None) -> None:
+        """One request through a stage of the REST API, with the status its client got."""
+        now = self._clock() if now is None else now
         with self._lock:
-            api = self._buckets[int(now)].api
-            api.count += 1
-            api.latencies.append(latency_ms)
+            rest = self._buckets[int(now)].rest.setdefault(stage, _RestStats())
+            rest.count += 1
+            rest.latencies.append(latency_ms)
+            if integration_ms is not None:
+                rest.integration.append(integration_ms)
             if 400 <= status < 500:
-                api.e4xx += 1
+                rest.e4xx += 1
             elif status >= 500:
-                api.e5xx += 1
+                rest.e5xx += 1
 
-    def record_ws_connect(self, *, function: str, version: str, targeted: bool, ok: bool,
-                          duration_ms: float, release: str = "", detail: str = "",
-                          now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        self.record_invocation(function=function, version=version, targeted=targeted,
-                               status=200 if ok else 502, duration_ms=duration_ms, release=release,
-                               detail=detail, method="WS", path="$connect", now=now)
-        if targeted:
-            return
+    def record_ws(self, *, stage: str, route: str, integration_error: bool = False, client_error: bool = False,
+                  execution_error: bool = False, integration_ms: float | None = None, messages: int = 1,
+                  now: float | None = None) -> None:
+        """One message of a WebSocket stage's route (``$connect`` for a handshake)."""
+        now = self._clock() if now is None else now
         with self._lock:
-            bucket = self._buckets[int(now)]
-            ws = bucket.ws.setdefault((function, version), _WsStats())
-            ws.attempts += 1
-            ws.errors += 0 if ok else 1
-            bucket.api.ws_connects += 1 if ok else 0
+            ws = self._buckets[int(now)].ws.setdefault((stage, route), _WsStats())
+            ws.messages += messages
+            if route == CONNECT_ROUTE and not client_error:
+                ws.connects += 1  # ConnectCount: messages sent to the $connect route integration
+            ws.integration_errors += 1 if integration_error else 0
+            ws.client_errors += 1 if client_error else 0
+            ws.execution_errors += 1 if execution_error else 0
+            if integration_ms is not None:
+                ws.integration.append(integration_ms)
 
-    def _maybe_trace(self, bucket: _Bucket, function: str, version: str, status: int, duration_ms: float,
-                     release: str, method: str, path: str, now: float) -> None:
-        # The first request of each version each second, plus a few errors: every version that
+    def _maybe_trace(self, bucket: _Bucket, function: str, version: str, outcome: Outcome, duration_ms: float,
+                     method: str, path: str, annotations: dict[str, Any] | None, now: float) -> None:
+        # The first invocation of each version each second, plus a few faults: every version that
         # served in a window has traces, without a segment per request.
         key = (function, version)
-        is_error = status >= 500
-        errors_traced = sum(1 for t in bucket.traces if t["fault"])
-        if key in bucket.traced and not (is_error and errors_traced < _TRACE_ERRORS_PER_SECOND) \
-                and random.random() >= self.trace_sample:
+        fault = outcome.error or outcome.client_status >= 500
+        faults_traced = sum(1 for t in bucket.traces if t["fault"])
+        if key in bucket.traced and not (fault and faults_traced < _TRACE_ERRORS_PER_SECOND) \
+                and self._rng.random() >= self.trace_sample:
             return
         bucket.traced.add(key)
         start = now - duration_ms / 1000.0
-        bucket.traces.append({
+        segment: dict[str, Any] = {
             "name": function, "id": os.urandom(8).hex(), "trace_id": _trace_id(start),
             "start_time": start, "end_time": now, "origin": "AWS::Lambda::Function",
-            "http": {"request": {"method": method, "url": path}, "response": {"status": status}},
-            "error": 400 <= status < 500, "fault": is_error, "throttle": status == 429,
-            "annotations": {"ExecutedVersion": version, "FunctionName": function, "Release": release},
-            "metadata": {"llamadeploy": {"resource": f"{function}:{version}", "status": status}},
-        })
+            "http": {"request": {"method": method, "url": path}, "response": {"status": outcome.client_status}},
+            "error": 400 <= outcome.client_status < 500, "fault": fault,
+        }
+        if annotations:
+            # Only what the function wrote (X-Ray: Lambda itself adds no version annotation).
+            segment["annotations"] = dict(annotations)
+        bucket.traces.append(segment)
 
     # -- flushing (background thread) -------------------------------------------------
     def start(self) -> None:
@@ -217,7 +283,7 @@ class Telemetry:
 
     def take(self, everything: bool = False) -> dict[int, _Bucket]:
         """Remove and return the completed seconds' buckets."""
-        current = int(time.time())
+        current = int(self._clock())
         with self._lock:
             done = {s: b for s, b in self._buckets.items() if everything or s < current}
             for second in done:
@@ -226,21 +292,24 @@ class Telemetry:
 
     def flush(self, everything: bool = False) -> None:
         buckets = self.take(everything)
-        cache = self._cache_datums()
-        if self._clients is None:
-            return
-        metric_data: dict[str, list[dict[str, Any]]] = defaultdict(list)
         logs, traces = self._pending_logs, self._pending_traces
         for second, bucket in sorted(buckets.items()):
             for namespace, datums in self.datums(second, bucket).items():
-                metric_data[namespace].extend(datums)
+                self.service_delivery.add(namespace, datums)
             for function_version, events in self.log_events(second, bucket).items():
                 logs[function_version].extend(events)
             traces.extend(json.dumps(t) for t in bucket.traces)
-        now_ts = datetime.fromtimestamp(int(time.time()) - 1, UTC)
-        metric_data[m.ELASTICACHE].extend(d | {"Timestamp": now_ts} for d in cache)
-        if buckets or cache:
-            metric_data[m.DYNAMODB].extend(self._dynamodb_datums(now_ts))
+        cache = self._cache_datums()
+        if cache:
+            self.service_delivery.add(m.ELASTICACHE, cache)
+        if self.shipper is not None:
+            self.ingest(self.shipper.poll())
+        if self._clients is None:
+            return
+        metric_data: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for delivery in (self.service_delivery, self.emf_delivery):
+            for namespace, datums in delivery.due(everything).items():
+                metric_data[namespace].extend(datums)
         # Logs and traces go out every SLOW_FLUSH seconds (CloudWatch Logs and X-Ray show them
         # seconds late on AWS too): each call costs moto a request whatever it carries.
         slow = everything or time.monotonic() - self._last_slow_flush >= SLOW_FLUSH
@@ -250,66 +319,64 @@ class Telemetry:
         self._publish(metric_data, logs if slow else {}, traces if slow else [])
         self.flushes += 1
 
+    def ingest(self, documents: list[EmfDocument]) -> None:
+        """EMF documents a release wrote: their metrics held for CloudWatch Logs' delay, the lines shipped."""
+        for document in documents:
+            for namespace, datums in document.datums.items():
+                self.emf_delivery.add(namespace, datums)
+            if document.function:
+                self._pending_logs[(document.function, document.version)].append(
+                    {"timestamp": document.timestamp_ms, "message": document.line})
+
     def datums(self, second: int, bucket: _Bucket) -> dict[str, list[dict[str, Any]]]:
-        """CloudWatch datums, by namespace, for one second's bucket."""
+        """CloudWatch datums, by namespace, for one second's bucket (AWS's dimension sets, see physics)."""
         ts = datetime.fromtimestamp(second, UTC)
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        totals: dict[tuple[str, ...], _VersionStats] = defaultdict(_VersionStats)
-        for (function, resource, version), stats in bucket.lam.items():
-            if resource == self.alias:
-                dim_sets = [m.lambda_version_dims(function, self.alias, version)]
-                for rollup in (("alias", function), ("function", function)):
-                    _add(totals[rollup], stats)
-            else:
-                dim_sets = [sm.lambda_qualified_dims(function, version)]
-                _add(totals[("function", function)], stats)
-            for dims in dim_sets:
-                out[m.LAMBDA].extend(_lambda_datums(dims, ts, stats))
-        for key, stats in totals.items():
-            kind, function = key[0], key[1]
-            dims = sm.lambda_alias_dims(function, self.alias) if kind == "alias" else m.lambda_function_dims(function)
-            out[m.LAMBDA].extend(_lambda_datums(dims, ts, stats))
-        api = bucket.api
-        if api.count:
-            dims = m.apigw_rest_dims()
-            out[m.APIGATEWAY] += [
-                _count_datum(m.APIGW_COUNT, dims, ts, api.count),
-                _count_datum(m.APIGW_4XX, dims, ts, api.e4xx),
-                _count_datum(m.APIGW_5XX, dims, ts, api.e5xx),
-                *_values_datums(m.APIGW_LATENCY, dims, ts, api.latencies, "Milliseconds"),
-            ]
-        if bucket.ws:
-            out[m.APIGATEWAY].append(_count_datum(m.WS_CONNECT_COUNT, m.apigw_ws_dims(), ts, api.ws_connects))
-        for (function, version), ws in bucket.ws.items():
-            dims = m.lambda_version_dims(function, self.alias, version)
-            out[sm.WEBSOCKET] += [
-                _count_datum(sm.WS_CONNECT_ATTEMPTS, dims, ts, ws.attempts),
-                _count_datum(sm.WS_CONNECT_ERRORS, dims, ts, ws.errors),
-            ]
+        for (function, resource, executed), stats in bucket.lam.items():
+            for dims in lambda_dimension_sets(function, resource, executed):
+                # A throttle is refused before any version runs: no ExecutedVersion (physics.py).
+                per_version = any(d["Name"] == "ExecutedVersion" for d in dims)
+                out[m.LAMBDA].extend(_lambda_datums(dims, ts, stats, throttles=not per_version))
+        for stage, rest in bucket.rest.items():
+            for dims in apigw_rest_dimension_sets(self.names.rest_api, stage):
+                out[m.APIGATEWAY] += [
+                    _count_datum(m.APIGW_COUNT, dims, ts, rest.count),
+                    _count_datum(m.APIGW_4XX, dims, ts, rest.e4xx),
+                    _count_datum(m.APIGW_5XX, dims, ts, rest.e5xx),
+                    *_values_datums(m.APIGW_LATENCY, dims, ts, rest.latencies, "Milliseconds"),
+                    *_values_datums(m.APIGW_INTEGRATION_LATENCY, dims, ts, rest.integration, "Milliseconds"),
+                ]
+        for (stage, route), ws in bucket.ws.items():
+            # The API and stage totals are sums over routes: published with each route's share.
+            for dims in apigw_ws_dimension_sets(self.names.ws_api, stage, route):
+                counts = [(m.WS_MESSAGE_COUNT, ws.messages), (m.WS_INTEGRATION_ERROR, ws.integration_errors),
+                          (m.WS_CLIENT_ERROR, ws.client_errors), (m.WS_EXECUTION_ERROR, ws.execution_errors)]
+                if route == CONNECT_ROUTE:
+                    counts.append((m.WS_CONNECT_COUNT, ws.connects))
+                out[m.APIGATEWAY] += [_count_datum(name, dims, ts, value) for name, value in counts]
+                out[m.APIGATEWAY] += _values_datums(m.WS_INTEGRATION_LATENCY, dims, ts, ws.integration,
+                                                    "Milliseconds")
         return out
 
     def log_events(self, second: int, bucket: _Bucket) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """One REPORT line per version per second (plus a few error lines), Lambda-style."""
         events: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        merged: dict[tuple[str, str], list[tuple[str, _VersionStats]]] = defaultdict(list)
-        for (function, resource, version), stats in bucket.lam.items():
-            merged[(function, version)].append((resource, stats))
-        for (function, version), parts in merged.items():
-            for resource, stats in parts:
-                for at, line in stats.error_lines:
-                    events[(function, version)].append({"timestamp": int(at * 1000), "message": line})
-                durations = sorted(stats.durations)
-                p50 = durations[len(durations) // 2] if durations else 0.0
-                peak = durations[-1] if durations else 0.0
-                statuses = " ".join(f"{code}={n}" for code, n in sorted(stats.statuses.items()))
-                line = (f"REPORT Version: {version} Resource: {function}:{resource} Release: {stats.release} "
-                        f"Invocations: {stats.invocations} Errors: {stats.errors} Throttles: {stats.throttles} "
-                        f"Duration p50: {p50:.1f} ms Max: {peak:.1f} ms Statuses: {statuses}")
-                events[(function, version)].append({"timestamp": second * 1000 + 999, "message": line})
+        for (function, resource, executed), stats in bucket.lam.items():
+            version = executed or resource
+            for at, line in stats.error_lines:
+                events[(function, version)].append({"timestamp": int(at * 1000), "message": line})
+            durations = sorted(stats.durations)
+            p50 = durations[len(durations) // 2] if durations else 0.0
+            peak = durations[-1] if durations else 0.0
+            statuses = " ".join(f"{code}={n}" for code, n in sorted(stats.statuses.items()))
+            line = (f"REPORT Version: {version} Resource: {function}:{resource} Release: {stats.release} "
+                    f"Invocations: {stats.invocations} Errors: {stats.errors} Throttles: {stats.throttles} "
+                    f"Duration p50: {p50:.1f} ms Max: {peak:.1f} ms Statuses: {statuses}")
+            events[(function, version)].append({"timestamp": second * 1000 + 999, "message": line})
         return events
 
     def _cache_datums(self) -> list[dict[str, Any]]:
-        """ElastiCache hit/miss from the real Redis's counters (deltas since the last second)."""
+        """ElastiCache hit/miss from the real Redis's counters (deltas since the last flush), per node."""
         if not self._redis_url:
             return []
         try:
@@ -327,19 +394,14 @@ class Telemetry:
         if last is None or current[0] < last[0] or current[1] < last[1]:
             return []  # first reading, or Redis restarted: no delta to report
         hits, misses = current[0] - last[0], current[1] - last[1]
-        dims = m.elasticache_dims()
-        datums = [_count_datum(m.CACHE_HITS, dims, datetime.now(UTC), hits),
-                  _count_datum(m.CACHE_MISSES, dims, datetime.now(UTC), misses)]
-        if hits + misses:
-            datums.append(_count_datum(sm.CACHE_HIT_RATE, dims, datetime.now(UTC),
-                                       100.0 * hits / (hits + misses), unit="Percent"))
+        ts = datetime.fromtimestamp(int(self._clock()) - 1, UTC)
+        datums = []
+        for dims in elasticache_dimension_sets(self.names.cache_group):
+            datums += [_count_datum(m.CACHE_HITS, dims, ts, hits), _count_datum(m.CACHE_MISSES, dims, ts, misses)]
+            if hits + misses:
+                datums.append(_count_datum(m.CACHE_HIT_RATE, dims, ts, 100.0 * hits / (hits + misses),
+                                           unit="Percent"))
         return datums
-
-    @staticmethod
-    def _dynamodb_datums(ts: datetime) -> list[dict[str, Any]]:
-        dims = m.dynamodb_dims()
-        return [_count_datum(name, dims, ts, 0)
-                for name in (m.DDB_READ_THROTTLES, m.DDB_WRITE_THROTTLES, sm.DDB_THROTTLED_REQUESTS)]
 
     # -- publishing ------------------------------------------------------------------
     def _publish(self, metric_data: dict[str, list[dict[str, Any]]],
@@ -352,7 +414,7 @@ class Telemetry:
         for (function, version), events in logs.items():
             stream = self._stream(function, version)
             if stream:
-                self._call("logs", "put_log_events", logGroupName=sm.log_group(function),
+                self._call("logs", "put_log_events", logGroupName=m.log_group(function),
                            logStreamName=stream, logEvents=sorted(events, key=lambda e: e["timestamp"]))
         for i in range(0, len(traces), 50):
             self._call("xray", "put_trace_segments", TraceSegmentDocuments=traces[i:i + 50])
@@ -362,7 +424,7 @@ class Telemetry:
         key = f"{function}:{version}"
         if key in self._streams:
             return self._streams[key]
-        group = sm.log_group(function)
+        group = m.log_group(function)
         client = self._clients["logs"] if self._clients else None
         if client is None:
             return None
@@ -389,7 +451,7 @@ class Telemetry:
         assert self._clients is not None
         try:
             getattr(self._clients[service], operation)(**kwargs)
-        except Exception as exc:  # moto down: drop this second, say so once per cause
+        except Exception as exc:  # moto down: drop this batch, say so once per cause
             self.publish_errors += 1
             self._warn_once(f"{service}.{operation}", f"{service}.{operation} failed: {type(exc).__name__}: {exc}")
         else:
@@ -401,19 +463,14 @@ class Telemetry:
             log.warning("%s", message)
 
 
-def _add(total: _VersionStats, stats: _VersionStats) -> None:
-    total.invocations += stats.invocations
-    total.errors += stats.errors
-    total.throttles += stats.throttles
-    total.durations.extend(stats.durations)
-
-
-def _lambda_datums(dims: list[dict[str, str]], ts: datetime, stats: _VersionStats) -> list[dict[str, Any]]:
+def _lambda_datums(dims: list[dict[str, str]], ts: datetime, stats: _LambdaStats,
+                   throttles: bool = True) -> list[dict[str, Any]]:
     datums = [
         _count_datum(m.LAMBDA_INVOCATIONS, dims, ts, stats.invocations),
         _count_datum(m.LAMBDA_ERRORS, dims, ts, stats.errors),
-        _count_datum(m.LAMBDA_THROTTLES, dims, ts, stats.throttles),
     ]
+    if throttles:
+        datums.append(_count_datum(m.LAMBDA_THROTTLES, dims, ts, stats.throttles))
     if stats.durations:
         datums += _values_datums(m.LAMBDA_DURATION, dims, ts, stats.durations, "Milliseconds")
     return datums

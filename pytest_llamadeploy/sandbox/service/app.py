@@ -31,8 +31,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ...redact import redact
+from ..physics import (
+    ANNOTATIONS_HEADER,
+    FUNCTION_ERROR_HEADER,
+    FUNCTION_NAME_HEADER,
+    FUNCTION_VERSION_HEADER,
+    THROTTLED_HEADER,
+)
 from ..state import RELEASE_HEADER
-from . import auth
+from . import auth, emf
 from .db import Database, protocol_row
 from .faults import Faults
 from .hub import Client, Hub
@@ -95,6 +102,8 @@ class Service:
         self._sqs: Any = None
         self.counters = {"published": 0, "ws_accepted": 0, "ws_rejected": 0}
         self.db_ms: dict[str, deque[float]] = {}
+        #: The per-version signal of docs/service-contract.md (EMF on stdout, once a second).
+        self.emf = emf.Emf()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -104,13 +113,15 @@ class Service:
         self.redis = aioredis.from_url(self.config.redis_url, decode_responses=True,
                                        socket_timeout=5, socket_connect_timeout=5)
         await self.db.apply_schema()
-        self.hub = Hub(self.redis, self.faults)
+        self.hub = Hub(self.redis, self.faults, self.emf)
         self.hub.start()
+        self.emf.start()
         await asyncio.wait_for(self.hub.ready.wait(), 10)
         if self.config.sqs_queue_url:
             self._sqs = await asyncio.to_thread(self._make_sqs)
 
     async def stop(self) -> None:
+        await self.emf.stop()
         if self.hub is not None:
             await self.hub.stop()
         await self.db.close()
@@ -179,10 +190,13 @@ class Service:
             raw = await self.redis.get(f"{CACHE_PREFIX}bypass:{uuid.uuid4().hex}" if bypass else key)
             if raw is not None:
                 await self.redis.incr(HITS_KEY)
+                self.emf.count("CacheHits")
                 return json.loads(raw), "hit"
+            self.emf.count("CacheMisses")
         rows, elapsed = await self.db.fetch(query, params, self.faults.ms("slow_query_ms"))
         value = shape(rows)
         self.db_ms.setdefault(query, deque(maxlen=DB_MS_KEEP)).append(elapsed)
+        self.emf.value("DbQueryTime", elapsed)
         pipe = self.redis.pipeline(transaction=False)
         if not bypass:
             pipe.set(key, json.dumps(value), ex=CACHE_TTL)
@@ -391,7 +405,10 @@ class Service:
     async def websocket(self, websocket: WebSocket) -> None:
         assert self.hub is not None
         release_header = [(RELEASE_HEADER.encode(), self.release.encode())]
+        who = invocation_of(websocket.headers)
+        self.emf.count("WsConnects", who=who)
         if self.faults.roll("ws_connect_error_rate"):
+            self.emf.count("WsConnectErrors", who=who)
             self.counters["ws_rejected"] += 1
             denial = _error(503, "injected", "fault ws_connect_error_rate", {RELEASE_HEADER: self.release})
             try:
@@ -399,11 +416,14 @@ class Service:
             except RuntimeError:  # server without the denial-response extension
                 await websocket.close(code=1011)
             return
+        if who is not None:
+            release_header.append((ANNOTATIONS_HEADER.encode(), json.dumps(
+                {"function_version": who.version, "release": self.release}).encode()))
         await websocket.accept(headers=release_header)
         self.counters["ws_accepted"] += 1
-        client = Client(id=uuid.uuid4().hex[:12])
+        client = Client(id=uuid.uuid4().hex[:12], who=who)
         self.hub.clients[client.id] = client
-        writer = asyncio.create_task(self._ws_writer(websocket, client))
+        writer = asyncio.create_task(self._ws_writer(websocket, client, self.emf))
         try:
             await client.queue.put({"type": "hello", "release": self.release, "connection_id": client.id,
                                     "ts": time.time(), "channels": ["tvl", "alerts"]})
@@ -437,16 +457,36 @@ class Service:
         return {"type": "error", "error": f"unknown action {action!r}; actions: subscribe, unsubscribe, ping"}
 
     @staticmethod
-    async def _ws_writer(websocket: WebSocket, client: Client) -> None:
+    async def _ws_writer(websocket: WebSocket, client: Client, metrics: emf.Emf) -> None:
         try:
             while True:
-                await websocket.send_text(json.dumps(await client.queue.get()))
+                message = await client.queue.get()
+                await websocket.send_text(json.dumps(message))
+                if message.get("type") == "event":
+                    # Counted once written to the client's socket: what EventsToDeliver (counted when the
+                    # event came in for this client) minus this says was lost on the way.
+                    metrics.count("EventsDelivered", who=client.who)
+                    if isinstance(message.get("ts"), int | float):
+                        metrics.value("EventDeliveryLatency", max(0.0, (time.time() - message["ts"]) * 1000.0),
+                                      who=client.who)
         except Exception:  # noqa: BLE001 - the client went away; the reader sees the disconnect
             return
 
 
+def invocation_of(headers: Any) -> emf.Invocation | None:
+    """The function and version the runtime (the front door) says this invocation runs as."""
+    function, version = headers.get(FUNCTION_NAME_HEADER), headers.get(FUNCTION_VERSION_HEADER)
+    return emf.Invocation(function, version) if function and version else None
+
+
 class ServiceMiddleware:
-    """Release header on every answer, fault injection at the edge, JSON for unexpected errors."""
+    """Release header on every answer, fault injection at the edge, the EMF record of each invocation,
+    JSON for unexpected errors.
+
+    The runtime's contract (sandbox/physics.py): an unhandled error is answered with
+    ``X-Amz-Function-Error: Unhandled``, an invocation Lambda would have refused for
+    concurrency with ``THROTTLED_HEADER`` (the function never ran: no EMF record).
+    """
 
     def __init__(self, app: ASGIApp, service: Service):
         self.app = app
@@ -457,33 +497,53 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         release = (RELEASE_HEADER.encode(), self.service.release.encode())
-        started = False
+        arrived = time.perf_counter()
+        who = invocation_of(Request(scope).headers)
+        token = emf.current.set(who)
+        status = 0
+        extra: list[tuple[bytes, bytes]] = []
+        if who is not None:
+            # What the function writes on its trace (X-Ray: Lambda adds no version annotation itself).
+            extra.append((ANNOTATIONS_HEADER.encode(), json.dumps(
+                {"function_version": who.version, "release": self.service.release}).encode()))
 
         async def send_tagged(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
-                message = {**message, "headers": [*message.get("headers", []), release]}
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), release, *extra]}
             await send(message)
 
         path: str = scope["path"]
         faults = self.service.faults
-        if not path.startswith("/_sandbox"):
-            if faults.ms("latency_ms") > 0:
-                await asyncio.sleep(faults.ms("latency_ms") / 1000.0)
-            if path != "/health":
-                if faults.roll("throttle_rate"):
-                    await _error(429, "throttled")(scope, receive, send_tagged)
-                    return
-                if faults.roll("error_rate"):
-                    await _error(500, "injected", "fault error_rate")(scope, receive, send_tagged)
-                    return
         try:
+            if not path.startswith("/_sandbox"):
+                if path != "/health" and faults.roll("throttle_rate"):
+                    # Lambda refused the invocation before the function ran: nothing of ours happens.
+                    await _error(429, "throttled", headers={THROTTLED_HEADER: "1"})(scope, receive, send)
+                    return
+                if faults.ms("latency_ms") > 0:
+                    await asyncio.sleep(faults.ms("latency_ms") / 1000.0)
+                if path != "/health":
+                    if faults.roll("unhandled_error_rate"):
+                        raise RuntimeError("fault unhandled_error_rate: the handler raised")
+                    if faults.roll("error_rate"):
+                        await _error(500, "injected", "fault error_rate")(scope, receive, send_tagged)
+                        return
             await self.app(scope, receive, send_tagged)
         except Exception as exc:
             log.error("%s %s failed: %s", scope.get("method"), path, redact(f"{type(exc).__name__}: {exc}"))
-            if not started:
+            if not status:
+                # An unhandled error, answered the way Lambda's runtime reports one to its caller.
+                extra.append((FUNCTION_ERROR_HEADER.encode(), b"Unhandled"))
                 await _error(500, "internal", type(exc).__name__)(scope, receive, send_tagged)
+        finally:
+            if who is not None and not path.startswith("/_sandbox") and status:
+                self.service.emf.count("Requests", who=who)
+                if status >= 500:
+                    self.service.emf.count("Responses5xx", who=who)
+                self.service.emf.value("Latency", (time.perf_counter() - arrived) * 1000.0, who=who)
+            emf.current.reset(token)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -41,10 +41,14 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
-        Knob("error_rate", "rate", "share of HTTP requests (not /health, /_sandbox) answered 500"),
+        Knob("error_rate", "rate", "share of HTTP requests (not /health, /_sandbox) answered 500 by the handler "
+                                    "(a handled error: API Gateway counts a 5XXError, Lambda no Error)"),
+        Knob("unhandled_error_rate", "rate", "share of HTTP requests (not /health, /_sandbox) whose handler raises "
+                                              "(Lambda counts an Error; API Gateway answers 502)"),
         Knob("latency_ms", "ms", "delay added to every HTTP response"),
         Knob("ws_connect_error_rate", "rate", "share of WebSocket handshakes refused (503)"),
-        Knob("throttle_rate", "rate", "share of HTTP requests (not /health, /_sandbox) answered 429"),
+        Knob("throttle_rate", "rate", "share of HTTP requests (not /health, /_sandbox) Lambda refuses for "
+                                       "concurrency (a Throttle; the function never runs; API Gateway answers 500)"),
         Knob("cache_bypass", "bool", "queries always read PostgreSQL and count as cache misses"),
         Knob("slow_query_ms", "ms", "pg_sleep added before each database query"),
         Knob("event_drop_rate", "rate", "share of events not delivered to this release's WebSocket clients"),

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .emf import Emf, Invocation
 from .faults import Faults
 
 log = logging.getLogger("llamadeploy.service")
@@ -27,12 +28,15 @@ class Client:
     id: str
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(_QUEUE_LIMIT))
     channels: set[str] = field(default_factory=set)
+    #: The WS function's version that accepted this connection (its EMF record counts the deliveries).
+    who: Invocation | None = None
 
 
 class Hub:
-    def __init__(self, redis: Any, faults: Faults):
+    def __init__(self, redis: Any, faults: Faults, metrics: Emf | None = None):
         self._redis = redis
         self._faults = faults
+        self._metrics = metrics
         self.clients: dict[str, Client] = {}
         self.counters = {"delivered": 0, "dropped": 0, "overflow": 0}
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +60,8 @@ class Hub:
         for client in list(self.clients.values()):
             if channel not in client.channels:
                 continue
+            if self._metrics is not None and channel == "tvl":
+                self._metrics.count("EventsToDeliver", who=client.who)
             if self._faults.roll("event_drop_rate"):
                 self.counters["dropped"] += 1
                 continue
