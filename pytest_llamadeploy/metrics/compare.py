@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from .. import metricnames as mn
 from .evaluate import fetch_with_retry
-from .query import SeriesSpec, sum_since, valid_period
+from .query import SeriesSpec, valid_period
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -170,6 +170,8 @@ def compare_versions(
     new_versions: Mapping[str, str],
     start: float,
     end: float,
+    *,
+    now: float | None = None,
 ) -> list[Comparison]:
     """One Comparison per function serving both versions, from one GetMetricData call.
 
@@ -178,7 +180,8 @@ def compare_versions(
     source = policy.metrics.service
     resolution = int(source.resolution)
     interval = max(resolution, valid_period(float(policy.compare.interval)))
-    end = min(end, time.time() - float(source.lag))
+    now = time.time() if now is None else now
+    end = min(end, now - float(source.lag))
     # Skip the warm-up after the shift, but never below min_samples intervals of window.
     start = min(start + policy.compare.warmup, max(start, end - policy.compare.min_samples * interval))
     span = valid_period(max(end - math.floor(start / 60.0) * 60.0, 1.0))
@@ -190,19 +193,24 @@ def compare_versions(
     wanted = {(fn, v): _specs(namespace, roles[fn], fn, v, resolution, span, interval)
               for fn, o, n in pairs for v in (o, n)}
     specs = [s for d in wanted.values() for s in d.values()]
-    data = fetch_with_retry(cloudwatch, specs, start, max(end, start + 1.0))
+    data = fetch_with_retry(cloudwatch, specs, start, max(now, start + 1.0))
     settings = policy.compare
     out: list[Comparison] = []
+    since, until = start - resolution / 2.0, end - resolution / 2.0
+
+    def total(points: list[tuple[float, float]]) -> float:
+        return sum(v for t, v in points if since <= t < until)
+
     for fn, old, new in pairs:
         o, n = wanted[(fn, old)], wanted[(fn, new)]
-        since = start - resolution / 2.0
-        old_inv, new_inv = sum_since(data[o["invocations"]], since), sum_since(data[n["invocations"]], since)
-        old_err = sum_since(data[o["errors"]], since) / old_inv if old_inv else None
-        new_err = sum_since(data[n["errors"]], since) / new_inv if new_inv else None
-        old_p95 = max((v for _, v in data[o["p95"]]), default=None)
-        new_p95 = max((v for _, v in data[n["p95"]]), default=None)
-        old_iv = [v for t, v in data[o["intervals"]] if t >= since]
-        new_iv = [v for t, v in data[n["intervals"]] if t >= since]
+        old_inv, new_inv = total(data[o["invocations"]]), total(data[n["invocations"]])
+        old_err = total(data[o["errors"]]) / old_inv if old_inv else None
+        new_err = total(data[n["errors"]]) / new_inv if new_inv else None
+        old_p95 = max((v for t, v in data[o["p95"]] if t < end), default=None)
+        new_p95 = max((v for t, v in data[n["p95"]] if t < end), default=None)
+        # Whole intervals only: the last one may still be arriving.
+        old_iv = [v for t, v in data[o["intervals"]] if start - interval / 2.0 <= t <= end - interval]
+        new_iv = [v for t, v in data[n["intervals"]] if start - interval / 2.0 <= t <= end - interval]
         ev, pv, rv, diff, ratio, u, p = judge(old_inv, new_inv, old_err, new_err, old_p95, new_p95, old_iv, new_iv,
                                               settings)
         out.append(Comparison(

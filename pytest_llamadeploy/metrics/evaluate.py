@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..units import format_duration
@@ -100,6 +100,10 @@ class Target:
     resolution: int
     #: When the window's first data could have arrived (start + lag + one datapoint).
     data_from: float
+    #: The earliest a window may start (the moment traffic moved).
+    earliest: float = 0.0
+    #: Why the window ends before the evaluation asked (its last data never arrived), if it does.
+    late: str = ""
 
 
 @dataclass
@@ -136,7 +140,7 @@ def plan_targets(rules: Mapping[str, Any], policy: Any, versions: Mapping[str, M
                 _ws: float = window_start, _end: float = end, _res: int = resolution, _from: float = data_from,
                 _ns: str = namespace) -> None:
             targets.append(Target(_name, _rule, _signal, label, fn, numbers, _ws, _end, _stat, _ns,
-                                  tuple(dict.fromkeys(dims)), _res, _from))
+                                  tuple(dict.fromkeys(dims)), _res, _from, start))
 
         if signal.scope == "global":
             add(ALL, None, (), series_dims(signal, policy, None, None))
@@ -233,11 +237,47 @@ def compute(target: Target, data: Mapping[SeriesSpec, Points], span_start: float
 
 
 def arrived(target: Target, data: Mapping[SeriesSpec, Points], span_start: float) -> bool:
-    """True when every series of the target has a datapoint in its window's last bucket (nothing more to wait for)."""
+    """True when every series of the target has a datapoint in every bucket of its window.
+
+    Every bucket, not only the last: AWS publishes each minute with its own delay, so a
+    later minute can be visible before an earlier one. A bucket without traffic has no
+    datapoint either; such a series is waited for until the bound (the source's lag).
+    """
     roles = target_specs(target, span_start)
     specs = roles.get("samples") or roles.get("numerator") or roles.get("denominator") or []
-    last = target.end - target.resolution
-    return bool(specs) and all(any(t >= last - 1e-6 for t, _ in data.get(spec, [])) for spec in specs)
+    res = target.resolution
+    first = math.floor((target.start + res / 2.0) / res) * res
+    wanted = {first + k * res for k in range(max(0, int(round((target.end - first) / res))))}
+    return bool(specs) and all(wanted <= {round(t) for t, _ in data.get(spec, [])} for spec in specs)
+
+
+def settled(target: Target, data: Mapping[SeriesSpec, Points], span_start: float) -> Target:
+    """The target to judge once the wait for the last data is over.
+
+    A target whose last bucket never arrived is judged on the window (of the rule's
+    length) ending where its newest data did; one with no data at all in its window
+    stays as it is and is judged as no data. Every datapoint that exists is judged;
+    none that is missing is read as a zero.
+    """
+    if arrived(target, data, span_start):
+        return target
+    roles = target_specs(target, span_start)
+    specs = roles.get("samples") or roles.get("numerator") or roles.get("denominator") or []
+    half = target.resolution / 2.0
+    stamps = [t for spec in specs for t, _ in data.get(spec, []) if target.earliest - half <= t < target.end]
+    if not stamps:
+        return target
+    end = max(stamps) + target.resolution
+    if end >= target.end:
+        return target
+    start = max(target.earliest, end - target.rule.window)
+    note = (f"its data after {_clock(end)} had not arrived when the wait for it ended; judged on the "
+            f"window ending there")
+    return replace(target, start=start, end=end, late=note)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch))
 
 
 def judge(rule: Any, value: float | None, samples: float, *, waited: float, grace: float, final: bool) -> Verdict:
@@ -266,7 +306,7 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
     sample_text = f"{samples:g} {s.samples_noun if s.samples else 'datapoints'}"
     origin = f"{source}: {s.source} metrics, {target.namespace}"
     head = (f"{result_kind} {target.rule_name}:{stat} {format_value(s, value)} on {where} over "
-            f"{format_duration(round(window))} ending {format_duration(round(max(0.0, time.time() - target.end)))} ago")
+            f"{format_duration(round(window))} ending {_clock(target.end)} UTC")
     if value is None or samples < rule.min_samples:
         need = f"needs >= {rule.min_samples} {s.samples_noun if s.samples else 'datapoints'}"
         tail = {
@@ -287,11 +327,12 @@ def evaluate_plan(plan: PollPlan, data: Mapping[SeriesSpec, Points], *, now: flo
         value, samples = compute(target, data, plan.span_start)
         window = max(0.0, target.end - target.start)
         verdict = judge(target.rule, value, samples, waited=now - target.data_from, grace=grace, final=final)
+        message = describe(result_kind, target, value, samples, verdict, window)
         results.append(RuleResult(
             rule=target.rule_name, signal=target.signal.name, version=target.label,
             version_number=",".join(target.versions), function=target.function or "",
             value=value, threshold=target.rule.threshold, op=target.rule.op, window=window, samples=samples,
-            verdict=verdict, message=describe(result_kind, target, value, samples, verdict, window),
+            verdict=verdict, message=message + (f" ({target.late})" if target.late else ""),
             statistic=target.statistic, window_end=target.end,
         ))
     return results

@@ -49,7 +49,17 @@ from typing import Any, Literal
 
 from .. import metricnames as mn
 from ..units import format_duration
-from .evaluate import ALL, RuleResult, arrived, evaluate_plan, max_lag, plan_poll, plan_targets
+from .evaluate import (
+    ALL,
+    RuleResult,
+    arrived,
+    evaluate_plan,
+    max_lag,
+    plan_poll,
+    plan_targets,
+    settled,
+    target_specs,
+)
 from .query import ProviderError, QueryError, SeriesSpec, fetch
 from .signals import format_value, get_signal
 
@@ -146,7 +156,7 @@ class BakeWatch:
         self.interval = float(policy.watch.interval)
         self.resolution = int(policy.metrics.service.resolution)
         #: How long past the bake's end the final decision may wait for the bake's last data.
-        self.final_wait = max_lag(policy, self.rules)
+        self.final_wait = max(max_lag(policy, self.rules), max_lag(policy, policy.key_metrics))
         self.probe_bound = next(
             (r.threshold for r in self.rules.values() if r.signal == "lambda.error_rate"), _DEFAULT_PROBE_BOUND)
 
@@ -160,6 +170,8 @@ class BakeWatch:
         self._on_breach_error = ""
         self._counters = _Counters()
         self._polls: list[dict[str, Any]] = []
+        #: (rule, label, function) of every value judged on enough samples at least once in this bake.
+        self._assessed: set[tuple[str, str, str]] = set()
         self._last_results: list[RuleResult] = []
         self._series: dict[str, Any] = {}
         self._probes: deque[_Probe] = deque(maxlen=PROBE_WINDOW)
@@ -282,20 +294,7 @@ class BakeWatch:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set() and not self._breach_fired:
-                began = self.clock()
-                if self._deadline is not None and began >= self._deadline:
-                    self._final()
-                    return
-                self.poll(final=False)
-                if self._breach_fired:
-                    return
-                next_at = began + self.interval
-                if self._deadline is not None:
-                    next_at = min(next_at, self._deadline)
-                # wait() sets the deadline and wakes us, so a bake shorter than one interval is not overslept.
-                self._wake.wait(max(0.0, next_at - self.clock()))
-                self._wake.clear()
+            self._schedule(self._sleep)
         except Exception as exc:  # noqa: BLE001 - a bug in the watch must fail the stage, not pass it
             self._fire(Breach("inconclusive", "watch", "", None, None, "", 0.0, "", "cloudwatch",
                               f"inconclusive: the metrics watch failed: {type(exc).__name__}: {exc}\n"
@@ -304,14 +303,47 @@ class BakeWatch:
             if self._stop.is_set():
                 self._finished.set()
 
-    def _final(self) -> None:
+    def _sleep(self, seconds: float) -> None:
+        # wait() sets the deadline and wakes us, so a bake shorter than one interval is not overslept;
+        # stop() wakes us too.
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def simulate(self, bake_seconds: float, advance: Callable[[float], None]) -> Breach | None:
+        """Run one bake's schedule synchronously, ``advance`` moving the (virtual) clock between polls.
+
+        The same schedule and decisions as the threads run (without probes): simulations of
+        CloudWatch drive the real watch with it (tests/support/cloudwatch_sim.py).
+        """
+        self._deadline = self.started_at + bake_seconds
+        self._schedule(advance)
+        return self._breach
+
+    def _schedule(self, sleep: Callable[[float], None]) -> None:
+        """Poll every interval until the deadline, then the final decision; stop at the first breach."""
+        while not self._stop.is_set() and not self._breach_fired:
+            began = self.clock()
+            if self._deadline is not None and began >= self._deadline:
+                self._final(sleep)
+                return
+            self.poll(final=False)
+            if self._breach_fired:
+                return
+            next_at = began + self.interval
+            if self._deadline is not None:
+                next_at = min(next_at, self._deadline)
+            sleep(max(0.0, next_at - self.clock()))
+
+    def _final(self, sleep: Callable[[float], None]) -> None:
         """The decision at the end of the bake, on the bake's whole data.
 
         Windows now end at the bake's end, and the data up to it arrives late (each
         source's lag): the watch keeps polling - still acting on any breach - until every
         rule's last bucket has arrived or ``final_wait`` (the longest lag) has passed since
-        the deadline. Only then do rules still short of data end inconclusive: a late
-        minute is waited for, not turned into "inconclusive" (../shared/AWS.md).
+        the deadline. Then a rule whose last bucket never arrived is judged on the window
+        ending where its data did (``evaluate.settled``); only a rule with no data at all
+        in the bake ends inconclusive. A late minute is waited for, not turned into
+        "inconclusive", and no missing datapoint is read as a zero (../shared/AWS.md).
         """
         assert self._deadline is not None
         bound = self._deadline + self.final_wait
@@ -319,8 +351,7 @@ class BakeWatch:
             outcome = self.poll(final=True, settle=self.clock() >= bound)
             if outcome == "decided" or self._breach_fired:
                 break
-            self._stop.wait(min(self.interval, max(0.05, bound - self.clock())) if outcome == "waiting"
-                            else self.interval)
+            sleep(min(self.interval, max(0.05, bound - self.clock())) if outcome == "waiting" else self.interval)
         self._finished.set()
 
     def poll(self, *, final: bool = False, settle: bool = True) -> str:
@@ -332,10 +363,17 @@ class BakeWatch:
         """
         t0 = time.perf_counter()
         now = self.clock()
-        targets = plan_targets(self.rules, self.policy, self.versions, self.started_at, now,
-                               final_end=self._deadline if final else None)
-        plot = self._plot_specs()
-        plan = plan_poll(targets, now, extra=plot)
+        final_end = self._deadline if final else None
+        targets = plan_targets(self.rules, self.policy, self.versions, self.started_at, now, final_end=final_end)
+        extra = self._plot_specs()
+        # The final wait is over once the monitoring suite's key metrics have their data too: it
+        # judges the same bake window right after, on the same late-arriving series.
+        awaited = targets + (plan_targets(self.policy.key_metrics, self.policy, self.versions, self.started_at, now,
+                                          final_end=final_end) if final else [])
+        if final:
+            extra += [spec for t in awaited[len(targets):] for specs in target_specs(t, self.started_at).values()
+                      for spec in specs]
+        plan = plan_poll(targets, now, extra=extra)
         try:
             data = fetch(self.cloudwatch, plan.specs, plan.span_start, now)
         except ProviderError as exc:
@@ -348,9 +386,12 @@ class BakeWatch:
         c = self._counters
         c.consecutive_provider_errors = 0
         c.polls += 1
-        waiting = final and not settle and not all(arrived(t, data, plan.span_start) for t in targets)
+        waiting = final and not settle and not all(arrived(t, data, plan.span_start) for t in awaited)
+        if final and settle:
+            plan.targets = [settled(t, data, plan.span_start) for t in targets]
         results = evaluate_plan(plan, data, now=now, grace=self.policy.watch.no_data_grace,
                                 final=final and not waiting, result_kind="rollback trigger")
+        self._thin_windows(results, final)
         self._record(now, results, data, plan.span_start)
         c.poll_seconds.append(time.perf_counter() - t0)
         for result in results:
@@ -364,6 +405,26 @@ class BakeWatch:
             return "waiting"
         self._emit(self._progress(now, results, final), not final)
         return "decided"
+
+    def _thin_windows(self, results: list[RuleResult], final: bool) -> None:
+        """A sliding window short of samples once the trigger was judged: not "inconclusive".
+
+        A trigger's window slides (the runbook's "in 1 minute"): with sparse traffic (WebSocket
+        connects at 10 %) one window can hold fewer than ``min_samples`` after others held
+        enough, and that says nothing about the release. So "inconclusive" is kept for a value
+        never judged on enough samples in this bake (a missing or misnamed series, no traffic);
+        one judged before waits for its next full window, and at the final decision counts as
+        watched and never breached, saying so. The monitoring suite's key metrics still judge
+        the whole bake window with their own minimum samples.
+        """
+        for r in results:
+            key = (r.rule, r.version, r.function)
+            if r.verdict in ("pass", "fail"):
+                self._assessed.add(key)
+            elif r.verdict == "inconclusive" and key in self._assessed:
+                r.verdict = "pass" if final else "no_data"
+                r.message += ("; judged on enough samples earlier in this bake and never breached" if final
+                              else "; judged on enough samples earlier in this bake: waiting for a fuller window")
 
     def _provider_error(self, text: str) -> None:
         c = self._counters
