@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .guard import check_guard
-from .policy import PolicyError, available_envs, json_schema, load_policy
+from .policy import PolicyError, available_envs, json_schema, load_policy, misnamed_policy_files
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{directory}: no policy files (*.yaml) found", file=sys.stderr)
         return 2
     failed = False
+    for path in misnamed_policy_files(directory):
+        failed = True
+        print(f"error: {path}: {path.stem!r} cannot be an env name (lower-case letters, digits, '_' and '-' only); "
+              "rename the file", file=sys.stderr)
     for env in envs:
         try:
             loaded = load_policy(directory, env)
