@@ -51,13 +51,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
-    """Validate the env/stage/release against the policy; return the loaded policy."""
+    """Validate the env/stage/release against the policy and its guard; return the loaded policy."""
+    from .guard import guard_problems
     from .policy import PolicyError, available_envs, load_policy
 
     try:
         loaded = load_policy(settings.policy_dir, settings.env or "")
     except PolicyError as exc:
         raise pytest.UsageError("invalid policy:\n  " + "\n  ".join(exc.problems)) from None
+    violations = guard_problems(loaded)
+    if violations:
+        raise pytest.UsageError(
+            f"the {settings.env} policy is looser than the runbook; nothing was changed "
+            f"(`llamadeploy policy check {settings.policy_dir}` lists the same):\n  " + "\n  ".join(violations))
     policy = loaded.policy
     if not settings.stage:
         raise pytest.UsageError(
