@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from . import newhooks
-from .options import Settings, add_options, get_settings
+from .options import Settings, add_options, get_settings, misplaced_options
 
 pytest_plugins = ["pytest_llamadeploy.fixtures"]
 
@@ -51,7 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
-    """Validate the env/stage/release against the policy and its guard; return the loaded policy."""
+    """Validate the env/stage/release and the options against the policy and its guard; return the loaded policy."""
     from .guard import guard_problems
     from .policy import PolicyError, available_envs, load_policy
 
@@ -79,7 +79,22 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
     action = policy.stages[settings.stage].action
     if action in ("deploy", "shift", "promote") and not settings.release:
         raise pytest.UsageError(f"--stage={settings.stage} needs --release TAG (the release being shipped, e.g. v1.2.3)")
+    misplaced = misplaced_options(settings, settings.stage, {name: s.action for name, s in policy.stages.items()})
+    if misplaced:
+        raise pytest.UsageError("options that this stage would ignore; nothing was changed:\n  " + "\n  ".join(misplaced))
     return loaded
+
+
+def _aws_unreadable(exc: Exception) -> str | None:
+    """Why ``--plan`` could not read AWS (no credentials, no region, unreachable, refused), or None."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}"
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -94,8 +109,18 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     from .plan import render_plan
     from .stage import StageRunner
 
-    runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
-    decision = runner.decide()
+    try:
+        runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
+        decision = runner.decide()
+    except Exception as exc:
+        why = _aws_unreadable(exc)
+        if why is None:
+            raise
+        raise pytest.UsageError(
+            f"--plan for {settings.stage} in {settings.env} needs to read the alias and the ledger, and AWS could not "
+            f"be read: {why}. Configure credentials and region the standard boto3 way (AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION; AWS_ENDPOINT_URL for a moto server); "
+            "nothing was changed") from None
     print(render_plan(decision, loaded, runner.ledger.describe()))
     return 0 if decision.ok else 4
 
