@@ -62,6 +62,15 @@ STAGES = {
     "rollback": StageFloor("rollback", None, 600.0, ("health",), "RUNBOOK.md:151-166"),
     # RUNBOOK.md:25-33 "Pre-Deployment Checklist".
     "preflight": StageFloor("preflight", None, None, ("checklist",), "RUNBOOK.md:25-33"),
+    # The operations keep the check that proves they did what they say.
+    # RUNBOOK.md:204-242 "Post-Deployment Verification": health, functional, performance, monitoring.
+    "verify": StageFloor("none", None, None, ("health", "functional", "performance", "monitoring"), "RUNBOOK.md:204-242"),
+    # RUNBOOK.md:82 "Create backup first", :181 "backup.sh prod --rds".
+    "backup": StageFloor("backup", None, None, ("backup",), "RUNBOOK.md:82, 181"),
+    # RUNBOOK.md:187-191 "Verify migration", "Test application" (health).
+    "migrate": StageFloor("migrate", None, None, ("migration", "health"), "RUNBOOK.md:187-191"),
+    # RUNBOOK.md:325-328 "Restore from most recent backup", "Verify data integrity".
+    "restore": StageFloor("restore", None, None, ("restore",), "RUNBOOK.md:325-328"),
 }
 # RUNBOOK.md:120 "Keep green environment for 24 hours (rollback capability)".
 MIN_KEEP_PREVIOUS = 86400.0

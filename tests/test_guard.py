@@ -82,6 +82,9 @@ LOOSENED: list[tuple[str, dict[str, Any], str]] = [
     ("sandbox_endpoint", {"aws": {"endpoint": "sandbox"}}, "aws.endpoint = 'sandbox': breaks guard rule \"prod's gate acts on AWS\""),
     ("sandbox_targets", {"targets": {"source": "sandbox"}}, "targets.source = 'sandbox': breaks guard rule \"prod's gates probe production\""),
     ("preflight_suites", {"stages": {"preflight": {"suites": []}}}, "stages.preflight.suites = []: breaks guard rule \"preflight runs the runbook's suites\" (RUNBOOK.md:25-33)"),
+    ("verify_suites", {"stages": {"verify": {"suites": ["health"]}}}, "stages.verify.suites = ['health']: breaks guard rule \"verify runs the runbook's suites\" (RUNBOOK.md:204-242): must include health, functional, performance, monitoring (missing functional, performance, monitoring)"),
+    ("migrate_suites", {"stages": {"migrate": {"suites": ["health"]}}}, "stages.migrate.suites = ['health']: breaks guard rule \"migrate runs the runbook's suites\" (RUNBOOK.md:187-191): must include migration, health (missing migration)"),
+    ("restore_unchecked", {"stages": {"restore": {"action": "none", "suites": []}}}, "stages.restore.action = 'none': breaks guard rule 'restore is a restore'"),
     ("backup_age", {"preflight": {"backup_max_age": "7d"}}, "preflight.backup_max_age = '168h': breaks guard rule 'prod deploys after a fresh backup'"),
 ]
 
