@@ -89,11 +89,13 @@ def _aws_unreadable(exc: Exception) -> str | None:
     """Why ``--plan`` could not read AWS (no credentials, no region, unreachable, refused), or None."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from .redact import redact
+
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}"
+        return redact(f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}")
     if isinstance(exc, BotoCoreError):
-        return str(exc)
+        return redact(str(exc))  # an endpoint URL may carry a user:password
     return None
 
 
