@@ -69,8 +69,8 @@ STAGES = {
     "backup": StageFloor("backup", None, None, ("backup",), "RUNBOOK.md:82, 181"),
     # RUNBOOK.md:187-191 "Verify migration", "Test application" (health).
     "migrate": StageFloor("migrate", None, None, ("migration", "health"), "RUNBOOK.md:187-191"),
-    # RUNBOOK.md:325-328 "Restore from most recent backup", "Verify data integrity".
-    "restore": StageFloor("restore", None, None, ("restore",), "RUNBOOK.md:325-328"),
+    # RUNBOOK.md:326-328 "Restore from most recent backup", "Verify data integrity".
+    "restore": StageFloor("restore", None, None, ("restore",), "RUNBOOK.md:326-328"),
 }
 # RUNBOOK.md:120 "Keep green environment for 24 hours (rollback capability)".
 MIN_KEEP_PREVIOUS = 86400.0

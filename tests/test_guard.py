@@ -162,15 +162,20 @@ def test_violation_names_the_file_that_sets_the_key(pdir: Path) -> None:  # noqa
 
 def test_guard_numbers_cite_the_runbook() -> None:
     source = Path(guard.__file__).read_text()
-    runbook_lines = (REPO.parent.parent / "shared" / "RUNBOOK.md")
-    for name, floor in guard.STAGES.items():
-        assert floor.source.startswith("RUNBOOK.md:"), name
     assert source.count("RUNBOOK.md:") >= 25
-    if runbook_lines.is_file():  # the shared runbook beside the checkout: the cited lines say what the guard says
-        lines = runbook_lines.read_text().splitlines()
-        assert "Shift 10% Traffic" in lines[105] and "Monitor for 5 minutes" in lines[106]
-        assert "Monitor for 10 minutes" in lines[117] and "24 hours" in lines[119]
-        assert "should be <1%" in lines[125] and "Lambda error rate >5%" in lines[145]
+    runbook = REPO.parent / "shared" / "RUNBOOK.md"  # shared/ beside the checkout, in CI too
+    if not runbook.is_file():
+        pytest.skip(f"{runbook} is not beside this checkout")
+    lines = runbook.read_text().splitlines()
+    said = {"deploy": "Deploy Blue Environment", "shift10": "Shift 10% Traffic", "shift50": "Shift 50% Traffic",
+            "shift100": "Shift 100% Traffic", "rollback": "Manual Rollback", "preflight": "Pre-Deployment Checklist",
+            "verify": "Post-Deployment Verification", "backup": "Create backup first", "migrate": "Verify migration",
+            "restore": "Restore from most recent backup"}
+    for name, floor in guard.STAGES.items():
+        first = int(floor.source.removeprefix("RUNBOOK.md:").split("-")[0].split(",")[0])
+        assert said[name] in lines[first - 1], (name, floor.source, lines[first - 1])
+    assert "Monitor for 5 minutes" in lines[106] and "Monitor for 10 minutes" in lines[117] and "24 hours" in lines[119]
+    assert "should be <1%" in lines[125] and "Lambda error rate >5%" in lines[145] and "<200ms" in lines[231]
 
 
 # ---------------------------------------------------------------- pytest runs the guard
