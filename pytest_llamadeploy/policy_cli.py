@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .guard import check_guard
-from .policy import PolicyError, available_envs, json_schema, load_policy
+from .guard import guard_problems
+from .policy import PolicyError, available_envs, json_schema, load_policy, misnamed_policy_files
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{directory}: no policy files (*.yaml) found", file=sys.stderr)
         return 2
     failed = False
+    for path in misnamed_policy_files(directory):
+        failed = True
+        print(f"error: {path}: {path.stem!r} cannot be an env name (lower-case letters, digits, '_' and '-' only); "
+              "rename the file", file=sys.stderr)
     for env in envs:
         try:
             loaded = load_policy(directory, env)
@@ -36,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(f"error: {problem}", file=sys.stderr)
             continue
-        violations = check_guard(loaded.policy)
-        for v in violations:
+        violations = guard_problems(loaded)
+        for problem in violations:
             failed = True
-            print(f"error: {loaded.files[-1]}: {v}", file=sys.stderr)
+            print(f"error: {problem}", file=sys.stderr)
         if not violations:
             print(f"ok: {env} ({' <- '.join(str(f) for f in reversed(loaded.files))}, sha256 {loaded.short_hash})")
     return 1 if failed else 0

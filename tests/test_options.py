@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,71 @@ def test_project_tests_need_no_option(pytester: pytest.Pytester) -> None:
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
     assert r.ret == 0
     r.assert_outcomes(passed=1)
+
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def no_aws(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The repository's policies and no AWS configuration at all (nothing may be read from anywhere)."""
+    shutil.copytree(REPO / "policies", pytester.path / "policies")
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name in ("LLAMADEPLOY_APPROVED_BY", "LLAMADEPLOY_SANDBOX_DIR"):
+            monkeypatch.delenv(name)
+    missing = str(pytester.path / "no-such-aws-file")
+    monkeypatch.setenv("AWS_CONFIG_FILE", missing)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata service
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    return pytester
+
+
+@pytest.mark.parametrize("env", ["./prod", "prod/", "../policies/prod", "PROD", "defaults"])
+def test_env_that_is_not_a_policy_file_name_is_refused(no_aws: pytest.Pytester, env: str) -> None:
+    # Finding 6: `--env=./prod` ran prod's stages under the ledger key `./prod` (another lock, another history).
+    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", f"--env={env}", "--stage=deploy", "--release=v1",
+                                    "--plan", timeout=60)
+    assert r.ret == 4
+    r.stderr.fnmatch_lines([f"*env {env!r}*allowed: dev, prod, sandbox, staging"])
+    assert "Traceback" not in r.stderr.str()
+
+
+def test_release_with_a_trailing_newline_is_refused(no_aws: pytest.Pytester) -> None:
+    # `match` with `$` accepted "v1\n" (`$` matches before a final newline).
+    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1\n",
+                                    "--plan", timeout=60)
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(["*--release 'v1\\n': use 1-64 letters*"])
+
+
+@pytest.mark.parametrize(("args", "lines"), [
+    (["--stage=verify", "--to-version=3"],
+     ["*--to-version does not apply to --stage=verify (action none); it applies to rollback (action rollback)"]),
+    (["--stage=verify", "--rds"], ["*--rds does not apply to --stage=verify (action none); it applies to backup (action backup)"]),
+    (["--stage=backup", "--backup-id=b-1"], ["*--backup-id does not apply to --stage=backup (action backup); it applies to restore*"]),
+    (["--stage=restore", "--all"], ["*--all does not apply to --stage=restore (action restore); it applies to backup*"]),
+    (["--stage=deploy", "--release=v1", "--emergency", "--reason=hotfix"],
+     ["*--emergency does not apply to --stage=deploy (action deploy); it applies to preflight, rollback "
+      "(action preflight or rollback)"]),
+    (["--stage=rollback", "--emergency", "--reason=hotfix"],
+     ["*--emergency on a rollback overrides only a --to-version target that failed its gate*"]),
+    (["--stage=verify", "--to-version=3", "--rds", "--backup-id=b-1"],
+     ["*options that this stage would ignore; nothing was changed:", "*--to-version does not apply*",
+      "*--rds does not apply*", "*--backup-id does not apply*"]),
+])
+def test_options_the_stage_does_not_use_are_refused(no_aws: pytest.Pytester, args: list[str], lines: list[str]) -> None:
+    # Before, `--to-version`, `--rds` or `--backup-id` on verify were silently ignored.
+    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", *args, timeout=60)
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(lines)
+
+
+def test_plan_without_aws_credentials_is_a_usage_error(no_aws: pytest.Pytester) -> None:
+    # Before: exit 1 and botocore's NoCredentialsError traceback.
+    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1",
+                                    "--plan", timeout=60)
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(["*--plan for deploy in staging needs to read the alias and the ledger, and AWS could not be "
+                            "read: Unable to locate credentials. Configure credentials*nothing was changed"])
+    assert "Traceback" not in r.stderr.str() + r.stdout.str()
