@@ -66,6 +66,16 @@ def test_single_file_report_is_one_html(tmp_path: Path) -> None:
 
 
 @needs_allure
+def test_two_releases_in_one_report_are_two_results_not_a_retry(tmp_path: Path) -> None:
+    out = tmp_path / "rehearsal"
+    assert main(["report", "--results", str(_results(tmp_path, "v1", "passed")), "--results",
+                 str(_results(tmp_path, "v2", "failed")), "--out", str(out), "--no-history"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stats"]["total"] == 2 and summary["stats"].get("retries", 0) == 0, summary["stats"]
+    assert summary["retryTests"] == []
+
+
+@needs_allure
 def test_refuses_to_replace_a_directory_that_is_not_a_report(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "precious"
