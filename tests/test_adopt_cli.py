@@ -92,6 +92,10 @@ def test_init_writes_a_starting_repository(tmp_path: Path, capsys: pytest.Captur
     assert f"pytest-llamadeploy=={metadata.version('pytest-llamadeploy')}" in (target / REQUIREMENTS).read_text()
     assert 'testpaths = ["suites"]' in (target / "pyproject.toml").read_text()
     assert (target / "sql" / "migrations").is_dir()
+    # what the workflows install from and cache on is there (tests/test_workflow.py checks the same here)
+    for needed in ("requirements-llamadeploy.txt", "pyproject.toml", "tools/allure/package-lock.json",
+                   ".github/workflows/gate.yml"):
+        assert (target / needed).is_file(), needed
     assert "llamadeploy sandbox up" in out and "pytest --env=sandbox --stage=verify" in out
     # the written policies pass the same check as ours
     assert cli(["policy", "check", str(target / "policies")]) == 0
