@@ -38,6 +38,10 @@ The folder is the policy key `database.migrations_dir`.
 """
 
 
+#: What the gates and the sandbox write into the repository, never to be committed.
+GITIGNORE = (".llamadeploy/", "allure-results/", "allure-report/", "reports/", "tools/allure/node_modules/")
+
+
 class InitError(Exception):
     """Init cannot go on; the message says what was checked and the fix."""
 
@@ -103,6 +107,15 @@ def plan(target: Path, pinned: str) -> tuple[list[Planned], list[str]]:
         f"{DISTRIBUTION}=={pinned}\n").encode(), "generated"))
     files.append(Planned("sql/migrations/README.md", MIGRATIONS_README.encode(), "generated"))
     manual: list[str] = []
+    ignore = target / ".gitignore"
+    if not ignore.exists():
+        files.append(Planned(".gitignore", ("# llamadeploy's runs, sandbox state and reports\n"
+                                            + "\n".join(GITIGNORE) + "\n").encode(), "generated"))
+    else:
+        present = set(ignore.read_text(encoding="utf-8", errors="replace").split())
+        missing = [line for line in GITIGNORE if line not in present]
+        if missing:
+            manual.append(".gitignore exists: add " + ", ".join(missing))
     holder = _has_pytest_settings(target)
     if holder is None and not (target / "pyproject.toml").exists():
         files.append(Planned("pyproject.toml", PYTEST_SETTINGS.encode(), "generated"))

@@ -97,6 +97,7 @@ def test_init_writes_a_starting_repository(tmp_path: Path, capsys: pytest.Captur
                    ".github/workflows/gate.yml"):
         assert (target / needed).is_file(), needed
     assert "llamadeploy sandbox up" in out and "pytest --env=sandbox --stage=verify" in out
+    assert ".llamadeploy/" in (target / ".gitignore").read_text().split()
     # the written policies pass the same check as ours
     assert cli(["policy", "check", str(target / "policies")]) == 0
 
@@ -108,13 +109,14 @@ def test_init_refuses_to_overwrite_naming_each_file(tmp_path: Path, capsys: pyte
     (target / "suites" / "health").mkdir(parents=True)
     (target / "suites" / "health" / "test_health.py").write_text("def test_ours(): pass\n")
     (target / "pyproject.toml").write_text("[project]\nname = 'service'\n")
+    (target / ".gitignore").write_text("allure-results/\n")
     assert cli(["init", str(target)]) == 2
     out = capsys.readouterr().out
     assert "refused, nothing written" in out
     assert "would overwrite policies/prod.yaml" in out and "would overwrite suites/health/test_health.py" in out
     assert "--force" in out
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
-        "policies/prod.yaml", "pyproject.toml", "suites/health/test_health.py"]  # nothing else written
+        ".gitignore", "policies/prod.yaml", "pyproject.toml", "suites/health/test_health.py"]  # nothing else written
     # --force overwrites those two and leaves the repository's own pyproject.toml alone, saying what to add
     assert cli(["init", str(target), "--force"]) == 0
     out = capsys.readouterr().out
@@ -122,6 +124,8 @@ def test_init_refuses_to_overwrite_naming_each_file(tmp_path: Path, capsys: pyte
     assert (target / "policies" / "prod.yaml").read_bytes() == (POLICIES / "prod.yaml").read_bytes()
     assert (target / "pyproject.toml").read_text() == "[project]\nname = 'service'\n"
     assert "to do by hand: pyproject.toml exists" in out and 'testpaths = ["suites"]' in out
+    assert "to do by hand: .gitignore exists: add .llamadeploy/, allure-report/" in out
+    assert (target / ".gitignore").read_text() == "allure-results/\n"
 
 
 def test_init_twice_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
