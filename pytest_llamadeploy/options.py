@@ -61,6 +61,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="backup stage: RDS and every DynamoDB table (the default when neither is given)")
     group.addoption("--backup-id", dest="llamadeploy_backup_id", default=None,
                     help="restore stage: the recorded backup to restore (default: the newest)")
+    parser.addini("llamadeploy_rds", type="bool", default=False, help="same as --rds")
+    parser.addini("llamadeploy_all", type="bool", default=False, help="same as --all")
+    parser.addini("llamadeploy_backup_id", default=None, help="same as --backup-id")
     group.addoption("--emergency", dest="llamadeploy_emergency", action="store_true", default=None,
                     help="run outside the deployment window (requires --reason; recorded)")
     parser.addini("llamadeploy_emergency", type="bool", default=False, help="same as --emergency")
@@ -147,9 +150,9 @@ def get_settings(config: pytest.Config) -> Settings:
         alluredir=alluredir if alluredir.is_absolute() else Path.cwd() / alluredir,
         artifacts=artifacts if artifacts.is_absolute() else Path.cwd() / artifacts,
         rootdir=rootdir,
-        backup_rds=bool(config.getoption("llamadeploy_backup_rds")),
-        backup_all=bool(config.getoption("llamadeploy_backup_all")),
-        backup_id=config.getoption("llamadeploy_backup_id"),
+        backup_rds=bool(config.getoption("llamadeploy_backup_rds") or config.getini("llamadeploy_rds")),
+        backup_all=bool(config.getoption("llamadeploy_backup_all") or config.getini("llamadeploy_all")),
+        backup_id=_get(config, "backup-id"),
     )
 
 

@@ -158,6 +158,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.stash[RUNNER_KEY] = StageRunner(settings, loaded, config.pluginmanager.hook, out=out, progress=progress)
     config.pluginmanager.register(_GateObserver(config), "llamadeploy-gate-observer")
+    from .notify import from_environment as webhook_from_environment
+
+    # LLAMADEPLOY_WEBHOOK_URL set: post each stage event there (the secret URL leaves os.environ here)
+    notifier = webhook_from_environment(out=out, consume=True)
+    if notifier is not None:
+        config.pluginmanager.register(notifier, "llamadeploy-webhook")
 
 
 @pytest.hookimpl(optionalhook=True)

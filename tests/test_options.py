@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,39 @@ def test_plan_without_aws_credentials_is_a_usage_error(no_aws: pytest.Pytester) 
     r.stderr.fnmatch_lines(["*--plan for deploy in staging needs to read the alias and the ledger, and AWS could not be "
                             "read: Unable to locate credentials. Configure credentials*nothing was changed"])
     assert "Traceback" not in r.stderr.str() + r.stdout.str()
+SHOW_BACKUP_SETTINGS = """
+from pytest_llamadeploy.plugin import SETTINGS_KEY
+
+def test_show(request):
+    s = request.config.stash[SETTINGS_KEY]
+    print(f"BACKUP rds={s.backup_rds} all={s.backup_all} id={s.backup_id}")
+"""
+
+
+def test_backup_options_have_ini_twins(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_show=SHOW_BACKUP_SETTINGS)
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=60)
+    r.stdout.fnmatch_lines(["*BACKUP rds=False all=False id=None*"])
+    pytester.makeini("""
+        [pytest]
+        llamadeploy_rds = true
+        llamadeploy_all = true
+        llamadeploy_backup_id = b-from-ini
+    """)
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=60)
+    r.stdout.fnmatch_lines(["*BACKUP rds=True all=True id=b-from-ini*"])
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--backup-id=b-from-cli", timeout=60)
+    r.stdout.fnmatch_lines(["*BACKUP rds=True all=True id=b-from-cli*"])
+
+
+def test_every_option_has_an_ini_twin() -> None:
+    """The README's promise, checked against ``pytest --help``: each --option of the group has llamadeploy_<name>."""
+    shown = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"], capture_output=True,
+                           text=True, timeout=60, check=True).stdout
+    group = shown[shown.index("llamadeploy deployment gates:"):]
+    group = group[:group.index("\n\n")]
+    options = re.findall(r"^  (--[a-z][a-z-]+)", group, flags=re.MULTILINE)
+    inis = set(re.findall(r"^  (llamadeploy_\w+) \(", shown, flags=re.MULTILINE))
+    missing = [o for o in options if "llamadeploy_" + o[2:].replace("-", "_").removeprefix("llama_") not in inis]
+    assert len(options) >= 17, options
+    assert not missing, f"options without an ini twin: {missing}"
