@@ -1,34 +1,93 @@
-"""Hook specifications: how a user plugs in another traffic driver, ledger or notifier.
+"""Hook specifications: how a team plugs in another traffic driver, ledger or notifier without forking.
 
-Implement any of these in a conftest.py or a plugin; the first non-None result
-wins for the factories. Arguments are passed by keyword.
+Implement a hook in a ``conftest.py`` at the repository root (next to ``suites/``)
+or in an installed plugin (a ``pytest11`` entry point). Arguments are passed by
+keyword; a hook may take fewer of them than the spec lists. For the two
+factories the first non-None result wins and ``None`` keeps the default; the
+notify hook is called on every implementation. All of them run on the
+controller only (never on an xdist worker), once per stage session.
+
+Example, ``conftest.py`` of a repository set up with ``llamadeploy init``::
+
+    import json, urllib.request
+
+    def pytest_llamadeploy_notify(event, record):
+        if event in ("rollback", "fail") and record["env"] == "prod":
+            body = json.dumps({"summary": f"{record['stage']} of {record['release']}: {record['reason']}"})
+            urllib.request.urlopen(urllib.request.Request(PAGER_URL, body.encode(), method="POST"), timeout=5)
+
+A webhook notifier (Slack-compatible) ships with llamadeploy: set
+``LLAMADEPLOY_WEBHOOK_URL`` (``pytest_llamadeploy/notify/webhook.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+if TYPE_CHECKING:  # the policy model (pydantic) and boto3 load only when a gate runs
+    from .aws import AwsConfig
+    from .ledger import Ledger
+    from .policy import Policy
+    from .traffic import TrafficDriver
+
+#: The events of ``pytest_llamadeploy_notify``.
+NotifyEvent = Literal["start", "pass", "fail", "rollback"]
+
 
 @pytest.hookspec(firstresult=True)
-def pytest_llamadeploy_traffic_driver(policy: Any, aws: Any) -> Any:
-    """Return the traffic driver for ``policy`` (default: Lambda alias weighted routing).
+def pytest_llamadeploy_traffic_driver(policy: Policy, aws: AwsConfig) -> TrafficDriver | None:
+    """Return the traffic driver for ``policy``, or None for the default (Lambda alias weighted routing).
 
-    A driver provides ``read()``, ``latest_versions()``, ``apply(target)`` and
-    ``validate_versions(versions)`` like :class:`pytest_llamadeploy.traffic.LambdaAliasDriver`.
+    The driver implements :class:`pytest_llamadeploy.traffic.TrafficDriver`
+    (``read``, ``latest_versions``, ``validate_versions``, ``apply``), as
+    :class:`pytest_llamadeploy.traffic.LambdaAliasDriver` does. ``aws`` gives
+    boto3 clients for the policy's region and endpoint (``aws.client("lambda")``).
+    ``apply`` must move every function or none: the runner relies on it to
+    never leave a half-shifted service behind.
+
+    Example: an env whose traffic is split somewhere else than a Lambda alias::
+
+        def pytest_llamadeploy_traffic_driver(policy, aws):
+            if policy.name == "edge":
+                return EdgeWeightsDriver(aws.client("cloudfront"), policy.service.functions)
     """
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_llamadeploy_ledger_backend(policy: Any, aws: Any, rootdir: Any) -> Any:
-    """Return the ledger for ``policy`` (default: DynamoDB table or local file, per ``policy.ledger``)."""
+def pytest_llamadeploy_ledger_backend(policy: Policy, aws: AwsConfig, rootdir: Path) -> Ledger | None:
+    """Return the ledger for ``policy``, or None for the default (``policy.ledger``: DynamoDB table or folder).
+
+    The ledger implements :class:`pytest_llamadeploy.ledger.Ledger`: stage
+    records, the per-env lock with a lease (``acquire_lock`` must be atomic
+    across machines: it is what keeps two CI jobs from moving one alias), and
+    artifacts (backups, preflight results). ``rootdir`` is pytest's rootdir,
+    for backends that keep files.
+
+    Example: the file ledger on a shared volume for a runner without DynamoDB::
+
+        from pytest_llamadeploy.ledger import FileLedger
+
+        def pytest_llamadeploy_ledger_backend(policy, aws, rootdir):
+            return FileLedger("/mnt/deploy-ledger") if policy.name != "prod" else None
+    """
 
 
 @pytest.hookspec
-def pytest_llamadeploy_notify(event: str, record: dict[str, Any]) -> None:
-    """Called on stage ``start``, ``pass``, ``fail`` and ``rollback`` with the stage record (secrets redacted).
+def pytest_llamadeploy_notify(event: NotifyEvent, record: dict[str, Any]) -> None:
+    """Called on stage ``start``, ``pass``, ``fail`` and ``rollback`` with the stage record.
 
-    Exceptions are reported but never change the verdict: a notifier must not
-    be able to stop a rollback.
+    ``record`` is :meth:`pytest_llamadeploy.ledger.StageRecord.to_json` with
+    secrets redacted: ``env``, ``stage``, ``release``, ``status`` (``started``,
+    ``passed``, ``rolled_back``, ``failed``), ``reason``, ``approver``,
+    ``run_id``, ``old_versions``/``new_versions`` and ``weights_before``/
+    ``weights_after`` per function, and ``details`` (``details["rollback"]``
+    holds the rollback's reason and the alias after it). ``rollback`` fires
+    as soon as traffic is back, which during a bake is at the first breach,
+    before the stage's ``fail``.
+
+    Keep it short and bounded in time. Exceptions are reported but never
+    change the verdict: a notifier must not be able to stop a rollback.
     """

@@ -14,8 +14,23 @@ from pathlib import Path
 
 import pytest
 
-_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_VERSION = re.compile(r"^\d+$")
+# Matched with fullmatch: ``$`` also matches before a trailing newline, so "v1\n" passed as a release.
+_RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_VERSION = re.compile(r"\d+")
+
+#: Options that only some stages read: option -> (Settings attribute, actions of the stages that use it).
+#: Given to any other stage they would be silently ignored, and whoever typed them believes they acted.
+#: ``--to-version``: the rollback target (stage.py ``_rollback_versions``); ``--rds``/``--all``: what a
+#: backup copies (ops/__init__.py); ``--backup-id``: what a restore restores (ops/restore.py);
+#: ``--emergency``: overrides the deployment window (ops/checklist.py) and a rollback target that failed its
+#: gate (stage.py ``_known_bad``), nothing else. ``--reason`` is recorded with any stage, so any stage takes it.
+STAGE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--to-version": ("to_version", ("rollback",)),
+    "--rds": ("backup_rds", ("backup",)),
+    "--all": ("backup_all", ("backup",)),
+    "--backup-id": ("backup_id", ("restore",)),
+    "--emergency": ("emergency", ("preflight", "rollback")),
+}
 
 #: (option name, ini name, help, default)
 _OPTIONS: list[tuple[str, str, str, str | None]] = [
@@ -46,6 +61,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="backup stage: RDS and every DynamoDB table (the default when neither is given)")
     group.addoption("--backup-id", dest="llamadeploy_backup_id", default=None,
                     help="restore stage: the recorded backup to restore (default: the newest)")
+    parser.addini("llamadeploy_rds", type="bool", default=False, help="same as --rds")
+    parser.addini("llamadeploy_all", type="bool", default=False, help="same as --all")
+    parser.addini("llamadeploy_backup_id", default=None, help="same as --backup-id")
     group.addoption("--emergency", dest="llamadeploy_emergency", action="store_true", default=None,
                     help="run outside the deployment window (requires --reason; recorded)")
     parser.addini("llamadeploy_emergency", type="bool", default=False, help="same as --emergency")
@@ -88,12 +106,12 @@ def parse_to_version(raw: str | None) -> dict[str, str] | str | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if _VERSION.match(raw):
+    if _VERSION.fullmatch(raw):
         return raw
     mapping: dict[str, str] = {}
     for part in raw.split(","):
         fn, sep, version = part.partition("=")
-        if not sep or not fn.strip() or not _VERSION.match(version.strip()):
+        if not sep or not fn.strip() or not _VERSION.fullmatch(version.strip()):
             raise pytest.UsageError(
                 f"--to-version {raw!r}: expected a version number (e.g. 3) or function=version pairs "
                 "(e.g. onchain-api=3,onchain-ws=5)"
@@ -108,7 +126,7 @@ def get_settings(config: pytest.Config) -> Settings:
     if not policy_dir.is_absolute():
         policy_dir = (Path.cwd() / policy_dir).resolve()
     release = _get(config, "release")
-    if release is not None and not _RELEASE.match(release):
+    if release is not None and not _RELEASE.fullmatch(release):
         raise pytest.UsageError(
             f"--release {release!r}: use 1-64 letters, digits, '.', '_', '+' or '-' starting with a letter or digit (e.g. v1.2.3)"
         )
@@ -132,10 +150,25 @@ def get_settings(config: pytest.Config) -> Settings:
         alluredir=alluredir if alluredir.is_absolute() else Path.cwd() / alluredir,
         artifacts=artifacts if artifacts.is_absolute() else Path.cwd() / artifacts,
         rootdir=rootdir,
-        backup_rds=bool(config.getoption("llamadeploy_backup_rds")),
-        backup_all=bool(config.getoption("llamadeploy_backup_all")),
-        backup_id=config.getoption("llamadeploy_backup_id"),
+        backup_rds=bool(config.getoption("llamadeploy_backup_rds") or config.getini("llamadeploy_rds")),
+        backup_all=bool(config.getoption("llamadeploy_backup_all") or config.getini("llamadeploy_all")),
+        backup_id=_get(config, "backup-id"),
     )
+
+
+def misplaced_options(settings: Settings, stage: str, actions: Mapping[str, str]) -> list[str]:
+    """One line per option given that ``stage`` does not use; ``actions`` maps the env's stages to their action."""
+    problems = []
+    for option, (attribute, uses) in STAGE_OPTIONS.items():
+        if not getattr(settings, attribute) or actions.get(stage) in uses:
+            continue
+        where = [name for name, action in actions.items() if action in uses]
+        problems.append(f"{option} does not apply to --stage={stage} (action {actions.get(stage)}); it applies to "
+                        f"{', '.join(where) or 'no stage of this env'} (action {' or '.join(uses)})")
+    if settings.emergency and actions.get(stage) == "rollback" and settings.to_version is None:
+        problems.append("--emergency on a rollback overrides only a --to-version target that failed its gate; "
+                        "without --to-version it changes nothing: leave it out")
+    return problems
 
 
 def approver_from(settings: Settings, env_vars: list[str], environ: Mapping[str, str] | None = None) -> str | None:

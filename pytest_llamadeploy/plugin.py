@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from . import newhooks
-from .options import Settings, add_options, get_settings
+from .options import Settings, add_options, get_settings, misplaced_options
 
 pytest_plugins = ["pytest_llamadeploy.fixtures"]
 
@@ -51,13 +51,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
-    """Validate the env/stage/release against the policy; return the loaded policy."""
+    """Validate the env/stage/release and the options against the policy and its guard; return the loaded policy."""
+    from .guard import guard_problems
     from .policy import PolicyError, available_envs, load_policy
 
     try:
         loaded = load_policy(settings.policy_dir, settings.env or "")
     except PolicyError as exc:
         raise pytest.UsageError("invalid policy:\n  " + "\n  ".join(exc.problems)) from None
+    violations = guard_problems(loaded)
+    if violations:
+        raise pytest.UsageError(
+            f"the {settings.env} policy is looser than the runbook; nothing was changed "
+            f"(`llamadeploy policy check {settings.policy_dir}` lists the same):\n  " + "\n  ".join(violations))
     policy = loaded.policy
     if not settings.stage:
         raise pytest.UsageError(
@@ -73,7 +79,24 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
     action = policy.stages[settings.stage].action
     if action in ("deploy", "shift", "promote") and not settings.release:
         raise pytest.UsageError(f"--stage={settings.stage} needs --release TAG (the release being shipped, e.g. v1.2.3)")
+    misplaced = misplaced_options(settings, settings.stage, {name: s.action for name, s in policy.stages.items()})
+    if misplaced:
+        raise pytest.UsageError("options that this stage would ignore; nothing was changed:\n  " + "\n  ".join(misplaced))
     return loaded
+
+
+def _aws_unreadable(exc: Exception) -> str | None:
+    """Why ``--plan`` could not read AWS (no credentials, no region, unreachable, refused), or None."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .redact import redact
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return redact(f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}")
+    if isinstance(exc, BotoCoreError):
+        return redact(str(exc))  # an endpoint URL may carry a user:password
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -88,8 +111,18 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     from .plan import render_plan
     from .stage import StageRunner
 
-    runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
-    decision = runner.decide()
+    try:
+        runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
+        decision = runner.decide()
+    except Exception as exc:
+        why = _aws_unreadable(exc)
+        if why is None:
+            raise
+        raise pytest.UsageError(
+            f"--plan for {settings.stage} in {settings.env} needs to read the alias and the ledger, and AWS could not "
+            f"be read: {why}. Configure credentials and region the standard boto3 way (AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION; AWS_ENDPOINT_URL for a moto server); "
+            "nothing was changed") from None
     print(render_plan(decision, loaded, runner.ledger.describe()))
     return 0 if decision.ok else 4
 
@@ -125,6 +158,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.stash[RUNNER_KEY] = StageRunner(settings, loaded, config.pluginmanager.hook, out=out, progress=progress)
     config.pluginmanager.register(_GateObserver(config), "llamadeploy-gate-observer")
+    from .notify import from_environment as webhook_from_environment
+
+    # LLAMADEPLOY_WEBHOOK_URL set: post each stage event there (the secret URL leaves os.environ here)
+    notifier = webhook_from_environment(out=out, consume=True)
+    if notifier is not None:
+        config.pluginmanager.register(notifier, "llamadeploy-webhook")
 
 
 @pytest.hookimpl(optionalhook=True)

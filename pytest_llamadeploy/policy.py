@@ -4,6 +4,12 @@ A policy file may ``extends:`` another (``defaults.yaml`` holds what every
 environment shares). Files are deep-merged parent first, lists replaced, then
 validated once with pydantic so that every mistake is reported with the file,
 the key path, the value and what is allowed, and nothing runs on a bad policy.
+
+An env name is exactly the name of a policy file in the folder (``a-z``,
+``0-9``, ``_``, ``-``): ``--env=./prod`` or ``prod/`` would load prod's policy
+under another name, and so another ledger key and another lock. Every number
+is finite and bounded in every env (see :mod:`.units`); the files are read by
+:mod:`.policy_yaml`, which refuses aliases, duplicate keys and non-UTF-8.
 """
 
 from __future__ import annotations
@@ -11,19 +17,37 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .policy_yaml import PolicyYamlError, clip, read_policy_yaml
 from .suitenames import KNOWN_SUITES
-from .units import Duration, Rate, Threshold
+from .units import Duration, Rate, Threshold, duration_within, number_within
 
 ACTIONS = ("none", "deploy", "shift", "promote", "rollback", "preflight", "backup", "migrate", "restore")
 _SECRET_IN_URL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
+#: An env (and an ``extends:`` target) is the name of a policy file: lower-case letters, digits, '_' and '-'.
+ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: Placeholders ``deploy.argv`` may use (``str.format`` fields).
+ARGV_PLACEHOLDERS = ("env", "release")
+#: At most this many problems are listed: a list of 10,000 bad items is one mistake, not 10,000 lines.
+MAX_PROBLEMS = 40
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Variables that are set in every shell or CI job whatever anyone approved: naming one in
+#: ``approval.env_vars`` turns the approval into a formality (HOME is always set).
+GENERIC_ENV_VARS = frozenset({
+    "HOME", "USER", "LOGNAME", "USERNAME", "PATH", "PWD", "OLDPWD", "SHELL", "SHLVL", "TERM", "LANG", "LC_ALL",
+    "HOSTNAME", "TMPDIR", "EDITOR", "MAIL", "DISPLAY", "SSH_CONNECTION", "SSH_CLIENT", "SUDO_USER", "CI",
+    "VIRTUAL_ENV", "PYTHONPATH", "_",
+})
+#: Prefixes of variables a CI system sets in every job (GitHub Actions, its runners, GitLab, Buildkite,
+#: Jenkins, CircleCI) and of AWS's own: GITHUB_ACTOR names whoever pushed, not who approved.
+GENERIC_ENV_PREFIXES = ("GITHUB_", "RUNNER_", "CI_", "GITLAB_", "BUILDKITE", "JENKINS_", "CIRCLE", "AWS_")
 
 
 class PolicyError(Exception):
@@ -34,10 +58,16 @@ class PolicyError(Exception):
         super().__init__("\n".join(problems))
 
 
+def is_generic_env_var(name: str) -> bool:
+    """Is ``name`` set in every shell or CI job (and so no evidence of an approval)?"""
+    return name.upper() in GENERIC_ENV_VARS or name.upper().startswith(GENERIC_ENV_PREFIXES)
+
+
 class _Model(BaseModel):
     # Unknown keys are errors: a typo in a threshold name must not silently
     # fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused for every float (YAML spells them .nan and .inf).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Approval(_Model):
@@ -45,13 +75,41 @@ class Approval(_Model):
     #: Environment variables CI may set to carry the approver (first non-empty wins).
     env_vars: list[str] = Field(default_factory=lambda: ["LLAMADEPLOY_APPROVED_BY"])
 
+    @field_validator("env_vars")
+    @classmethod
+    def _specific_variables(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _ENV_VAR.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, '_')")
+            if is_generic_env_var(name):
+                raise ValueError(f"{name!r} is set in every shell or CI job whoever approved: an approval variable "
+                                 "must be one only an approval sets, e.g. LLAMADEPLOY_APPROVED_BY")
+        return names
+
 
 class DeployCommand(_Model):
     #: argv list, run without a shell. ``{release}`` and ``{env}`` are substituted.
     argv: list[str] = Field(min_length=1)
-    timeout: Duration = 900.0
+    #: Above 0, at most 6 h: a deploy that takes longer is stuck, and the lock is held meanwhile.
+    timeout: Annotated[Duration, duration_within(0, 6 * 3600, above=True)] = 900.0
     #: Extra environment for the command; values may reference ``${VAR}``.
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("argv")
+    @classmethod
+    def _known_placeholders(cls, argv: list[str]) -> list[str]:
+        # Checked here, not when the command runs: by then the lock is taken and the record written.
+        allowed = ", ".join(f"{{{p}}}" for p in ARGV_PLACEHOLDERS)
+        for part in argv:
+            try:
+                fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(part) if name is not None]
+            except ValueError as exc:
+                raise ValueError(f"{part!r}: {exc}; placeholders are {allowed}, a literal brace is written {{{{ or }}}}") from None
+            for name, conv, spec in fields:
+                if name not in ARGV_PLACEHOLDERS or conv or spec:
+                    raise ValueError(f"{part!r}: unknown placeholder {{{name}{'!' + conv if conv else ''}"
+                                     f"{':' + spec if spec else ''}}}; allowed: {allowed}")
+        return argv
 
 
 class Service(_Model):
@@ -76,7 +134,7 @@ class Stage(_Model):
     action: Literal["none", "deploy", "shift", "promote", "rollback", "preflight", "backup", "migrate", "restore"]
     #: Share of traffic on the new version after the action (shift: 0 < w < 1; deploy: 0 or 1).
     weight: Rate | None = None
-    bake: Duration = 0.0
+    bake: Annotated[Duration, duration_within(0, 86400)] = 0.0
     #: How long the previous version is kept for rollback after a promote.
     keep_previous: Duration | None = None
     suites: list[str] = Field(default_factory=list)
@@ -109,28 +167,31 @@ class MetricRule(_Model):
     statistic: str = "auto"
     op: Literal["<", "<=", ">", ">=", "=="]
     threshold: Threshold
-    window: Duration = 300.0
+    #: At least 1 s, CloudWatch's finest period; at most a day.
+    window: Annotated[Duration, duration_within(1, 86400)] = 300.0
     #: Fewer samples than this (requests, datapoints) is "no data" rather than a verdict.
-    min_samples: int = Field(default=1, ge=0)
+    min_samples: Annotated[int, number_within(0, 1_000_000)] = 1
     no_data: Literal["wait", "fail", "pass"] = "wait"
     per_version: bool = True
 
 
 class Watch(_Model):
-    interval: Duration = 10.0
-    #: Version-targeted probes per second against the new version during a bake.
-    probe_rate: float = Field(default=2.0, ge=0)
+    #: One GetMetricData per poll: 0 s would spin on the API, more than 5 m watches a 1-minute trigger blind.
+    interval: Annotated[Duration, duration_within(1, 300)] = 10.0
+    #: Version-targeted probes per second against the new version during a bake (at most 50/s: a probe
+    #: is a request to production, not a load test).
+    probe_rate: Annotated[float, number_within(0, 50)] = 2.0
     probe_path: str = "/health"
-    probe_timeout: Duration = 2.0
+    probe_timeout: Annotated[Duration, duration_within(0, 60, above=True)] = 2.0
     #: Consecutive provider errors (throttling, 5xx, timeouts) that end a stage as inconclusive.
-    provider_error_limit: int = Field(default=4, ge=1)
+    provider_error_limit: Annotated[int, number_within(1, 100)] = 4
     #: How long "no data" may last before the metric is inconclusive.
-    no_data_grace: Duration = 60.0
+    no_data_grace: Annotated[Duration, duration_within(0, 3600)] = 60.0
 
 
 class Compare(_Model):
     max_error_rate_diff: Rate = 0.01
-    max_p95_ratio: float = Field(default=1.5, gt=0)
+    max_p95_ratio: Annotated[float, number_within(0, 100, above=True)] = 1.5
     #: A slower new version fails only when it is also this much slower in absolute terms:
     #: a p95 going from 20 ms to 40 ms is 2x but within the jitter of a shared host and far
     #: below anything a user notices (Kayenta likewise ignores effects below a floor).
@@ -139,19 +200,19 @@ class Compare(_Model):
     alpha: float = Field(default=0.02, gt=0, lt=1)
     #: How much slower (median per interval) the new version may be before a significant
     #: difference counts (Kayenta's tolerance, 0.25).
-    tolerance: float = Field(default=0.25, ge=0)
+    tolerance: Annotated[float, number_within(0, 10)] = 0.25
     #: Seconds after traffic moved that are not compared (connection pools and caches
     #: of the newly weighted version warm up; Argo's initialDelay, Kayenta's warmup).
-    warmup: Duration = 60.0
+    warmup: Annotated[Duration, duration_within(0, 3600)] = 60.0
     #: Seconds per sample of the rank test (per-interval p95 latency of each version).
-    interval: Duration = 10.0
-    min_samples: int = Field(default=20, ge=1)
+    interval: Annotated[Duration, duration_within(1, 3600)] = 10.0
+    min_samples: Annotated[int, number_within(1, 100_000)] = 20
 
 
 class Performance(_Model):
-    users: int = Field(default=20, ge=1)
-    spawn_rate: float = Field(default=10.0, gt=0)
-    duration: Duration = 30.0
+    users: Annotated[int, number_within(1, 10_000)] = 20
+    spawn_rate: Annotated[float, number_within(0, 10_000, above=True)] = 10.0
+    duration: Annotated[Duration, duration_within(1, 3600)] = 30.0
     api_p95: Threshold = 200.0
     max_failure_ratio: Rate = 0.01
     ws_p95: Threshold = 100.0
@@ -162,8 +223,8 @@ class Performance(_Model):
 
 
 class Functional(_Model):
-    event_deadline: Duration = 2.0
-    alert_deadline: Duration = 5.0
+    event_deadline: Annotated[Duration, duration_within(0, 600, above=True)] = 2.0
+    alert_deadline: Annotated[Duration, duration_within(0, 600, above=True)] = 5.0
 
 
 class Targets(_Model):
@@ -196,17 +257,17 @@ class Aws(_Model):
     region: str = "us-east-1"
     #: ``sandbox``: endpoint and credentials come from the running sandbox; empty: boto3's standard configuration.
     endpoint: Literal["", "sandbox"] = ""
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: Annotated[int, number_within(1, 20)] = 3
 
 
 class SignalSource(_Model):
     """How a source of metrics serves its data: the period it keeps and how late a datapoint appears."""
 
     #: Seconds per datapoint: 1, 5, 10, 20, 30 for high-resolution data, else a multiple of 60.
-    resolution: Duration
+    resolution: Annotated[Duration, duration_within(1, 3600)]
     #: Seconds after which a datapoint has arrived, at worst: windows end this long before now, and the
     #: final decision of a bake waits (at most) this long for the bake's last data.
-    lag: Duration
+    lag: Annotated[Duration, duration_within(0, 3600)]
 
     @field_validator("resolution")
     @classmethod
@@ -248,7 +309,7 @@ class Resources(_Model):
     ws_stage: str = Field(min_length=1)
     #: ElastiCache replication group; its member clusters are ``<group>-001`` ... ``<group>-NNN``.
     cache_group: str = Field(min_length=1)
-    cache_nodes: int = Field(default=1, ge=1, le=500)
+    cache_nodes: Annotated[int, number_within(1, 500)] = 1
     #: DynamoDB tables the service uses (throttles are watched on each).
     dynamodb_tables: list[str] = Field(min_length=1)
     #: CloudFormation stack of the service, SNS topic of stakeholder notices, SQS queue of alerts.
@@ -272,14 +333,15 @@ class Ledger(_Model):
     backend: Literal["dynamodb", "file"] = "dynamodb"
     table: str = "llamadeploy-ledger"
     path: str = ".llamadeploy/ledger"
-    lease: Duration = 1800.0
+    #: How long the env lock is held without renewal: 0 would let any other run take it at once.
+    lease: Annotated[Duration, duration_within(0, 86400, above=True)] = 1800.0
 
 
 class Monitoring(_Model):
     dashboards: list[str] = Field(default_factory=list)
     #: Alarm names the runbook expects to exist, enabled, and not in ALARM.
     alarms: list[str] = Field(default_factory=list)
-    insufficient_data_grace: Duration = 300.0
+    insufficient_data_grace: Annotated[Duration, duration_within(0, 86400)] = 300.0
     require_traces: bool = True
     require_logs: bool = True
 
@@ -289,7 +351,7 @@ class Preflight(_Model):
     backup_max_age: Duration = 86400.0
     #: Deployment window in UTC as ``"HH:MM-HH:MM"`` with allowed ISO weekdays (1 = Monday).
     window: str = ""
-    window_days: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    window_days: list[Annotated[int, number_within(1, 7)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     ci_status_env: str = "LLAMADEPLOY_TESTS_PASSED"
 
 
@@ -301,7 +363,7 @@ class Database(_Model):
 class Backup(_Model):
     rds_instance: str = "defillama"
     dynamodb_tables: list[str] = Field(default_factory=list)
-    timeout: Duration = 1800.0
+    timeout: Annotated[Duration, duration_within(0, 86400, above=True)] = 1800.0
 
 
 class Policy(_Model):
@@ -384,6 +446,8 @@ class LoadedPolicy:
     files: tuple[Path, ...]
     #: The merged document, as validated (for the report and the hash).
     document: Mapping[str, Any]
+    #: Each file's own data, in the order of ``files`` (to name the file that sets a key).
+    sources: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -394,21 +458,36 @@ class LoadedPolicy:
     def short_hash(self) -> str:
         return self.sha256[:12]
 
+    def origin(self, key: str) -> Path:
+        """The file to edit for the dotted ``key``: the last in the chain that spells it out (or the env's own)."""
+        loc = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        return _origin(list(zip(self.files, self.sources, strict=True)), loc) if self.sources else self.files[-1]
+
+
+def is_env_name(name: str) -> bool:
+    return ENV_NAME.fullmatch(name) is not None
+
 
 def available_envs(policy_dir: Path) -> list[str]:
-    """Environment names in ``policy_dir`` (every ``*.yaml`` but ``defaults``)."""
+    """Environment names in ``policy_dir``: every ``NAME.yaml`` with a valid NAME, but ``defaults``."""
     if not policy_dir.is_dir():
         return []
-    return sorted(p.stem for p in policy_dir.glob("*.yaml") if p.stem != "defaults" and not p.stem.startswith("_"))
+    return sorted(p.stem for p in policy_dir.glob("*.yaml")
+                  if p.stem != "defaults" and is_env_name(p.stem) and p.is_file())
+
+
+def misnamed_policy_files(policy_dir: Path) -> list[Path]:
+    """``*.yaml`` files whose name can never be an env (``Prod.yaml``, ``my prod.yaml``)."""
+    if not policy_dir.is_dir():
+        return []
+    return sorted(p for p in policy_dir.glob("*.yaml") if not is_env_name(p.stem) and not p.stem.startswith("_"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PolicyError([f"{path}: not valid YAML: {exc}"]) from None
-    except OSError as exc:
-        raise PolicyError([f"{path}: cannot be read: {exc.strerror}"]) from None
+        data = read_policy_yaml(path)
+    except PolicyYamlError as exc:
+        raise PolicyError([str(exc)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -426,7 +505,18 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
+def _bad_env(policy_dir: Path, env: str) -> PolicyError:
+    allowed = ", ".join(available_envs(policy_dir)) or "(none: the folder has no *.yaml)"
+    if not is_env_name(env):
+        return PolicyError([clip(
+            f"{policy_dir}: env {env!r} is not an env name: an env is exactly the name of a policy file in "
+            f"this folder, without .yaml (lower-case letters, digits, '_' and '-'; no paths); allowed: {allowed}")])
+    return PolicyError([f"{policy_dir / (env + '.yaml')}: no policy for env {env!r}; allowed: {allowed}"])
+
+
 def _chain(policy_dir: Path, env: str) -> list[tuple[Path, dict[str, Any]]]:
+    if env not in available_envs(policy_dir):
+        raise _bad_env(policy_dir, env)
     chain: list[tuple[Path, dict[str, Any]]] = []
     seen: set[str] = set()
     name: str | None = env
@@ -435,22 +525,21 @@ def _chain(policy_dir: Path, env: str) -> list[tuple[Path, dict[str, Any]]]:
             raise PolicyError([f"{policy_dir / (env + '.yaml')}: extends: loops through {name!r}"])
         seen.add(name)
         path = policy_dir / f"{name}.yaml"
-        if not path.is_file():
-            if not chain:
-                allowed = ", ".join(available_envs(policy_dir)) or "(none: the folder has no *.yaml)"
-                raise PolicyError([f"{path}: no policy for env {env!r}; allowed: {allowed}"])
+        if chain and (not is_env_name(name) or not path.is_file()):
             child = chain[-1][0]
-            raise PolicyError([f"{child}: extends: {name!r} has no file {path}"])
+            raise PolicyError([clip(f"{child}: extends: {name!r} must be the name of another policy file in "
+                                    f"{policy_dir} (without .yaml, no paths); allowed: "
+                                    f"{', '.join(['defaults', *available_envs(policy_dir)])}")])
         data = _read_yaml(path)
         chain.append((path, data))
         parent = data.get("extends")
         if parent is not None and not isinstance(parent, str):
-            raise PolicyError([f"{path}: extends: {parent!r} must be the name of another policy file"])
+            raise PolicyError([clip(f"{path}: extends: {parent!r} must be the name of another policy file")])
         name = parent
     return list(reversed(chain))
 
 
-def _origin(chain: list[tuple[Path, dict[str, Any]]], loc: tuple[Any, ...]) -> Path:
+def _origin(chain: Sequence[tuple[Path, Mapping[str, Any]]], loc: tuple[Any, ...]) -> Path:
     """The last file in the chain that spells out (a prefix of) ``loc``: where to fix it."""
     best = chain[-1][0]
     best_depth = -1
@@ -472,7 +561,9 @@ def _origin(chain: list[tuple[Path, dict[str, Any]]], loc: tuple[Any, ...]) -> P
 
 
 def _describe(chain: list[tuple[Path, dict[str, Any]]], exc: ValidationError) -> list[str]:
-    problems = []
+    # One line per distinct mistake: the same problem in 1,000 items of a list is one line that
+    # says so, and at most MAX_PROBLEMS lines in all.
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for error in exc.errors():
         loc = tuple(error["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
@@ -482,8 +573,13 @@ def _describe(chain: list[tuple[Path, dict[str, Any]]], exc: ValidationError) ->
         elif error["type"] == "missing":
             message = "required key is missing"
         value = error.get("input")
-        shown = "" if error["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
-        problems.append(f"{_origin(chain, loc)}: {path}{shown}: {message}")
+        shown = "" if error["type"] == "missing" or isinstance(value, dict) else f" = {clip(repr(value), 120)}"
+        family = (tuple("*" if isinstance(p, int) else p for p in loc), error["type"], clip(message, 80))
+        groups.setdefault(family, []).append(clip(f"{_origin(chain, loc)}: {path}{shown}: {message}"))
+    problems = [lines[0] + (f" (and {len(lines) - 1} more items like it)" if len(lines) > 1 else "")
+                for lines in groups.values()]
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems (fix these first)"]
     return problems
 
 
@@ -502,7 +598,8 @@ def load_policy(policy_dir: Path | str, env: str) -> LoadedPolicy:
         policy = Policy.model_validate(document)
     except ValidationError as exc:
         raise PolicyError(_describe(chain, exc)) from None
-    return LoadedPolicy(policy=policy, files=tuple(p for p, _ in chain), document=document)
+    return LoadedPolicy(policy=policy, files=tuple(p for p, _ in chain), document=document,
+                        sources=tuple(d for _, d in chain))
 
 
 def json_schema() -> dict[str, Any]:

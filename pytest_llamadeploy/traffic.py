@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,29 @@ def _same(a: AliasState, b: AliasState) -> bool:
     if a.version != b.version or set(a.weights) != set(b.weights):
         return False
     return all(abs(a.weights[k] - b.weights[k]) < 1e-9 for k in a.weights)
+
+
+class TrafficDriver(Protocol):
+    """What the stage runner asks of a traffic driver (``newhooks.pytest_llamadeploy_traffic_driver``).
+
+    Keys of every mapping are the policy's ``service.functions``; versions are strings.
+    """
+
+    def read(self) -> dict[str, AliasState]:
+        """What serves now, per function."""
+        ...
+
+    def latest_versions(self) -> dict[str, str | None]:
+        """The newest published version per function (the deploy stage's new version), None if none."""
+        ...
+
+    def validate_versions(self, versions: Mapping[str, str]) -> None:
+        """Raise :class:`TrafficError` naming the function and version when one cannot take traffic."""
+        ...
+
+    def apply(self, target: Mapping[str, AliasState]) -> dict[str, AliasState]:
+        """Move every function to ``target`` together (all or none), read back; return what serves after."""
+        ...
 
 
 class LambdaAliasDriver:

@@ -7,8 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pytest_llamadeploy.ops.checklist import CHECKS, in_window, parse_window, run_preflight
+from pytest_llamadeploy.ops.checklist import (
+    CHECKS,
+    TOPIC,
+    count_subscriptions,
+    in_window,
+    parse_window,
+    run_preflight,
+)
 from pytest_llamadeploy.ops.results import OpsError
+from pytest_llamadeploy.sandbox.provision import subscribe_stakeholders
 from tests.test_ops_support import (  # noqa: F401
     create_functions,
     free_port,
@@ -30,6 +38,7 @@ def ready(tmp_path, ops_aws, monkeypatch):  # noqa: F811
     (tmp_path / "sql/migrations/0001_a.sql").write_text("CREATE TABLE a (id int);\n")
     (tmp_path / "sql/migrations/0001_a.rollback.sql").write_text("DROP TABLE a;\n")
     versions = create_functions(ops_aws, {"DATABASE_URL": "x", "REDIS_URL": "y"})
+    subscribe_stakeholders(ops_aws)  # someone confirmed on the topic the notice goes to
     ledger = new_ledger(tmp_path)
     ledger.put_artifact("opstest", "v1.2.3", "backup", {"id": "b1", "ok": True, "created_at": time.time() - 60})
 
@@ -52,6 +61,7 @@ def test_all_items_hold(ready, ops_aws):  # noqa: F811
     assert all(r.ok for r in results), [r for r in results if not r.ok]
     notified = _by_name(results)["stakeholders_notified"].reason
     assert "llamadeploy-deployments" in notified and "MessageId" in notified
+    assert "(1 confirmed subscription(s))" in notified
     recorded = ledger.get_artifacts("opstest", "preflight")[0]
     assert recorded["ok"] and len(recorded["checks"]) == len(CHECKS)
 
@@ -162,3 +172,25 @@ def test_window_parsing():
         parse_window("9-5")
     assert in_window("22:00-02:00", [1, 2, 3, 4, 5, 6, 7], datetime(2025, 3, 4, 1, 0, tzinfo=UTC))[0]
     assert not in_window("22:00-02:00", [1, 2, 3, 4, 5, 6, 7], datetime(2025, 3, 4, 12, 0, tzinfo=UTC))[0]
+
+
+def test_stakeholders_not_notified_when_nobody_confirmed_the_topic(ready, ops_aws):  # noqa: F811
+    build, ledger = ready
+    sns = ops_aws.client("sns")
+    arn = sns.create_topic(Name=TOPIC)["TopicArn"]
+    for sub in sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]:
+        sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+    results = run_preflight(build(), ledger, emergency_reason=None, now=lambda: NOON)
+    failed = [r for r in results if not r.ok]
+    assert [r.name for r in failed] == ["stakeholders_notified"], failed
+    reason = failed[0].reason
+    assert f"SNS topic {arn} has no confirmed subscription (0 pending confirmation)" in reason
+    assert f"aws sns subscribe --topic-arn {arn}" in reason and "confirm the subscription" in reason
+
+
+def test_pending_subscriptions_do_not_count_as_notified() -> None:
+    subs = [{"SubscriptionArn": "PendingConfirmation", "Protocol": "email"},
+            {"SubscriptionArn": "arn:aws:sns:us-east-1:123456789012:t:1", "Protocol": "sqs"}]
+    assert count_subscriptions(subs) == (1, 1)
+    assert count_subscriptions(subs[:1]) == (0, 1)
+    assert count_subscriptions([]) == (0, 0)

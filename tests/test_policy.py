@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,30 @@ def test_policy_check_ok_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["policy", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "stages" in schema["properties"] and schema["title"] == "llamadeploy policy"
+
+
+@pytest.mark.parametrize("env", ["./prod", "prod/", "../policies/prod", "PROD", "Prod", "prod.yaml", "prod ", " prod",
+                                 "defaults", "", "pr\nod", str(POLICIES / "prod")])
+def test_env_is_exactly_the_name_of_a_policy_file(pdir: Path, env: str) -> None:
+    # `--env=./prod` loaded prod's policy and aliases but keyed the ledger `./prod`: another lock.
+    with pytest.raises(PolicyError) as info:
+        load_policy(pdir, env)
+    (problem,) = info.value.problems
+    assert f"env {env!r}" in problem and problem.endswith("allowed: dev, prod, sandbox, staging")
+
+
+def test_extends_names_a_file_of_the_folder_not_a_path(pdir: Path, tmp_path: Path) -> None:
+    shutil.copy(pdir / "prod.yaml", tmp_path / "elsewhere.yaml")
+    text = (pdir / "staging.yaml").read_text()
+    for parent in ("../elsewhere", "./defaults", "Defaults"):
+        (pdir / "staging.yaml").write_text(text.replace("extends: defaults", f"extends: {parent}"))
+        with pytest.raises(PolicyError, match=rf"staging.yaml: extends: '{re.escape(parent)}' must be the name of "
+                                              r"another policy file in .*allowed: defaults, dev, prod, sandbox, staging"):
+            load_policy(pdir, "staging")
+
+
+def test_policy_check_reports_files_that_cannot_be_envs(pdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(pdir / "staging.yaml", pdir / "Staging.yaml")
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    assert f"{pdir / 'Staging.yaml'}: 'Staging' cannot be an env name" in err

@@ -149,12 +149,21 @@ def test_record_stage_writes_a_result_a_reviewer_can_read(tmp_path: Path) -> Non
     assert decision[0]["threshold"] == 0.05
 
 
-def test_record_stage_keeps_one_history_line_per_env_and_stage(tmp_path: Path) -> None:
-    first = json.loads(_record_failed_stage(tmp_path / "a").read_text())
-    second = json.loads(record_stage(tmp_path / "b", env="sandbox", stage="shift10", release="v3", status="passed",
-                                     steps=[], attachments=[], failure=None, started=1.0, stopped=2.0).read_text())
-    assert first["historyId"] == second["historyId"]
-    assert "statusDetails" not in second
+def _verdict(tmp_path: Path, *, stage: str = "shift10", release: str = "v3") -> dict:
+    return json.loads(record_stage(tmp_path, env="sandbox", stage=stage, release=release, status="passed",
+                                   steps=[], attachments=[], failure=None, started=1.0, stopped=2.0).read_text())
+
+
+def test_record_stage_history_id_is_per_env_stage_and_release(tmp_path: Path) -> None:
+    first = json.loads(_record_failed_stage(tmp_path / "a").read_text())  # sandbox shift10 v2
+    other_release = _verdict(tmp_path / "b")
+    assert first["historyId"] != other_release["historyId"], "two releases' verdicts would show as retries"
+    assert first["testCaseId"] == other_release["testCaseId"]  # the same gate, though
+    assert "statusDetails" not in other_release
+    assert _verdict(tmp_path / "c")["historyId"] == other_release["historyId"]  # a re-run of v3 is a retry
+    assert _verdict(tmp_path / "d", stage="shift50")["historyId"] != other_release["historyId"]
+    release = next(p for p in other_release["parameters"] if p["name"] == "release")
+    assert release == {"name": "release", "value": "v3"}
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -231,8 +240,45 @@ def test_apply_labels_from_collection_and_from_setup(pytester: pytest.Pytester,
         params = {p["name"]: p for p in results[name]["parameters"]}
         assert params["release"]["value"] == "v2"  # not allure's repr(): 'v2'
         assert params["versions"]["value"] == "blue=v1 (3), green=v2 (4)"
-        assert params["release"]["excluded"] is True
+        assert not params["release"].get("excluded") and not params["stage"].get("excluded")
+        assert params["stage"]["value"] == stage and params["env"]["value"] == "sandbox"
+        assert params["versions"]["excluded"] is True
     assert classify(results["test_labelled_at_setup"]["statusDetails"]["message"]).prefix == PROBE_FAILED
+
+
+RELEASE_CONFTEST = '''
+import os
+from pytest_llamadeploy.reporting import apply_labels
+
+def pytest_runtest_setup(item):
+    apply_labels(item, env="sandbox", stage=item.name.removeprefix("test_"), release=os.environ["RELEASE"],
+                 suite="health", versions={"onchain-api": os.environ["RELEASE"]})
+'''
+
+
+def _gate_results(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *releases: str) -> Path:
+    """The same two gate tests (stages shift10 and shift50) run once per release into one results folder."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeconftest(RELEASE_CONFTEST)
+    pytester.makepyfile(test_gate="def test_shift10(): pass\ndef test_shift50(): pass\n")
+    alluredir = pytester.path / "allure-results"
+    for release in releases:
+        monkeypatch.setenv("RELEASE", release)
+        pytester.runpytest_subprocess(f"--alluredir={alluredir}", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    return alluredir
+
+
+def test_two_releases_of_a_rehearsal_are_not_retries_of_each_other(pytester: pytest.Pytester,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    alluredir = _gate_results(pytester, monkeypatch, "v1", "v2", "v2")
+    results = [json.loads(p.read_text()) for p in alluredir.glob("*-result.json")]
+    by_id: dict[str, list[str]] = {}
+    for result in results:
+        release = next(p["value"] for p in result["parameters"] if p["name"] == "release")
+        by_id.setdefault(result["historyId"], []).append(f"{result['name']}@{release}")
+    # v1 and v2 of each stage apart; the two runs of v2 (a re-run) together, which is what a retry is
+    assert sorted(by_id.values()) == [["test_shift10@v1"], ["test_shift10@v2", "test_shift10@v2"],
+                                      ["test_shift50@v1"], ["test_shift50@v2", "test_shift50@v2"]]
 
 
 def test_apply_labels_is_a_no_op_without_alluredir(pytester: pytest.Pytester,

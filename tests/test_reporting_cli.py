@@ -66,6 +66,16 @@ def test_single_file_report_is_one_html(tmp_path: Path) -> None:
 
 
 @needs_allure
+def test_two_releases_in_one_report_are_two_results_not_a_retry(tmp_path: Path) -> None:
+    out = tmp_path / "rehearsal"
+    assert main(["report", "--results", str(_results(tmp_path, "v1", "passed")), "--results",
+                 str(_results(tmp_path, "v2", "failed")), "--out", str(out), "--no-history"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stats"]["total"] == 2 and summary["stats"].get("retries", 0) == 0, summary["stats"]
+    assert summary["retryTests"] == []
+
+
+@needs_allure
 def test_refuses_to_replace_a_directory_that_is_not_a_report(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "precious"
@@ -89,4 +99,22 @@ def test_missing_allure_cli_names_the_install_script(tmp_path: Path, monkeypatch
     code = main(["report", "--results", str(_results(tmp_path, "v1", "passed")), "--out", str(tmp_path / "r"),
                  "--no-history"])
     assert code == 2
-    assert "bash scripts/install-report-tools.sh" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bash scripts/install-report-tools.sh" in err and "npm ci --prefix tools/allure" in err
+
+
+@needs_allure
+def test_an_initialised_repository_uses_its_own_tools_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installed package has no tools/ beside it: `llamadeploy init` writes tools/allure/package*.json and
+    # the report job runs `npm ci --prefix tools/allure` in the repository (here: a link to this checkout's).
+    import pytest_llamadeploy.reporting.cli as report_cli
+
+    repo = tmp_path / "service"
+    (repo / "tools" / "allure").mkdir(parents=True)
+    (repo / "tools" / "allure" / "node_modules").symlink_to(TOOLS_DIR / "node_modules")
+    monkeypatch.setattr(report_cli, "TOOLS_DIR", tmp_path / "site-packages" / "tools" / "allure")
+    monkeypatch.delenv("LLAMADEPLOY_ALLURE_CLI", raising=False)
+    monkeypatch.chdir(repo)
+    assert main(["report", "--results", str(_results(tmp_path, "v1", "passed")), "--out", "report",
+                 "--no-history"]) == 0
+    assert (repo / "report" / "index.html").is_file()

@@ -195,11 +195,36 @@ def _notify(ctx: Any, prod: bool, emergency_reason: str | None) -> CheckResult:
         return CheckResult("stakeholders_notified", True, f"not required for {ctx.env} (production only)")
     client = ctx.client("sns")
     arn = client.create_topic(Name=TOPIC)["TopicArn"]  # idempotent: returns the existing topic
+    confirmed, pending = count_subscriptions(_subscriptions(client, arn))
+    if not confirmed:
+        # A publish to a topic nobody confirmed reaches nobody: the item would pass with no one told.
+        return CheckResult("stakeholders_notified", False, (
+            f"SNS topic {arn} has no confirmed subscription ({pending} pending confirmation): nobody would "
+            "receive the notice; subscribe the stakeholders (aws sns subscribe --topic-arn "
+            f"{arn} --protocol email --notification-endpoint TEAM@EXAMPLE.COM) and confirm the subscription"))
     subject = f"llamadeploy: {ctx.release} to {ctx.env}"
     message = (f"Release {ctx.release} is about to be deployed to {ctx.env} (run {ctx.run_id or '-'})."
                + (f" EMERGENCY: {emergency_reason}" if emergency_reason else ""))
     message_id = client.publish(TopicArn=arn, Subject=subject[:100], Message=message)["MessageId"]
-    return CheckResult("stakeholders_notified", True, f"published to {arn}: MessageId {message_id}")
+    return CheckResult("stakeholders_notified", True,
+                       f"published to {arn} ({confirmed} confirmed subscription(s)): MessageId {message_id}")
+
+
+def _subscriptions(client: Any, arn: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TopicArn": arn}
+    while True:
+        page = client.list_subscriptions_by_topic(**kwargs)
+        found += page.get("Subscriptions", [])
+        if not page.get("NextToken"):
+            return found
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def count_subscriptions(subscriptions: list[dict[str, Any]]) -> tuple[int, int]:
+    """(confirmed, pending): SNS lists an unconfirmed subscription with SubscriptionArn "PendingConfirmation"."""
+    pending = sum(1 for s in subscriptions if s.get("SubscriptionArn") == "PendingConfirmation")
+    return len(subscriptions) - pending, pending
 
 
 def _approval(ctx: Any) -> CheckResult:

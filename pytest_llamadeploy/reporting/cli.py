@@ -20,6 +20,9 @@ from pathlib import Path
 from pytest_llamadeploy.reporting.categories import allure_rules
 
 INSTALL_HINT = "bash scripts/install-report-tools.sh"
+#: In a repository set up with ``llamadeploy init`` (tools/allure/package*.json written there).
+INIT_INSTALL_HINT = "npm ci --prefix tools/allure"
+#: This checkout's pinned npm tools; an installed package has none beside it and uses ./tools/allure.
 TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools" / "allure"
 DEFAULT_HISTORY = Path(".llamadeploy") / "allure-history.jsonl"
 GENERATE_TIMEOUT_S = 300
@@ -74,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
 def allure_cli() -> list[str]:
     """The command that runs the pinned Allure 3 CLI, or ReportError naming the install script."""
     override = os.environ.get("LLAMADEPLOY_ALLURE_CLI")
-    cli = Path(override) if override else TOOLS_DIR / "node_modules" / "allure" / "cli.js"
+    candidates = [Path(override)] if override else [
+        tools / "node_modules" / "allure" / "cli.js" for tools in (TOOLS_DIR, Path.cwd() / "tools" / "allure")]
+    cli = next((c for c in candidates if c.is_file()), candidates[0])
+    hint = f"`{INSTALL_HINT}` in a checkout of llamadeploy, `{INIT_INSTALL_HINT}` in a repository set up by `llamadeploy init`"
     node = shutil.which("node")
     if node is None:
-        raise ReportError(f"node is not installed (needed to run the Allure 3 CLI); run `{INSTALL_HINT}`")
+        raise ReportError(f"node is not installed (needed to run the Allure 3 CLI); run {hint}")
     if not cli.is_file():
-        raise ReportError(f"the Allure 3 CLI is missing at {cli}; run `{INSTALL_HINT}` "
+        raise ReportError(f"the Allure 3 CLI is missing at {' and '.join(str(c) for c in candidates)}; run {hint} "
                           "(installs npm package `allure` pinned in tools/allure/package.json)")
     return [node, str(cli)]
 

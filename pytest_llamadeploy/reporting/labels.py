@@ -39,8 +39,14 @@ def label_pairs(*, env: str, stage: str, suite: str) -> list[tuple[str, str]]:
     ]
 
 
-def parameters(*, release: str, versions: Mapping[str, object]) -> dict[str, str]:
-    return {"release": release, "versions": format_versions(versions)}
+#: Parameters in the history id (allure-pytest hashes the test's full name with every parameter that is
+#: not excluded): the same gate test in another env, stage or release is another result, never a retry
+#: of this one. A rehearsal runs the health suite of two releases through four stages each in one report.
+IDENTITY = ("env", "stage", "release")
+
+
+def parameters(*, env: str, stage: str, release: str, versions: Mapping[str, object]) -> dict[str, str]:
+    return {"env": env, "stage": stage, "release": release, "versions": format_versions(versions)}
 
 
 def apply_labels(item: pytest.Item, *, env: str, stage: str, release: str, suite: str,
@@ -51,7 +57,7 @@ def apply_labels(item: pytest.Item, *, env: str, stage: str, release: str, suite
         return
     for label_type, value in label_pairs(env=env, stage=stage, suite=suite):
         item.add_marker(pytest.mark.allure_label(value, label_type=label_type))
-    params = parameters(release=release, versions=versions)
+    params = parameters(env=env, stage=stage, release=release, versions=versions)
     if _running_in_allure(item):
         _set_parameters(params)
         return
@@ -72,8 +78,8 @@ def _set_parameters(params: Mapping[str, str]) -> None:
     import allure
 
     for name, value in params.items():
-        # excluded: a new release must not start a new history line for the same gate
-        allure.dynamic.parameter(name, value, excluded=True)
+        # the versions follow from the release: shown, but not a second key of the history id
+        allure.dynamic.parameter(name, value, excluded=name not in IDENTITY)
     _unquote(params)
 
 

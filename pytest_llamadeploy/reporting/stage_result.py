@@ -124,12 +124,13 @@ def record_stage(results_dir: str | Path, *, env: str, stage: str, release: str,
     if message is None and status != "passed":
         message = f"stage {stage} {status}"
     category = classify(message)
-    key = hashlib.md5(f"llamadeploy|{env}|{stage}|{VERDICT}".encode()).hexdigest()
+    case = hashlib.md5(f"llamadeploy|{env}|{stage}|{VERDICT}".encode()).hexdigest()
     result: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        # the same id for every release of this stage in this env: the report's history trend
-        "historyId": key,
-        "testCaseId": key,
+        # per release: two releases' verdicts of one stage in one report are two results, not a retry
+        # (labels.IDENTITY); a re-run of the same release's stage is a retry, as it should be
+        "historyId": hashlib.md5(f"llamadeploy|{env}|{stage}|{release}|{VERDICT}".encode()).hexdigest(),
+        "testCaseId": case,
         "fullName": f"llamadeploy.{env}.{stage}#{VERDICT}",
         "name": writer.text(stage_title(env=env, stage=stage, release=release)),
         "status": status,
@@ -142,7 +143,7 @@ def record_stage(results_dir: str | Path, *, env: str, stage: str, release: str,
             ("parentSuite", env), ("suite", stage), ("subSuite", VERDICT),
             ("severity", "critical"), ("tag", "llamadeploy"), ("framework", "llamadeploy"),
         )],
-        "parameters": [{"name": "release", "value": writer.text(release), "excluded": True}],
+        "parameters": [{"name": "release", "value": writer.text(release)}],
         "titlePath": [env, stage],
         "steps": [writer.step(s, start, f"record_stage steps[{i}]") for i, s in enumerate(steps)],
         "attachments": [writer.attachment(a) for a in attachments],

@@ -103,6 +103,7 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
         logs.create_log_group(logGroupName=f"/aws/lambda/{function}")
 
     queue_url = clients.client("sqs").create_queue(QueueName=NAMES["alerts_queue"])["QueueUrl"]
+    subscribe_stakeholders(clients)
 
     clients.client("dynamodb").create_table(
         TableName=NAMES["dynamodb_table"],
@@ -121,6 +122,24 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
     clients.client("cloudformation").create_stack(StackName=NAMES["stack"],
                                               TemplateBody=json.dumps(_STACK_TEMPLATE))
     return {"sqs_queue_url": queue_url, "role_arn": role_arn}
+
+
+#: The stakeholders' inbox in the sandbox: a queue subscribed to the preflight's deployment topic.
+STAKEHOLDERS_QUEUE = "llamadeploy-stakeholders"
+
+
+def subscribe_stakeholders(aws: Any) -> str:
+    """A confirmed subscriber on the preflight's topic (its check refuses a topic nobody confirmed).
+
+    An SQS subscription in the topic's own account is confirmed at once, on AWS as in moto.
+    """
+    from ..ops.checklist import TOPIC
+
+    sns, sqs = aws.client("sns"), aws.client("sqs")
+    topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=STAKEHOLDERS_QUEUE)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return str(sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)["SubscriptionArn"])
 
 
 def fail_stack_update(aws: AwsConfig) -> None:
