@@ -61,7 +61,8 @@ def attribute_probe(result: Any, control: Any | None) -> tuple[bool | None, str]
     - no answer from either: ``None``, the probe path failed, not the release;
     - no answer and no old version to ask: failed (nothing clears the release).
     """
-    if result.status is not None or result.ok:
+    if result.status is not None or result.ok or getattr(result, "throttled", False):
+        # A Lambda throttle is an answer of Lambda's: the watch counts it as a throttle.
         return result.ok, result.describe()
     if control is not None and control.status is None:
         return None, (f"{result.describe()}; the old version gave no answer either ({control.error}): "

@@ -217,7 +217,9 @@ def invoke_http(lambda_client: Any, function: str, version: str, path: str, time
 def _invoke_failed(exc: Exception, started: float, description: str) -> ProbeResult:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
     throttled = code == "TooManyRequestsException"
-    return ProbeResult(throttled, None, _elapsed_ms(started), None,
+    # A throttle is no answer (a health check that gets one fails); the bake watch reads the
+    # "throttled:" detail and leaves it to the throttle-rate trigger (metrics/watch.py).
+    return ProbeResult(False, None, _elapsed_ms(started), None,
                        f"throttled: {code}: {exc}" if throttled else f"{type(exc).__name__}: {exc}", description,
                        throttled=throttled)
 

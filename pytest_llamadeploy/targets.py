@@ -6,6 +6,7 @@ CI's secret store, never from YAML. ``source: sandbox`` reads the sandbox state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ class ResolvedTargets:
     #: The preview stage: the preview alias, i.e. the release under test, whatever its share of traffic.
     preview_api_url: str = ""
     preview_ws_url: str = ""
+
+    def __repr__(self) -> str:
+        # pytest prints the locals of a failing frame (``self`` included): DSNs carry passwords.
+        from .redact import redact
+
+        fields = ", ".join(f"{f.name}={redact(str(getattr(self, f.name)))!r}" for f in dataclasses.fields(self))
+        return f"ResolvedTargets({fields})"
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

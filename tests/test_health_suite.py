@@ -16,10 +16,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_frontdoor import API, ROOT, WS, Rig, free_port, wait_for  # noqa: E402
+from test_frontdoor import API, ROOT, WS, Rig, _wait_routing, free_port, set_alias, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is not installed")
 
@@ -70,7 +71,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, dict[s
     rig = None
     try:
         rig = Rig(base / "sandbox", redis_url=redis.url, postgres_dsn=pg.dsn)
+        # As the deploy stage leaves it: live on r1, the preview alias on the new versions (r2).
+        with httpx.Client(timeout=5) as http:
+            for fn in (API, WS):
+                set_alias(rig.lam, fn, rig.versions["r2"][fn], alias="preview")
+                _wait_routing(http, fn, rig.versions["r2"][fn], {}, base=rig.frontdoor.preview_url)
         targets = {"api_url": rig.state.api_url, "ws_url": rig.state.ws_url, "postgres_dsn": pg.dsn,
+                   "preview_api_url": rig.state.preview_api_url, "preview_ws_url": rig.state.preview_ws_url,
                    "redis_url": redis.url, "sqs_queue_url": "", "source": "sandbox"}
         yield rig, targets
     finally:
@@ -82,12 +89,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, dict[s
 
 def run_suite(tmp_path: Path, rig: Rig, targets: dict[str, str], release: str = "r2") -> tuple[dict[str, str], str]:
     """Run suites/health on a deploy-stage context; outcome per test id and the whole output."""
+    from pytest_llamadeploy.aws import AwsConfig
     from pytest_llamadeploy.context import StageContext
+    from pytest_llamadeploy.sandbox.state import SANDBOX_CREDENTIALS
 
+    aws = AwsConfig("us-east-1", rig.moto.url, max_attempts=1, credentials=dict(SANDBOX_CREDENTIALS),
+                    endpoints={"lambda": rig.frontdoor.lambda_url})
     context = StageContext(env="sandbox", stage="deploy", release=release, policy_dir=str(ROOT / "policies"),
                            old_versions={API: rig.versions["r1"][API], WS: rig.versions["r1"][WS]},
                            new_versions={API: rig.versions["r2"][API], WS: rig.versions["r2"][WS]},
-                           probe_new_directly=True, targets=targets)
+                           probe_new_directly=True, targets=targets, aws=aws.to_json())
     # Written by hand: StageContext.save() leaves out targets that carry a password, and this
     # test hands one over on purpose to prove it never shows in the suite's output.
     (tmp_path / "context.json").write_text(json.dumps({**context.to_json(), "targets": targets}))
@@ -114,8 +125,8 @@ def test_health_suite_passes_on_healthy_parts(live, tmp_path: Path) -> None:
     rig, targets = live
     outcomes, output = run_suite(tmp_path, rig, targets)
     assert outcomes == {
-        "test_api_health[alias]": "passed", "test_api_health[new-version]": "passed",
-        "test_websocket_first_message[alias]": "passed", "test_websocket_first_message[new-version]": "passed",
+        **{f"test_api_health[{route}]": "passed" for route in ("live", "preview", "new-version")},
+        **{f"test_websocket_first_message[{route}]": "passed" for route in ("live", "preview", "new-version")},
         "test_postgres_select_1": "passed", "test_redis_ping": "passed",
     }, output
     assert "latency" in output or "ms" in output
@@ -128,12 +139,15 @@ def test_failing_new_version_health_is_named_precisely(live, tmp_path: Path) -> 
         outcomes, output = run_suite(tmp_path, rig, targets)
     finally:
         rig.backends["r2"].healthy = True
-    assert outcomes["test_api_health[alias]"] == "passed", output  # r1 serves the alias and is healthy
+    assert outcomes["test_api_health[live]"] == "passed", output  # r1 serves the live alias and is healthy
     message = outcomes["test_api_health[new-version]"]
     version = rig.versions["r2"][API]
-    for part in ("API health check failed", f"{rig.state.api_url}/health", f"version {version} via x-llama-version",
-                 "HTTP 503", '"status": "fail"', "release r2"):
+    for part in ("API health check failed", f"lambda:Invoke {API}:{version} GET /health", "HTTP 503",
+                 '"status": "fail"', "release r2"):
         assert part in message, f"{part!r} missing from: {message}"
+    preview = outcomes["test_api_health[preview]"]
+    for part in ("API health check failed", f"{rig.state.preview_api_url}/health", "HTTP 503", "release r2"):
+        assert part in preview, f"{part!r} missing from: {preview}"
 
 
 def test_wrong_release_behind_the_new_version_fails(live, tmp_path: Path) -> None:
@@ -146,6 +160,7 @@ def test_unreachable_redis_and_postgres_fail_without_leaking_secrets(live, tmp_p
     rig, _ = live
     port = free_port()
     targets = {"api_url": rig.state.api_url, "ws_url": rig.state.ws_url,
+               "preview_api_url": rig.state.preview_api_url, "preview_ws_url": rig.state.preview_ws_url,
                "postgres_dsn": f"postgresql://llama:pgS3cretXYZ@127.0.0.1:{port}/defillama",
                "redis_url": f"redis://:rdS3cretXYZ@127.0.0.1:{port}/0", "sqs_queue_url": "", "source": "sandbox"}
     outcomes, output = run_suite(tmp_path, rig, targets)
@@ -192,8 +207,8 @@ def test_probe_result_of_a_lambda_invoke_is_mapped() -> None:
 
 def test_unanswered_probe_is_attributed_by_asking_the_old_version() -> None:
     """Pure logic: a probe the new version did not answer counts only if the old version answered."""
+    from pytest_llamadeploy.bakeprobe import attribute_probe
     from pytest_llamadeploy.probe import ProbeResult
-    from pytest_llamadeploy.stage import attribute_probe
 
     def result(status: int | None, ok: bool, version: str) -> ProbeResult:
         error = None if ok else ("no answer within 2 s" if status is None else "expected HTTP 200")
