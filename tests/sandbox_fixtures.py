@@ -52,17 +52,18 @@ def _adjust_users(counter: Path, delta: int) -> int:
 
 
 def reset_sandbox(state: SandboxState) -> SandboxState:
-    """Alias ``live`` back on the baseline version of each function (no weights) and no faults anywhere."""
+    """Aliases ``live`` and ``preview`` back on the baseline version of each function (no weights), no faults."""
     from pytest_llamadeploy.sandbox.deploy import clear_faults, release_running, state_lock
-    from pytest_llamadeploy.sandbox.provision import ALIAS, sandbox_aws
+    from pytest_llamadeploy.sandbox.provision import ALIAS, PREVIEW_ALIAS, sandbox_aws
 
     with state_lock(state.directory):
         fresh = SandboxState.load(state.directory)
         baseline = fresh.extra["baseline"]["lambda_versions"]
         lam = sandbox_aws(fresh).client("lambda")
         for function, version in baseline.items():
-            lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=str(version),
-                             RoutingConfig={"AdditionalVersionWeights": {}})
+            for alias in (ALIAS, PREVIEW_ALIAS):
+                lam.update_alias(FunctionName=function, Name=alias, FunctionVersion=str(version),
+                                 RoutingConfig={"AdditionalVersionWeights": {}})
         for release in fresh.versions:
             if release_running(fresh, release):
                 clear_faults(fresh, release)

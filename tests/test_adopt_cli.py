@@ -42,7 +42,7 @@ def _check_json(pdir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, di
 def test_policy_check_json_all_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, data = _check_json(POLICIES, capsys)
     assert code == 0 and data["ok"] is True
-    assert sorted(data["envs"]) == ["dev", "prod", "sandbox", "staging"]
+    assert sorted(data["envs"]) == ["dev", "prod", "sandbox", "sandbox-aws", "staging"]
     prod = data["envs"]["prod"]
     assert prod["ok"] and prod["problems"] == [] and prod["violations"] == []
     assert [Path(f).name for f in prod["files"]] == ["defaults.yaml", "prod.yaml"]

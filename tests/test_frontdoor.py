@@ -53,13 +53,14 @@ def _http_ok(url: str) -> bool:
 
 
 class Moto:
-    """A real moto server process on a free port (stopped by PID)."""
+    """The sandbox's moto process (moto + moto_ext) on a free port (stopped by PID)."""
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pytest_llamadeploy.sandbox.moto_server", "--port",
+                                      str(self.port), "--state-dir", str(state_dir)],
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.proc.poll() is None and _http_ok(f"{self.url}/moto-api/data.json"), 20, "moto")
 
     def client(self, service: str) -> Any:
@@ -85,6 +86,7 @@ class StandIn:
 
         self.release = release
         self.healthy = True
+        self.invocations: list[tuple[str | None, str | None]] = []
         self.sock = bind_loopback(0, f"stand-in {release}")
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="error", ws="websockets-sansio", interface="asgi3",
@@ -94,14 +96,33 @@ class StandIn:
         wait_for(lambda: self.server.started, 10, f"stand-in {release}")
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from pytest_llamadeploy.sandbox.physics import (
+            ANNOTATIONS_HEADER,
+            FUNCTION_ERROR_HEADER,
+            FUNCTION_NAME_HEADER,
+            FUNCTION_VERSION_HEADER,
+            THROTTLED_HEADER,
+        )
+
         release = [(b"x-llama-release", self.release.encode()), (b"content-type", b"application/json")]
         if scope["type"] == "http":
             path = scope["path"]
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            # What the runtime told this invocation it runs as (AWS_LAMBDA_FUNCTION_NAME / _VERSION).
+            self.invocations.append((headers.get(FUNCTION_NAME_HEADER), headers.get(FUNCTION_VERSION_HEADER)))
             status, body = 200, {"release": self.release, "path": path}
-            if path == "/fail":
+            if path == "/fail":  # a handled error: the function answers 500
                 status, body = 500, {"error": "injected"}
-            elif path == "/throttle":
+            elif path == "/raise":  # the handler raised: the runtime reports an unhandled error
+                status, body = 500, {"error": "raised"}
+                release.append((FUNCTION_ERROR_HEADER.encode(), b"Unhandled"))
+            elif path == "/throttle":  # Lambda refused the invocation for concurrency
                 status, body = 429, {"error": "throttled"}
+                release.append((THROTTLED_HEADER.encode(), b"1"))
+            elif path == "/too-many":  # the application's own 429: an answer like any other
+                status, body = 429, {"error": "slow down"}
+            elif path == "/annotated":
+                release.append((ANNOTATIONS_HEADER.encode(), json.dumps({"function_version": "from-the-app"}).encode()))
             elif path == "/health":
                 status = 200 if self.healthy else 503
                 body = {"status": "ok" if self.healthy else "fail", "release": self.release,
@@ -148,12 +169,13 @@ def publish(lam: Any, function: str, backend_url: str, release: str) -> str:
     return lam.publish_version(FunctionName=function, Description=release)["Version"]
 
 
-def set_alias(lam: Any, function: str, version: str, weights: dict[str, float] | None = None) -> None:
+def set_alias(lam: Any, function: str, version: str, weights: dict[str, float] | None = None,
+              alias: str = "live") -> None:
     routing = {"AdditionalVersionWeights": weights or {}}
     try:
-        lam.update_alias(FunctionName=function, Name="live", FunctionVersion=version, RoutingConfig=routing)
+        lam.update_alias(FunctionName=function, Name=alias, FunctionVersion=version, RoutingConfig=routing)
     except lam.exceptions.ResourceNotFoundException:
-        lam.create_alias(FunctionName=function, Name="live", FunctionVersion=version, RoutingConfig=routing)
+        lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=version, RoutingConfig=routing)
 
 
 class FrontDoorProcess:
@@ -164,14 +186,17 @@ class FrontDoorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pytest_llamadeploy.sandbox.frontdoor", "--port", "0", "--state-dir",
                  str(state_dir), "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--log-level",
-                 "info"],
+                 "info", "--trace-sample", "1.0"],  # every invocation traced: the tests count them
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
         try:
             wait_for(lambda: ready.exists() or self.proc.poll() is not None, 20, "front door ready file")
             assert self.proc.poll() is None, f"front door exited: {self.log.read_text()}"
-            self.port = json.loads(ready.read_text())["port"]
+            ports = json.loads(ready.read_text())
+            self.port = ports["port"]
             self.url = f"http://127.0.0.1:{self.port}"
+            self.preview_url = f"http://127.0.0.1:{ports['preview_port']}"
+            self.lambda_url = f"http://127.0.0.1:{ports['lambda_port']}"
             wait_for(lambda: _http_ok(f"{self.url}/_frontdoor/routing"), 20, "front door answering")
         except BaseException:
             self.stop()
@@ -200,7 +225,7 @@ class Rig:
     def _start(self, tmp: Path, redis_url: str, postgres_dsn: str) -> None:
         from pytest_llamadeploy.sandbox.state import SandboxState
 
-        self.moto = Moto()
+        self.moto = Moto(tmp)
         self._parts.append(self.moto)
         self.lam = self.moto.client("lambda")
         self.moto.client("iam").create_role(RoleName="lambda-role", AssumeRolePolicyDocument=json.dumps({
@@ -215,6 +240,7 @@ class Rig:
             self.versions[release] = {fn: publish(self.lam, fn, backend.url, release) for fn in (API, WS)}
         for fn in (API, WS):
             set_alias(self.lam, fn, self.versions["r1"][fn])
+            set_alias(self.lam, fn, self.versions["r1"][fn], alias="preview")
         self.state = SandboxState(directory=tmp, aws_endpoint=self.moto.url, redis_url=redis_url,
                                   postgres_dsn=postgres_dsn)
         self.state.save()
@@ -222,7 +248,18 @@ class Rig:
         self._parts.append(self.frontdoor)
         self.state.api_url = self.frontdoor.url
         self.state.ws_url = f"ws://127.0.0.1:{self.frontdoor.port}/ws"
+        self.state.preview_api_url = self.frontdoor.preview_url
+        self.state.preview_ws_url = self.frontdoor.preview_url.replace("http", "ws") + "/ws"
+        self.state.lambda_endpoint = self.frontdoor.lambda_url
         self.state.save()
+
+    def invoker(self) -> Any:
+        """A Lambda client whose endpoint is the front door's Invoke API, as the sandbox's gate gets it."""
+        from pytest_llamadeploy.aws import AwsConfig
+        from pytest_llamadeploy.sandbox.state import SANDBOX_CREDENTIALS
+
+        return AwsConfig("us-east-1", self.moto.url, max_attempts=1, credentials=dict(SANDBOX_CREDENTIALS),
+                         endpoints={"lambda": self.frontdoor.lambda_url}).client("lambda")
 
     def stop(self) -> None:
         for part in reversed(self._parts):
@@ -250,11 +287,11 @@ def client(rig: Rig) -> Iterator[Any]:
         yield c
 
 
-def _wait_routing(client: Any, function: str, version: str, weights: dict[str, float]) -> None:
-    """Wait until the front door reports the alias as given (its view of moto)."""
+def _wait_routing(client: Any, function: str, version: str, weights: dict[str, float], base: str = "") -> None:
+    """Wait until the front door's stage (``base``: its URL, default the live stage) reports the alias as given."""
 
     def matches() -> bool:
-        view = client.get("/_frontdoor/routing").json()["functions"].get(function) or {}
+        view = client.get(f"{base}/_frontdoor/routing").json()["functions"].get(function) or {}
         return view.get("version") == version and view.get("weights") == weights
 
     wait_for(matches, 5, f"{function} routing {version} {weights}")
@@ -271,25 +308,64 @@ def test_split_follows_alias_weights(rig: Rig, client: Any) -> None:
         response = client.get("/query")
         assert response.status_code == 200
         served[response.headers["x-llama-release"]] += 1
-        assert response.headers["x-amz-executed-version"] == (v2 if response.headers["x-llama-release"] == "r2" else v1)
+        # API Gateway answers with the function's headers only: no version header reaches a client.
+        assert "x-amz-executed-version" not in response.headers
     # Binomial(300, 0.3): mean 90, sd 7.9; +-4 sd (+-32) fails a correct router with p < 1e-4.
     tolerance = 4 * math.sqrt(n * 0.3 * 0.7)
     assert abs(served["r2"] - n * 0.3) <= tolerance, f"{served} over {n} requests, expected 30 % +- {tolerance:.0f} on r2"
     assert served["r1"] + served["r2"] == n
 
 
-def test_header_targets_a_version_at_zero_weight(rig: Rig, client: Any) -> None:
+def test_preview_stage_serves_the_preview_alias_at_zero_weight(rig: Rig, client: Any) -> None:
     v1, v2 = rig.versions["r1"][API], rig.versions["r2"][API]
     set_alias(rig.lam, API, v1)
+    set_alias(rig.lam, API, v2, alias="preview")
     _wait_routing(client, API, v1, {})
-    releases = {client.get("/x", headers={"x-llama-version": v2}).headers["x-llama-release"] for _ in range(20)}
-    assert releases == {"r2"}
-    assert {client.get("/x").headers["x-llama-release"] for _ in range(20)} == {"r1"}
-    missing = client.get("/x", headers={"x-llama-version": "99"})
-    assert missing.status_code == 404 and "has no version 99" in missing.json()["error"]
-    bad = client.get("/x", headers={"x-llama-version": "latest-ish"})
-    assert bad.status_code == 404 and "a version is a number" in bad.json()["error"]
+    _wait_routing(client, API, v2, {}, base=rig.frontdoor.preview_url)
+    try:
+        releases = {client.get(f"{rig.frontdoor.preview_url}/x").headers["x-llama-release"] for _ in range(20)}
+        assert releases == {"r2"}  # the release under test, at 0 % of the live stage
+        assert {client.get("/x").headers["x-llama-release"] for _ in range(20)} == {"r1"}
+        # No header reaches a version: API Gateway has no such thing.
+        assert {client.get("/x", headers={"x-llama-version": v2}).headers["x-llama-release"]
+                for _ in range(10)} == {"r1"}
+    finally:
+        set_alias(rig.lam, API, v1, alias="preview")
     assert client.get("/_sandbox/faults").status_code == 403
+
+
+def test_lambda_invoke_api_runs_a_version_as_lambda_does(rig: Rig) -> None:
+    from botocore.exceptions import ClientError
+
+    from pytest_llamadeploy.probe import apigw_proxy_event
+
+    lam = rig.invoker()
+    v2 = rig.versions["r2"][API]
+
+    def invoke(path: str, qualifier: str = v2) -> dict[str, Any]:
+        answer = lam.invoke(FunctionName=API, Qualifier=qualifier, Payload=json.dumps(apigw_proxy_event(path)).encode())
+        answer["payload"] = json.loads(answer["Payload"].read())
+        return answer
+
+    ok = invoke("/ok")
+    assert ok["ExecutedVersion"] == v2 and "FunctionError" not in ok and ok["payload"]["statusCode"] == 200
+    assert json.loads(ok["payload"]["body"])["release"] == "r2"
+    assert rig.backends["r2"].invocations[-1] == (API, v2)  # the runtime told the function who it is
+    handled = invoke("/fail")
+    assert "FunctionError" not in handled and handled["payload"]["statusCode"] == 500  # a handled error
+    raised = invoke("/raise")
+    assert raised["FunctionError"] == "Unhandled" and raised["payload"]["errorType"] == "Runtime.UnhandledError"
+    with pytest.raises(ClientError) as throttled:
+        invoke("/throttle")
+    assert throttled.value.response["Error"]["Code"] == "TooManyRequestsException"
+    assert invoke("/too-many")["payload"]["statusCode"] == 429  # the app's own 429 is an answer
+    with pytest.raises(ClientError) as missing:
+        invoke("/ok", qualifier="99")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    # Through an alias, Lambda picks the version and says which ran.
+    assert invoke("/ok", qualifier="live")["ExecutedVersion"] == rig.versions["r1"][API]
+    # Every other Lambda call is moto's, passed through unchanged.
+    assert lam.get_alias(FunctionName=API, Name="live")["FunctionVersion"] == rig.versions["r1"][API]
 
 
 def test_weight_change_reaches_traffic_within_a_second(rig: Rig, client: Any) -> None:
@@ -310,12 +386,23 @@ def test_weight_change_reaches_traffic_within_a_second(rig: Rig, client: Any) ->
     assert elapsed < 1.5, f"alias change took {elapsed:.2f} s to reach traffic"
 
 
-def test_backend_down_is_a_502_naming_the_version(rig: Rig, client: Any) -> None:
+def test_backend_down_is_an_unhandled_error_naming_the_version(rig: Rig, client: Any) -> None:
+    from pytest_llamadeploy.probe import apigw_proxy_event
+
     dead = f"http://127.0.0.1:{free_port()}"
     v3 = publish(rig.lam, API, dead, "r-dead")
-    response = client.get("/x", headers={"x-llama-version": v3})
-    assert response.status_code == 502
-    assert f"version {v3}" in response.json()["error"] and "r-dead" in response.json()["error"]
+    answer = rig.invoker().invoke(FunctionName=API, Qualifier=v3, Payload=json.dumps(apigw_proxy_event("/x")).encode())
+    assert answer["FunctionError"] == "Unhandled"
+    message = json.loads(answer["Payload"].read())["errorMessage"]
+    assert f"version {v3}" in message and "r-dead" in message
+    set_alias(rig.lam, API, v3, alias="preview")
+    _wait_routing(client, API, v3, {}, base=rig.frontdoor.preview_url)
+    try:
+        # Through a stage, API Gateway answers an integration failure itself: 502, no detail.
+        response = client.get(f"{rig.frontdoor.preview_url}/x")
+        assert response.status_code == 502 and response.json() == {"message": "Internal server error"}
+    finally:
+        set_alias(rig.lam, API, rig.versions["r1"][API], alias="preview")
 
 
 def test_websocket_routing_and_refusal(rig: Rig) -> None:
@@ -327,13 +414,20 @@ def test_websocket_routing_and_refusal(rig: Rig) -> None:
         assert json.loads(ws.recv(timeout=5))["release"] == "r1"
         ws.send("ping")
         assert ws.recv(timeout=5) == "ping"
-    with connect(url, additional_headers={"x-llama-version": rig.versions["r2"][WS]}) as ws:
-        assert json.loads(ws.recv(timeout=5))["release"] == "r2"
+    set_alias(rig.lam, WS, rig.versions["r2"][WS], alias="preview")
+    try:
+        wait_for(lambda: _http_ok(f"{rig.frontdoor.preview_url}/_frontdoor/routing"), 5, "preview stage")
+        _wait_routing(__import__("httpx").Client(timeout=5), WS, rig.versions["r2"][WS], {},
+                      base=rig.frontdoor.preview_url)
+        with connect(rig.state.preview_ws_url) as ws:
+            assert json.loads(ws.recv(timeout=5))["release"] == "r2"
+    finally:
+        set_alias(rig.lam, WS, rig.versions["r1"][WS], alias="preview")
     with pytest.raises(InvalidStatus) as refused:
         with connect(url.replace("/ws", "/refuse")):
             pass
     assert refused.value.response.status_code == 503
-    assert b"refused the WebSocket handshake" in refused.value.response.body
+    assert b"the $connect handler refused the connection" in refused.value.response.body
 
 
 # -- telemetry ------------------------------------------------------------------------
@@ -343,7 +437,9 @@ def _sum(cw: Any, namespace: str, name: str, dims: list[dict[str, str]], start: 
                                                                   "Dimensions": dims},
                                                        "Period": 1, "Stat": "Sum"}}],
         StartTime=start, EndTime=datetime.now(UTC) + timedelta(seconds=5))
-    return sum(result["MetricDataResults"][0]["Values"])
+    # CloudWatch rounds StartTime down to the minute (as AWS does): keep only this test's seconds.
+    series = result["MetricDataResults"][0]
+    return sum(v for t, v in zip(series["Timestamps"], series["Values"], strict=True) if t >= start)
 
 
 def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
@@ -351,7 +447,7 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
     from websockets.sync.client import connect
 
     from pytest_llamadeploy import metricnames as m
-    from pytest_llamadeploy.sandbox import metricnames as sm
+    from pytest_llamadeploy.probe import apigw_proxy_event
 
     v1 = rig.versions["r1"][API]
     w1 = rig.versions["r1"][WS]
@@ -362,19 +458,30 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
     ws5 = publish(rig.lam, WS, rig.backends["r2"].url, "r2")
     set_alias(rig.lam, API, v5, {v6: 0.5})
     set_alias(rig.lam, WS, ws4, {ws5: 0.5})
-    start = datetime.now(UTC) - timedelta(seconds=2)
     _wait_routing(client, API, v5, {v6: 0.5})
     _wait_routing(client, WS, ws4, {ws5: 0.5})
-    served: Counter[tuple[str, int]] = Counter()
-    for path in ["/ok"] * 30 + ["/fail"] * 20 + ["/throttle"] * 10:
+    # The API-wide series (API Gateway's) carry no version: count from a second no earlier test used.
+    first = math.floor(time.time()) + 1
+    wait_for(lambda: time.time() >= first, 2, "the next second")
+    start = datetime.fromtimestamp(first, UTC)
+    served: Counter[tuple[str, str]] = Counter()
+    statuses: Counter[int] = Counter()
+    releases = {"r1": v5, "r2": v6}
+    for path in ["/ok"] * 30 + ["/fail"] * 20 + ["/raise"] * 10 + ["/throttle"] * 10 + ["/annotated"] * 5:
+        before = {r: len(b.invocations) for r, b in rig.backends.items()}
         response = client.get(path)
-        served[(response.headers["x-amz-executed-version"], response.status_code)] += 1
-    targeted = sum(client.get("/ok", headers={"x-llama-version": v6}).status_code == 200 for _ in range(7))
-    ws_attempts = Counter()
+        statuses[response.status_code] += 1
+        # Which version ran: the stand-in that saw the invocation (a gateway error carries no header of it).
+        ran = [r for r, b in rig.backends.items() if len(b.invocations) > before[r]]
+        served[(releases[ran[0]], path)] += 1
+    # What users get (API Gateway): the function's own answers, 502 for a raise, 500 for a throttle.
+    assert statuses == Counter({200: 35, 500: 30, 502: 10}), statuses
+    targeted = sum(rig.invoker().invoke(FunctionName=API, Qualifier=v6, Payload=json.dumps(
+        apigw_proxy_event("/ok")).encode())["StatusCode"] == 200 for _ in range(7))
     for _ in range(6):
         with connect(rig.state.ws_url) as ws:
-            ws_attempts[json.loads(ws.recv(timeout=5))["release"]] += 1
-    for _ in range(4):  # refused handshakes: connect errors of whichever version was drawn
+            json.loads(ws.recv(timeout=5))
+    for _ in range(4):  # refused handshakes: the $connect handler said no
         with pytest.raises(InvalidStatus):
             with connect(rig.state.ws_url.replace("/ws", "/refuse")):
                 pass
@@ -382,88 +489,153 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
     set_alias(rig.lam, WS, w1)
 
     cw = rig.moto.client("cloudwatch")
-    apigw = m.apigw_rest_dims()
+    rest = m.dims(("ApiName", "onchain-api"), ("Stage", "live"))
+    connect_route = m.dims(("ApiId", "onchain-ws"), ("Stage", "live"), ("Route", "$connect"))
+
+    def count(version: str, *paths: str) -> int:
+        return sum(n for (v, p), n in served.items() if v == version and p in paths)
+
     expected: dict[str, float] = {}
     queries: dict[str, tuple[str, str, list[dict[str, str]]]] = {}
     for version in (v5, v6):
         dims = m.lambda_version_dims(API, "live", version)
-        for name, value in ((m.LAMBDA_INVOCATIONS, sum(n for (v, st), n in served.items() if v == version and st != 429)),
-                            (m.LAMBDA_ERRORS, served[(version, 500)]), (m.LAMBDA_THROTTLES, served[(version, 429)])):
+        # Invocations: everything the function ran (not the throttled); Errors: only the raises.
+        invoked = count(version, "/ok", "/fail", "/raise", "/annotated")
+        for name, value in ((m.LAMBDA_INVOCATIONS, invoked), (m.LAMBDA_ERRORS, count(version, "/raise"))):
             expected[f"{name} {version}"] = value
             queries[f"{name} {version}"] = (m.LAMBDA, name, dims)
-    # Version-targeted requests are a direct invoke (Resource fn:N), not alias traffic.
+    # A throttle has no ExecutedVersion (it is refused before a version runs): the alias counts it.
+    expected["throttles"] = 10
+    queries["throttles"] = (m.LAMBDA, m.LAMBDA_THROTTLES, m.lambda_alias_dims(API, "live"))
+    # Direct invokes are Resource fn:N, not alias traffic.
     expected["targeted"] = targeted
-    queries["targeted"] = (m.LAMBDA, m.LAMBDA_INVOCATIONS, sm.lambda_qualified_dims(API, v6))
-    expected["apigw 5xx"] = served[(v5, 500)] + served[(v6, 500)]
-    queries["apigw 5xx"] = (m.APIGATEWAY, m.APIGW_5XX, apigw)
-    for key, metric, want in (("ws attempts", sm.WS_CONNECT_ATTEMPTS, 10), ("ws errors", sm.WS_CONNECT_ERRORS, 4)):
-        for v in (ws4, ws5):
-            queries[f"{key} {v}"] = (sm.WEBSOCKET, metric, m.lambda_version_dims(WS, "live", v))
-        expected[key] = want
+    queries["targeted"] = (m.LAMBDA, m.LAMBDA_INVOCATIONS, m.lambda_qualified_dims(API, v6))
+    expected["apigw 5xx"] = 30 + 10  # handled 500s, throttles (500) and raises (502) are all 5xx to users
+    queries["apigw 5xx"] = (m.APIGATEWAY, m.APIGW_5XX, rest)
+    expected["ws connects"], expected["ws refused"] = 10, 4
+    queries["ws connects"] = (m.APIGATEWAY, m.WS_CONNECT_COUNT, connect_route)
+    queries["ws refused"] = (m.APIGATEWAY, m.WS_INTEGRATION_ERROR, connect_route)
+    # A refused $connect ran fine: no Lambda Error on the WS function.
+    expected["ws errors"] = 0
+    queries["ws errors"] = (m.LAMBDA, m.LAMBDA_ERRORS, m.lambda_alias_dims(WS, "live"))
 
     def snapshot() -> dict[str, float]:
-        got = {k: _sum(cw, *q, start) for k, q in queries.items()}
-        for key in ("ws attempts", "ws errors"):
-            got[key] = got.pop(f"{key} {ws4}") + got.pop(f"{key} {ws5}")
-        return got
+        return {k: _sum(cw, *q, start) for k, q in queries.items()}
 
-    # Everything is flushed within a second or two; compare exactly once it has all arrived.
-    deadline = time.monotonic() + 15
+    # fast physics: every bucket is visible 1-3 s after its second; compare exactly once it has all arrived.
+    deadline = time.monotonic() + 20
     got = snapshot()
     while got != expected and time.monotonic() < deadline:
         time.sleep(0.3)
         got = snapshot()
     assert got == expected
-    assert _sum(cw, m.APIGATEWAY, m.APIGW_COUNT, apigw, start) >= 60
+    assert _sum(cw, m.APIGATEWAY, m.APIGW_COUNT, rest, start) == sum(statuses.values())
     for version in (v5, v6):
         durations = cw.get_metric_data(MetricDataQueries=[{"Id": "d", "MetricStat": {"Metric": {
             "Namespace": m.LAMBDA, "MetricName": m.LAMBDA_DURATION,
             "Dimensions": m.lambda_version_dims(API, "live", version)}, "Period": 60, "Stat": "SampleCount"}}],
             StartTime=start, EndTime=datetime.now(UTC) + timedelta(seconds=5))
         assert sum(durations["MetricDataResults"][0]["Values"]) == expected[f"{m.LAMBDA_INVOCATIONS} {version}"]
-    assert _sum(cw, m.LAMBDA, m.LAMBDA_ERRORS, m.lambda_function_dims(WS), start) >= 4
 
     logs = rig.moto.client("logs")
 
     def v6_streams() -> list[str]:
         try:
-            found = logs.describe_log_streams(logGroupName=sm.log_group(API))["logStreams"]
+            found = logs.describe_log_streams(logGroupName=m.log_group(API))["logStreams"]
         except logs.exceptions.ResourceNotFoundException:
             return []  # the group is created with the first batch of log events
         return [s["logStreamName"] for s in found if f"[{v6}]" in s["logStreamName"]]
 
     # Log events go out in batches every SLOW_FLUSH seconds, as CloudWatch Logs shows them seconds late.
     streams = wait_for(v6_streams, SLOW_FLUSH + 5, "log stream")
-    events = logs.get_log_events(logGroupName=sm.log_group(API), logStreamName=streams[0])["events"]
+    events = logs.get_log_events(logGroupName=m.log_group(API), logStreamName=streams[0])["events"]
     assert any(f"REPORT Version: {v6}" in e["message"] for e in events)
     xray = rig.moto.client("xray")
-    summaries = xray.get_trace_summaries(StartTime=start, EndTime=datetime.now(UTC) + timedelta(seconds=5))
-    versions = {a["AnnotationValue"]["StringValue"] for s in summaries["TraceSummaries"]
-                for a in s.get("Annotations", {}).get("ExecutedVersion", [])}
-    assert {v5, v6} <= versions or summaries["TraceSummaries"], summaries
+    end = datetime.now(UTC) + timedelta(seconds=5)
+    traces = wait_for(lambda: xray.get_trace_summaries(StartTime=start, EndTime=end)["TraceSummaries"], SLOW_FLUSH + 5,
+                      "traces")
+    # Annotations are what the function wrote, nothing more: the stand-in annotates /annotated only.
+    annotated = [t for t in traces if t.get("Annotations")]
+    assert annotated and all(set(t["Annotations"]) == {"function_version"} for t in annotated), annotated
+    assert all("ExecutedVersion" not in (t.get("Annotations") or {}) for t in traces)
+    assert len(annotated) < len(traces)
+    mine = xray.get_trace_summaries(StartTime=start, EndTime=end,
+                                    FilterExpression='annotation.function_version = "from-the-app"')
+    assert mine["TraceSummaries"] and len(mine["TraceSummaries"]) == len(annotated)
+
+
+def _merged(datums: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]]:
+    """Datums by (metric, dimensions), as CloudWatch aggregates them: several datums of one
+    metric and second (one per alias or version that served) add up."""
+    merged: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+    for d in datums:
+        key = (d["MetricName"], tuple((x["Name"], x["Value"]) for x in d["Dimensions"]))
+        into = merged.setdefault(key, {"Value": 0.0, "Values": []})
+        into["Value"] += d.get("Value", 0.0)
+        into["Values"] += d.get("Values", [])
+    return merged
 
 
 def test_telemetry_datums_have_the_documented_dimensions() -> None:
     from pytest_llamadeploy import metricnames as m
     from pytest_llamadeploy.sandbox.frontdoor.telemetry import Telemetry
+    from pytest_llamadeploy.sandbox.physics import lambda_outcome
 
     t = Telemetry(None)
     now = 1_700_000_000.5
-    t.record_invocation(function=API, version="3", targeted=False, status=200, duration_ms=12.0, now=now)
-    t.record_invocation(function=API, version="3", targeted=False, status=500, duration_ms=5.0, now=now)
-    t.record_invocation(function=API, version="3", targeted=False, status=429, duration_ms=1.0, now=now)
-    t.record_invocation(function=API, version="4", targeted=True, status=200, duration_ms=7.0, now=now)
+    live = {"function": API, "resource": "live", "executed_version": "3", "version": "3", "now": now}
+    t.record_invocation(**live, outcome=lambda_outcome(200), duration_ms=12.0)
+    t.record_invocation(**live, outcome=lambda_outcome(500), duration_ms=5.0)  # handled: no Error
+    t.record_invocation(**live, outcome=lambda_outcome(500, function_error="Unhandled"), duration_ms=6.0)
+    t.record_invocation(**live, outcome=lambda_outcome(200, throttled=True), duration_ms=0.0)
+    t.record_invocation(function=API, resource="4", executed_version=None, version="4", outcome=lambda_outcome(200),
+                        duration_ms=7.0, now=now)
+    t.record_rest(stage="live", status=502, latency_ms=8.0, now=now)
     bucket = t.take(everything=True)[int(now)]
-    datums = t.datums(int(now), bucket)[m.LAMBDA]
-    by_key = {(d["MetricName"], tuple((x["Name"], x["Value"]) for x in d["Dimensions"])): d for d in datums}
+    datums = t.datums(int(now), bucket)
+    by_key = _merged(datums[m.LAMBDA])
     per_version = tuple((x["Name"], x["Value"]) for x in m.lambda_version_dims(API, "live", "3"))
-    assert by_key[("Invocations", per_version)]["Value"] == 2  # the throttled one is not an invocation
-    assert by_key[("Errors", per_version)]["Value"] == 1
-    assert by_key[("Throttles", per_version)]["Value"] == 1
-    assert sorted(by_key[("Duration", per_version)]["Values"]) == [5.0, 12.0]
-    assert by_key[("Invocations", (("FunctionName", API),))]["Value"] == 3
+    alias = tuple((x["Name"], x["Value"]) for x in m.lambda_alias_dims(API, "live"))
+    assert by_key[("Invocations", per_version)]["Value"] == 3  # the throttled one is not an invocation
+    assert by_key[("Errors", per_version)]["Value"] == 1  # only the unhandled one
+    assert ("Throttles", per_version) not in by_key and by_key[("Throttles", alias)]["Value"] == 1
+    assert sorted(by_key[("Duration", per_version)]["Values"]) == [5.0, 6.0, 12.0]
+    assert by_key[("Invocations", (("FunctionName", API),))]["Value"] == 4
     assert by_key[("Invocations", (("FunctionName", API), ("Resource", f"{API}:4")))]["Value"] == 1
-    assert ("Invocations", (("FunctionName", API), ("Resource", f"{API}:live"))) in by_key
+    assert not any(dict(dims).get("ExecutedVersion") == "4" for _, dims in by_key)
+    rest = _merged(datums[m.APIGATEWAY])
+    assert rest[("5XXError", (("ApiName", "onchain-api"), ("Stage", "live")))]["Value"] == 1
+    assert rest[("5XXError", (("ApiName", "onchain-api"),))]["Value"] == 1
+
+
+def test_release_stdout_emf_is_shipped_and_extracted(tmp_path: Path) -> None:
+    from pytest_llamadeploy.sandbox.frontdoor.logship import LogShipper
+    from pytest_llamadeploy.sandbox.frontdoor.telemetry import Telemetry
+
+    log = tmp_path / "service-v9.log"
+    log.write_text("old line from an earlier run\n")
+    (tmp_path / "state.json").write_text(json.dumps({"versions": {"v9": {"log": str(log)}}}))
+    shipper = LogShipper(tmp_path)
+    assert shipper.poll() == []  # what was there when the front door started is an earlier run's
+    doc = {"FunctionName": API, "Version": "9", "Requests": 4, "Responses5xx": 1,
+           "_aws": {"Timestamp": 1_700_000_000_000, "CloudWatchMetrics": [{
+               "Namespace": "LlamaDeploy/Service", "Dimensions": [["FunctionName", "Version"]],
+               "Metrics": [{"Name": "Requests", "Unit": "Count", "StorageResolution": 1},
+                           {"Name": "Responses5xx", "Unit": "Count", "StorageResolution": 1}]}]}}
+    with log.open("a") as fh:
+        fh.write("INFO uvicorn noise\n" + json.dumps(doc) + "\n" + '{"half a line')
+    [document] = shipper.poll()
+    assert (document.function, document.version) == (API, "9")
+    telemetry = Telemetry(None, clock=lambda: 1_700_000_000.0)
+    telemetry.ingest([document])
+    assert telemetry.emf_delivery.due() == {}  # CloudWatch Logs takes its time (0.5-1.5 s under fast physics)
+    telemetry.emf_delivery._clock = lambda: 1_700_000_010.0
+    [requests, errors] = telemetry.emf_delivery.due()["LlamaDeploy/Service"]
+    assert (requests["MetricName"], requests["Value"], errors["Value"]) == ("Requests", 4.0, 1.0)
+    assert requests["StorageResolution"] == 1
+    with log.open("a") as fh:
+        fh.write(" too\n")  # the half line, completed, is read once whole
+    assert shipper.poll() == []
 
 
 def test_traffic_runs_at_its_rate_and_stops_by_itself(rig: Rig) -> None:

@@ -11,7 +11,16 @@ import pytest
 from pytest_llamadeploy import metricnames as mn
 from pytest_llamadeploy.metrics.compare import judge as compare_judge
 from pytest_llamadeploy.metrics.dashboards import DashboardError, dashboard_series
-from pytest_llamadeploy.metrics.evaluate import compute, evaluate_plan, judge, plan_poll, plan_targets
+from pytest_llamadeploy.metrics.evaluate import (
+    arrived,
+    compute,
+    evaluate_plan,
+    judge,
+    percentile_period,
+    plan_poll,
+    plan_targets,
+    settled,
+)
 from pytest_llamadeploy.metrics.query import (
     MAX_QUERIES,
     ProviderError,
@@ -64,48 +73,89 @@ def test_threshold_ops() -> None:
 def _data(plan: Any, values: dict[tuple[str, str, str], list[tuple[float, float]]]) -> dict[SeriesSpec, Any]:
     out: dict[SeriesSpec, Any] = {}
     for spec in plan.specs:
-        version = dict(spec.dims).get("ExecutedVersion", "")
+        dims = dict(spec.dims)
+        version = dims.get("ExecutedVersion") or dims.get("Version") or ""
         out[spec] = values.get((spec.metric, version, spec.stat), [])
     return out
 
 
-def test_rates_are_sums_over_the_window_clamped_to_the_shift() -> None:
+def test_windows_end_where_the_data_has_arrived_and_start_at_the_shift(policy: Any) -> None:
+    # sandbox: AWS/* per 1 s, 5 s late; the functions' EMF per 1 s, 3 s late.
+    rules = {"err": rule(), "svc": rule(signal="service.error_rate")}
+    targets = {t.rule_name: t for t in plan_targets(rules, policy, {"new": {"onchain-api": "4"}}, 100.0, 130.0)}
+    assert (targets["err"].start, targets["err"].end) == (100.0, 125.0)  # clamped to the shift; now - lag
+    assert (targets["svc"].start, targets["svc"].end) == (100.0, 127.0)
+    # A window shorter than the time since the shift slides, and still ends at now - lag.
+    late = plan_targets({"err": rule(window="10s")}, policy, {"new": {"onchain-api": "4"}}, 100.0, 160.0)
+    assert [(t.start, t.end) for t in late] == [(145.0, 155.0)]
+    final = plan_targets(rules, policy, {"new": {"onchain-api": "4"}}, 100.0, 200.0, final_end=120.0)
+    assert {(t.start, t.end) for t in final} == {(100.0, 120.0)}  # the final decision: the bake's own end
+
+
+def test_rates_are_sums_over_exactly_the_window(policy: Any) -> None:
     rules = {"err": rule(), "thr": rule(signal="lambda.throttle_rate", threshold="0.1%")}
-    targets = plan_targets(rules, ["onchain-api"], "live", {"new": {"onchain-api": "4"}}, "onchain-ws", 100.0, 110.0)
-    assert {t.start for t in targets} == {100.0}  # a 1 m window clamped to the moment traffic moved
-    plan = plan_poll(targets, "live", 110.0, 1)
+    targets = plan_targets(rules, policy, {"new": {"onchain-api": "4"}}, 100.0, 115.0)
+    plan = plan_poll(targets, 115.0)
     assert plan.span_start == 100.0  # the call itself starts at the shift: earlier data is never fetched
     data = _data(plan, {
-        ("Invocations", "4", "Sum"): [(100.0, 10.0), (105.0, 10.0)],
-        ("Errors", "4", "Sum"): [(100.0, 1.0), (105.0, 2.0)],
-        ("Throttles", "4", "Sum"): [(105.0, 1.0)],
+        ("Invocations", "4", "Sum"): [(99.0, 50.0), (100.0, 10.0), (105.0, 10.0), (110.0, 99.0)],
+        ("Errors", "4", "Sum"): [(99.0, 50.0), (100.0, 1.0), (105.0, 2.0), (110.0, 99.0)],
+        ("Invocations", "", "Sum"): [(100.0, 10.0), (105.0, 10.0)],
+        ("Throttles", "", "Sum"): [(105.0, 1.0)],
     })
-    by = {t.rule_name: compute(t, "live", data, plan) for t in targets}
+    by = {t.rule_name: compute(t, data, plan.span_start) for t in targets}
+    # Before the shift (99) and after the arrived data (110 >= now - lag) are outside the window.
     assert by["err"] == (pytest.approx(3 / 20), 20.0)
+    # Throttles carry no ExecutedVersion: the rate is the alias's.
     assert by["thr"] == (pytest.approx(1 / 21), 21.0)
 
 
-def test_windows_that_differ_are_summed_per_bucket_on_the_client() -> None:
-    rules = {"short": rule(window="10s", min_samples=1), "long": rule(window="1m", min_samples=1)}
-    targets = plan_targets(rules, ["f"], "live", {"new": {"f": "4"}}, "f", 0.0, 60.0)
-    plan = plan_poll(targets, "live", 60.0, 1)
-    assert plan.sum_period == 5 and plan.span_start == 0.0
-    data = _data(plan, {("Invocations", "4", "Sum"): [(t, 10.0) for t in range(0, 60, 5)],
-                        ("Errors", "4", "Sum"): [(50.0, 1.0), (55.0, 1.0), (0.0, 8.0)]})
-    by = {t.rule_name: compute(t, "live", data, plan) for t in targets}
-    assert by["short"] == (pytest.approx(2 / 20), 20.0)
-    assert by["long"] == (pytest.approx(10 / 120), 120.0)
+def test_a_sum_with_no_datapoint_is_no_data_never_zero(policy: Any) -> None:
+    five = {"apigw_5xx": policy.rollback_triggers["apigw_5xx"]}
+    [target] = plan_targets(five, policy, {"new": {"onchain-api": "4"}}, 0.0, 60.0)
+    plan = plan_poll([target], 60.0)
+    value, samples = compute(target, {spec: [] for spec in plan.specs}, plan.span_start)
+    assert value is None and samples == 0.0
 
 
 def test_one_query_per_distinct_series_and_ids(policy: Any) -> None:
-    targets = plan_targets(policy.rollback_triggers, ["a", "b"], "live", {"new": {"a": "4", "b": "4"},
-                           "old": {"a": "3", "b": "3"}}, "b", 0.0, 10.0)
-    plan = plan_poll(targets, "live", 10.0, 1)
+    targets = plan_targets(policy.rollback_triggers, policy, {"new": {"onchain-api": "4", "onchain-ws": "4"},
+                           "old": {"onchain-api": "3", "onchain-ws": "3"}}, 0.0, 10.0)
+    plan = plan_poll(targets, 10.0)
     queries, ids = build_queries(plan.specs + plan.specs)
     assert len(queries) == len(set(plan.specs)) == len(ids)
     assert [q["Id"] for q in queries] == [f"q{i}" for i in range(len(queries))]
     versions = {dict(s.dims).get("ExecutedVersion") for s in plan.specs if s.namespace == mn.LAMBDA}
-    assert versions == {"3", "4"}
+    assert versions == {"3", "4", None}  # per version, and the alias for the throttle rate
+    emf = {dict(s.dims)["Version"] for s in plan.specs if s.namespace == policy.metrics.service.namespace}
+    assert emf == {"3", "4"}
+
+
+def test_percentile_period_covers_the_window_from_the_rounded_start(policy: Any) -> None:
+    latency = {"p": rule(signal="service.latency", threshold="500ms", op="<")}
+    [target] = plan_targets(latency, policy, {"new": {"onchain-api": "4"}}, 1_000_050.0, 1_000_078.0)
+    # The window is 1_000_050..1_000_075; CloudWatch rounds StartTime down to the minute (1_000_020), so one
+    # period covering the window from there is 60 s, not the 25 s the window lasts.
+    assert (target.start, target.end) == (1_000_050.0, 1_000_075.0)
+    assert percentile_period(target, target.start) == 60
+
+
+def test_arrival_needs_every_bucket_and_settling_judges_what_arrived(policy: Any) -> None:
+    [target] = plan_targets({"err": rule(window="10s", min_samples=1)}, policy, {"new": {"onchain-api": "4"}},
+                            100.0, 200.0, final_end=110.0)
+    plan = plan_poll([target], 200.0)
+    full = _data(plan, {("Invocations", "4", "Sum"): [(float(t), 5.0) for t in range(100, 110)],
+                        ("Errors", "4", "Sum"): [(105.0, 1.0)]})
+    assert arrived(target, full, plan.span_start)
+    # A later bucket visible before an earlier one (each minute has its own delay on AWS) is not "arrived".
+    holes = _data(plan, {("Invocations", "4", "Sum"): [(float(t), 5.0) for t in range(100, 110) if t != 104]})
+    assert not arrived(target, holes, plan.span_start)
+    # The last buckets never came: the window is judged where its data ends, and says so.
+    early = _data(plan, {("Invocations", "4", "Sum"): [(float(t), 5.0) for t in range(100, 106)],
+                         ("Errors", "4", "Sum"): [(101.0, 1.0)]})
+    judged = settled(target, early, plan.span_start)
+    assert (judged.start, judged.end) == (100.0, 106.0) and "had not arrived" in judged.late
+    assert compute(judged, early, plan.span_start) == (pytest.approx(1 / 30), 30.0)
 
 
 @pytest.mark.parametrize(("seconds", "period"), [(0.5, 1), (3, 5), (10, 10), (11, 30), (31, 60), (301, 360)])
@@ -158,9 +208,9 @@ def test_watch_counts_provider_errors_in_a_row_then_is_inconclusive(policy: Any)
     watch = BakeWatch(cw, policy, ["onchain-api", "onchain-ws"], "live", {"onchain-api": "3"}, {"onchain-api": "4"},
                       0.0, None, breaches.append, clock=lambda: 5.0)
     for _ in range(policy.watch.provider_error_limit - 1):
-        assert watch.poll() is False
+        assert watch.poll() == "error"
     assert breaches == []
-    assert watch.poll() is False
+    assert watch.poll() == "error"
     [breach] = breaches
     assert breach.kind == "provider" and "metrics unavailable" in breach.message
     assert watch.evidence()["provider_errors"] == policy.watch.provider_error_limit
@@ -175,20 +225,20 @@ def test_watch_one_call_per_poll_with_a_stub(policy: Any) -> None:
     assert len(cw.calls) == 2
 
 
-def test_message_names_rule_value_version_window_bound_and_source() -> None:
-    targets = plan_targets({"lambda_error_rate": rule()}, ["onchain-api"], "live", {"new": {"onchain-api": "4"}},
-                           "onchain-ws", 0.0, 10.0)
-    plan = plan_poll(targets, "live", 10.0, 1)
+def test_message_names_rule_value_version_window_bound_and_source(policy: Any) -> None:
+    targets = plan_targets({"lambda_error_rate": rule()}, policy, {"new": {"onchain-api": "4"}}, 0.0, 15.0)
+    plan = plan_poll(targets, 15.0)
     data = _data(plan, {("Invocations", "4", "Sum"): [(1.0, 187.0)], ("Errors", "4", "Sum"): [(1.0, 58.0)]})
-    [result] = evaluate_plan(plan, "live", data, now=10.0, grace=5, final=False, result_kind="rollback trigger")
+    [result] = evaluate_plan(plan, data, now=15.0, grace=5, final=False, result_kind="rollback trigger")
     assert result.verdict == "fail"
-    assert result.message == ("rollback trigger lambda_error_rate: 31.0% on onchain-api version 4 (new) over the "
-                              "last 10s, must be <= 5% (breaks; source: cloudwatch; 187 invocations)")
+    assert result.message == ("rollback trigger lambda_error_rate: 31.0% on onchain-api version 4 (new) over 10s "
+                              "ending 00:00:10 UTC, must be <= 5% (breaks; source: cloudwatch: aws metrics, "
+                              "AWS/Lambda; 187 invocations)")
 
 
-def test_unknown_signal_names_the_rule_and_the_choices() -> None:
+def test_unknown_signal_names_the_rule_and_the_choices(policy: Any) -> None:
     with pytest.raises(UnknownSignal, match=r"rule x: signal 'lambda.eror_rate' is not known; use one of .*lambda.error_rate"):
-        plan_targets({"x": rule(signal="lambda.eror_rate")}, ["f"], "live", {"new": {"f": "1"}}, "f", 0, 1)
+        plan_targets({"x": rule(signal="lambda.eror_rate")}, policy, {"new": {"onchain-api": "1"}}, 0, 1)
 
 
 def test_format_value() -> None:
@@ -235,6 +285,19 @@ def test_dashboard_shorthand_and_errors() -> None:
         dashboard_series("Main", {"widgets": [{"type": "metric", "properties": {"metrics": [["AWS/Lambda"]]}}]}, 60)
 
 
+def test_dashboard_ellipsis_repeats_the_previous_row_with_new_last_values() -> None:
+    # What the console writes: "..." is the previous row with its last values replaced.
+    body = {"widgets": [{"type": "metric", "properties": {"stat": "Sum", "metrics": [
+        ["AWS/Lambda", "Invocations", "FunctionName", "a", "Resource", "a:live"], ["...", "b", "Resource", "b:live"],
+        ["...", "c:live"]]}}]}
+    specs = dashboard_series("Lambda", body, 60)
+    assert [dict(s.dims) for s in specs] == [{"FunctionName": "a", "Resource": "a:live"},
+                                             {"FunctionName": "b", "Resource": "b:live"},
+                                             {"FunctionName": "b", "Resource": "c:live"}]
+    with pytest.raises(DashboardError, match="repeats a previous row"):
+        dashboard_series("x", {"widgets": [{"type": "metric", "properties": {"metrics": [["...", "a"]]}}]}, 60)
+
+
 def test_sandbox_alarms_and_dashboards_match_the_policy(policy: Any) -> None:
     assert list(ALARM_NAMES) == policy.monitoring.alarms
     assert list(DASHBOARD_NAMES) == policy.monitoring.dashboards
@@ -248,6 +311,13 @@ def test_nearest_rank_percentile() -> None:
     assert moto_ext.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
 
 
+class Series(dict):  # type: ignore[type-arg]
+    """What moto_ext reads series from: ``get(key)`` is the series' datums, empty when there are none."""
+
+    def get(self, key: Any) -> Any:  # type: ignore[override]
+        return self[key] if key in self else []
+
+
 def test_alarm_evaluation_states() -> None:
     from moto.cloudwatch.models import Alarm, MetricDatum
 
@@ -259,11 +329,12 @@ def test_alarm_evaluation_states() -> None:
                      10, 3.0, "Sum", None, "", dims, ["arn:sns"], None, None, None, True, treat, None, None, None)
 
     key = ("AWS/Lambda", "Errors", (("FunctionName", "a"),))
-    snap = {key: [MetricDatum("AWS/Lambda", "Errors", 5.0, dims, now - timedelta(seconds=3))]}
+    snap = Series({key: [MetricDatum("AWS/Lambda", "Errors", 5.0, dims, now - timedelta(seconds=3))]})
     assert moto_ext.evaluate_alarm(alarm(None), snap, now)[0] == "OK"  # 1 of 2 periods breaching, need 2
     snap[key].append(MetricDatum("AWS/Lambda", "Errors", 4.0, dims, now - timedelta(seconds=13)))
     state, reason, _ = moto_ext.evaluate_alarm(alarm(None), snap, now)
     assert state == "ALARM" and "2 out of the last 2" in reason
-    assert moto_ext.evaluate_alarm(alarm(None), {}, now)[0] == "INSUFFICIENT_DATA"
-    assert moto_ext.evaluate_alarm(alarm("notBreaching"), {}, now)[0] == "OK"
-    assert moto_ext.evaluate_alarm(alarm("breaching"), {}, now)[0] == "ALARM"
+    empty = Series()
+    assert moto_ext.evaluate_alarm(alarm(None), empty, now)[0] == "INSUFFICIENT_DATA"
+    assert moto_ext.evaluate_alarm(alarm("notBreaching"), empty, now)[0] == "OK"
+    assert moto_ext.evaluate_alarm(alarm("breaching"), empty, now)[0] == "ALARM"

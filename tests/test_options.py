@@ -73,7 +73,7 @@ def test_env_that_is_not_a_policy_file_name_is_refused(no_aws: pytest.Pytester, 
     r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", f"--env={env}", "--stage=deploy", "--release=v1",
                                     "--plan", timeout=60)
     assert r.ret == 4
-    r.stderr.fnmatch_lines([f"*env {env!r}*allowed: dev, prod, sandbox, staging"])
+    r.stderr.fnmatch_lines([f"*env {env!r}*allowed: dev, prod, sandbox, sandbox-aws, staging"])
     assert "Traceback" not in r.stderr.str()
 
 

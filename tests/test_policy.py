@@ -30,12 +30,19 @@ def test_runbook_numbers_live_in_prod() -> None:
     assert [p.stages[s].bake for s in ("shift10", "shift50", "shift100")] == [300, 300, 600]
     assert p.stages["shift100"].keep_previous == 86400
     assert p.approval.required and p.rollback_on_failure
+    # Each runbook line on the functions' per-version signal (service.*) and on AWS's metrics.
     key = {r.signal: (r.op, r.threshold) for r in p.key_metrics.values()}
-    assert key == {"lambda.error_rate": ("<", 0.01), "lambda.duration": ("<", 500.0), "apigw.5xx": ("<=", 0.0),
-                   "ws.connect_error_rate": ("<", 0.001), "cache.hit_rate": (">", 0.8), "dynamodb.throttles": ("<=", 0.0)}
+    assert key == {"service.error_rate": ("<", 0.01), "lambda.error_rate": ("<", 0.01),
+                   "service.latency": ("<", 500.0), "lambda.duration": ("<", 500.0), "apigw.5xx": ("<=", 0.0),
+                   "service.ws_connect_error_rate": ("<", 0.001), "apigw.ws_connect_error_rate": ("<", 0.001),
+                   "cache.hit_rate": (">", 0.8), "dynamodb.throttles": ("<=", 0.0)}
     triggers = {r.signal: (r.threshold, r.window) for r in p.rollback_triggers.values()}
-    assert triggers["lambda.error_rate"][0] == 0.05 and triggers["lambda.throttle_rate"][0] == 0.001
-    assert triggers["apigw.5xx"] == (10.0, 300.0) and triggers["ws.connect_error_rate"][0] == 0.01
+    assert triggers["service.error_rate"][0] == 0.05 and triggers["lambda.error_rate"][0] == 0.05
+    assert triggers["lambda.throttle_rate"][0] == 0.001
+    assert triggers["apigw.5xx"] == (10.0, 300.0) and triggers["service.ws_connect_error_rate"][0] == 0.01
+    # AWS's own metrics as AWS serves them: a minute per datapoint, up to 3 minutes late.
+    assert (p.metrics.aws.resolution, p.metrics.aws.lag) == (60, 180)
+    assert p.metrics.service.resolution == 1
     perf = p.performance
     assert (perf.api_p95, perf.ws_p95, perf.db_p95, perf.cache_hit_rate) == (200, 100, 50, 0.8)
 
@@ -79,14 +86,14 @@ def test_error_in_parent_names_the_parent(pdir: Path) -> None:
     (pdir / "defaults.yaml").write_text((pdir / "defaults.yaml").read_text().replace("threshold: 1%", "threshold: lots", 1))
     with pytest.raises(PolicyError) as info:
         load_policy(pdir, "sandbox")
-    assert any(str(pdir / "defaults.yaml") in p and "key_metrics.lambda_error_rate.threshold" in p for p in info.value.problems)
+    assert any(str(pdir / "defaults.yaml") in p and "key_metrics.error_rate.threshold" in p for p in info.value.problems)
 
 
 def test_unknown_key_and_unknown_env(pdir: Path) -> None:
     (pdir / "staging.yaml").write_text((pdir / "staging.yaml").read_text() + "\nrolback_on_failure: true\n")
     with pytest.raises(PolicyError, match="rolback_on_failure.*unknown key"):
         load_policy(pdir, "staging")
-    with pytest.raises(PolicyError, match="no policy for env 'qa'; allowed: dev, prod, sandbox, staging"):
+    with pytest.raises(PolicyError, match="no policy for env 'qa'; allowed: dev, prod, sandbox, sandbox-aws, staging"):
         load_policy(pdir, "qa")
 
 
@@ -139,7 +146,7 @@ def test_env_is_exactly_the_name_of_a_policy_file(pdir: Path, env: str) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(pdir, env)
     (problem,) = info.value.problems
-    assert f"env {env!r}" in problem and problem.endswith("allowed: dev, prod, sandbox, staging")
+    assert f"env {env!r}" in problem and problem.endswith("allowed: dev, prod, sandbox, sandbox-aws, staging")
 
 
 def test_extends_names_a_file_of_the_folder_not_a_path(pdir: Path, tmp_path: Path) -> None:
@@ -148,7 +155,7 @@ def test_extends_names_a_file_of_the_folder_not_a_path(pdir: Path, tmp_path: Pat
     for parent in ("../elsewhere", "./defaults", "Defaults"):
         (pdir / "staging.yaml").write_text(text.replace("extends: defaults", f"extends: {parent}"))
         with pytest.raises(PolicyError, match=rf"staging.yaml: extends: '{re.escape(parent)}' must be the name of "
-                                              r"another policy file in .*allowed: defaults, dev, prod, sandbox, staging"):
+                                              r"another policy file in .*allowed: defaults, dev, prod, sandbox, sandbox-aws, staging"):
             load_policy(pdir, "staging")
 
 

@@ -34,7 +34,7 @@ def test_rehearse_promotes_the_good_release_and_rolls_back_the_bad(sandbox_exclu
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-3000:]
     good = re.search(r"^good release (good-\d+): promoted to 100%$", out, re.M)
-    bad = re.search(r"^bad release (bad-\d+) \(error_rate=0\.3\): caught and rolled back; "
+    bad = re.search(r"^bad release (bad-\d+) \(error_rate=0\.3\): caught at (\w+) and rolled back; "
                     r"traffic back on the good release$", out, re.M)
     assert good and bad, out[-4000:]
     table = out.split("\n\n")[1] if "\n\n" in out else out
@@ -45,8 +45,9 @@ def test_rehearse_promotes_the_good_release_and_rolls_back_the_bad(sandbox_exclu
     assert [(r[1], r[2]) for r in good_rows] == [(stage, "passed") for stage in plan], table
     assert all(part.endswith("100%") and "+" not in part
                for part in " ".join(good_rows[-1][4:]).split(";")), good_rows[-1]
-    # The bad release got as far as a shift and was rolled back there, traffic back at 100 % on the good one.
-    assert bad_rows and bad_rows[-1][2] == "rolled_back", table
+    # The bad release was rolled back at the stage that caught it (the deploy stage's functional suite,
+    # through the preview stage, when the fault breaks what it tests), traffic back at 100 % on the good one.
+    assert bad_rows and bad_rows[-1][2] == "rolled_back" and bad_rows[-1][1] == bad.group(2), table
     assert all(r[2] == "passed" for r in bad_rows[:-1]), table
     assert "+" not in " ".join(bad_rows[-1][4:]) and "100%" in " ".join(bad_rows[-1][4:]), bad_rows[-1]
     assert any((tmp_path / "allure").glob("*-result.json")), "no Allure results were written"

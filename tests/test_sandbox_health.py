@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_llamadeploy.sandbox.state import RELEASE_HEADER, VERSION_HEADER, SandboxState
+from pytest_llamadeploy.sandbox.state import RELEASE_HEADER, SandboxState
 
 pytestmark = pytest.mark.sandbox
 
@@ -71,19 +71,22 @@ def clean(deployed: Rig, sandbox_exclusive: SandboxState) -> Rig:
     return deployed
 
 
-def _set_alias(rig: Rig, primary: dict[str, str], weights: dict[str, dict[str, float]] | None = None) -> None:
-    """Point alias live, then wait (with a deadline) until the front door routes with it."""
-    from pytest_llamadeploy.sandbox.provision import ALIAS, sandbox_aws
+def _set_alias(rig: Rig, primary: dict[str, str], weights: dict[str, dict[str, float]] | None = None,
+               alias: str = "live") -> None:
+    """Point an alias (``live``: the live stage; ``preview``: the preview stage), then wait (with
+    a deadline) until the front door's stage routes with it."""
+    from pytest_llamadeploy.sandbox.provision import sandbox_aws
 
     lam = sandbox_aws(rig.state).client("lambda")
     weights = weights or {}
     for function, version in primary.items():
-        lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version,
+        lam.update_alias(FunctionName=function, Name=alias, FunctionVersion=version,
                          RoutingConfig={"AdditionalVersionWeights": weights.get(function, {})})
+    stage_url = rig.state.preview_api_url if alias == "preview" else rig.state.api_url
     deadline = time.monotonic() + 10
     with _client() as http:
         while True:
-            seen = http.get(f"{rig.state.api_url}/_frontdoor/routing").json()["functions"]
+            seen = http.get(f"{stage_url}/_frontdoor/routing").json()["functions"]
             if all(seen[f]["version"] == v and seen[f]["weights"] == weights.get(f, {}) for f, v in primary.items()):
                 return
             assert time.monotonic() < deadline, f"front door still routes {seen} 10 s after update_alias"
@@ -158,10 +161,10 @@ def _timed_get(http: httpx.Client, url: str, **kwargs) -> tuple[httpx.Response, 
     return response, (time.perf_counter() - started) * 1000.0
 
 
-def _ws(rig: Rig, version: str):
+def _ws(url: str):
     from websockets.sync.client import connect
 
-    return connect(rig.state.ws_url, additional_headers={VERSION_HEADER: version}, open_timeout=5, close_timeout=1)
+    return connect(url, open_timeout=5, close_timeout=1)
 
 
 def _subscribed(ws) -> None:
@@ -188,18 +191,19 @@ def _events_for(ws, chain: str, wait: float) -> int:
 
 
 def test_each_fault_knob_takes_effect_through_the_front_door(clean: Rig) -> None:
-    """One request-level check per knob, on the release's version named with x-llama-version."""
+    """One request-level check per knob, on the release through the preview stage (its alias on the
+    release's versions, as at the deploy stage; users on live stay on the baseline)."""
     from websockets.exceptions import InvalidStatus
 
     rig = clean
-    api = rig.state.api_url
-    version = {VERSION_HEADER: rig.versions[API]}
-    auth = {"authorization": f"Bearer {rig.token}", **version}
+    _set_alias(rig, rig.versions, alias="preview")
+    api = rig.state.preview_api_url
+    auth = {"authorization": f"Bearer {rig.token}"}
     with _client() as http:
         def served(response: httpx.Response) -> None:
             assert response.headers.get(RELEASE_HEADER) == rig.release, response.headers
 
-        ok, plain_ms = _timed_get(http, f"{api}/health", headers=version)
+        ok, plain_ms = _timed_get(http, f"{api}/health")
         assert ok.status_code == 200 and ok.json()["status"] == "ok", ok.text
         served(ok)
 
@@ -209,9 +213,17 @@ def test_each_fault_knob_takes_effect_through_the_front_door(clean: Rig) -> None
         served(response)
         _faults(rig, "error_rate=0", "throttle_rate=1")
         response = http.get(f"{api}/chains", headers=auth)
-        assert response.status_code == 429 and response.json()["error"] == "throttled", response.text
+        # Lambda refused the invocation (throttle): API Gateway answers 500 for it, as on AWS.
+        assert response.status_code == 500 and response.json() == {"message": "Internal server error"}, \
+            response.text
+        _faults(rig, "throttle_rate=0", "unhandled_error_rate=1")
+        response = http.get(f"{api}/chains", headers=auth)
+        # An unhandled error: API Gateway's 502 (and a Lambda Error on the version).
+        assert response.status_code == 502 and response.json() == {"message": "Internal server error"}, \
+            response.text
+        _faults(rig, "unhandled_error_rate=0")
         _faults(rig, "throttle_rate=0", "latency_ms=400")
-        response, slow_ms = _timed_get(http, f"{api}/health", headers=version)
+        response, slow_ms = _timed_get(http, f"{api}/health")
         assert response.status_code == 200 and slow_ms >= 400, f"{slow_ms:.0f} ms with latency_ms=400"
         _faults(rig, "latency_ms=0", "slow_query_ms=400")
         # A chain nobody asked for: a cache miss, so the release really queries PostgreSQL.
@@ -224,15 +236,15 @@ def test_each_fault_knob_takes_effect_through_the_front_door(clean: Rig) -> None
             response = http.get(f"{api}/chains", headers=auth)
             assert response.status_code == 200 and response.headers["x-cache"] == "miss", response.headers
         _faults(rig, "cache_bypass=false", "crash=true")
-        response = http.get(f"{api}/health", headers=version)
+        response = http.get(f"{api}/health")
         assert response.status_code == 503 and response.json()["checks"]["crash"]["ok"] is False, response.text
         _faults(rig, "crash=false", "ws_connect_error_rate=1")
         with pytest.raises(InvalidStatus) as refused:
-            _ws(rig, rig.versions[WS]).close()
+            _ws(rig.state.preview_ws_url).close()
         assert refused.value.response.status_code == 503
         _faults(rig, "ws_connect_error_rate=0", "event_drop_rate=1")
         chain = f"t2drop-{uuid.uuid4().hex[:6]}"
-        with _ws(rig, rig.versions[WS]) as dropping, _ws(rig, rig.baseline[WS]) as control:
+        with _ws(rig.state.preview_ws_url) as dropping, _ws(rig.state.ws_url) as control:
             for ws in (dropping, control):
                 assert json.loads(ws.recv(timeout=5))["type"] == "hello"
                 _subscribed(ws)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llamadeploy.sandbox.physics import FUNCTION_ERROR_HEADER, THROTTLED_HEADER
 from pytest_llamadeploy.sandbox.service import auth
 from pytest_llamadeploy.sandbox.service.faults import KNOBS, defaults, parse_faults, validate_faults
 from pytest_llamadeploy.sandbox.state import SANDBOX_CREDENTIALS, SandboxState
@@ -513,7 +514,13 @@ def test_error_and_throttle_faults(http: Any, svc: Running, bearer: dict[str, st
     _faults(svc.url, error_rate=0, throttle_rate=1)
     throttled = http.get("/chains", headers=bearer)
     assert throttled.status_code == 429 and throttled.json() == {"error": "throttled"}
-    assert throttled.headers["x-llama-release"] == "r1"
+    # Lambda refused it before the function ran: the runtime marks it, nothing of the release answers.
+    assert throttled.headers[THROTTLED_HEADER] == "1" and "x-llama-release" not in throttled.headers
+    _faults(svc.url, throttle_rate=0, unhandled_error_rate=1)
+    raised = http.get("/chains", headers=bearer)
+    assert raised.status_code == 500 and raised.headers[FUNCTION_ERROR_HEADER] == "Unhandled"
+    assert http.get("/health").status_code == 200, "unhandled_error_rate must spare /health"
+    _faults(svc.url, unhandled_error_rate=0)
     _faults(svc.url, throttle_rate=0.5)
     codes = [http.get("/chains", headers=bearer).status_code for _ in range(60)]
     assert 10 <= codes.count(429) <= 50 and set(codes) == {200, 429}

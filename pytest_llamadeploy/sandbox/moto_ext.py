@@ -21,7 +21,8 @@ they are against AWS; only the server answers more like CloudWatch does:
   series stored at high resolution (``StorageResolution: 1``).
 - X-Ray ``GetTraceSummaries`` with a FilterExpression (moto answers 500): conjunctions of
   ``service("name")`` and ``annotation.key = value``, the subset the gate uses; anything
-  else is refused with the unsupported clause named. Summaries carry their annotations.
+  else is refused with the unsupported clause named. Summaries carry their annotations,
+  and HasFault/HasError/HasThrottle and Duration from the segments' values.
 - Points older than an hour are pruned, so the sandbox stays fast over a long day.
 - A CloudFormation update whose template contains ``STACK_ROLLBACK_FAILED_MARKER``
   fails and its rollback fails too, leaving the stack in ``UPDATE_ROLLBACK_FAILED``
@@ -511,6 +512,11 @@ def _install_xray_filters() -> None:
                         "NumberValue" if isinstance(value, int | float) else "StringValue")
                     annotations.setdefault(key, []).append({"AnnotationValue": {kind: value}})
             item["Annotations"] = annotations
+            # moto sets these from the keys' presence ("fault": false is a fault) and whole seconds.
+            for flag, key in (("HasFault", "fault"), ("HasError", "error"), ("HasThrottle", "throttle")):
+                item[flag] = any(seg.misc.get(key) is True for seg in segments)
+            duration = max(s.end_time or s.start_time for s in segments) - min(s.start_time for s in segments)
+            item["Duration"] = item["ResponseTime"] = round(duration, 6)
             kept.append(item)
         result["TraceSummaries"] = kept
         result["TracesProcessedCount"] = len(kept)

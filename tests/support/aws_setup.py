@@ -1,4 +1,4 @@
-"""Create the service's Lambda functions with alias `live` on a moto server."""
+"""Create the service's Lambda functions with aliases `live` (users) and `preview` (the preview stage) on a moto server."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def create_service(url: str, extra_versions: int = 0) -> None:
                                Code={"ZipFile": _zip()}, Environment={"Variables": {"LLAMA_RELEASE": "v0"}})
         v1 = client.publish_version(FunctionName=fn)["Version"]
         client.create_alias(FunctionName=fn, Name="live", FunctionVersion=v1)
+        client.create_alias(FunctionName=fn, Name="preview", FunctionVersion=v1)
         for i in range(extra_versions):
             client.update_function_configuration(FunctionName=fn, Environment={"Variables": {"LLAMA_RELEASE": f"x{i}"}})
             client.publish_version(FunctionName=fn)

@@ -41,7 +41,6 @@ from ..physics import (
     Outcome,
     lambda_outcome,
 )
-from ..state import RELEASE_HEADER
 from .routing import AliasUnavailable, Backend, Router, UnknownVersion
 from .telemetry import CONNECT_ROUTE, Telemetry
 
@@ -419,11 +418,10 @@ class FrontDoor:
                 "message": f"{function} version {version} (release {backend.release or '?'}): {failure[1]}"})
             return
         assert upstream is not None
-        relayed = await self._pump(upstream, first, backend, version, receive, send)
+        relayed = await self._pump(upstream, first, receive, send)
         self.telemetry.record_ws(stage=stage.name, route="$default", messages=relayed)
 
-    async def _pump(self, upstream: Any, first: str | bytes | None, backend: Backend, version: str, receive: Any,
-                    send: Any) -> int:
+    async def _pump(self, upstream: Any, first: str | bytes | None, receive: Any, send: Any) -> int:
         """Relay both ways until either side closes; returns the messages relayed (MessageCount)."""
         from websockets.exceptions import ConnectionClosed
 
@@ -432,9 +430,8 @@ class FrontDoor:
         if message["type"] != "websocket.connect":
             await upstream.close()
             return relayed
-        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol,
-                    "headers": [(RELEASE_HEADER.encode(), backend.release.encode("latin-1")),
-                                (EXECUTED_VERSION_HEADER.encode(), version.encode())]})
+        # API Gateway's handshake answer carries no header of the function's: the release is in the hello.
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
 
         async def to_client() -> None:
             nonlocal relayed
