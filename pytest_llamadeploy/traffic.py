@@ -61,6 +61,11 @@ class TrafficDriver(Protocol):
     """What the stage runner asks of a traffic driver (``newhooks.pytest_llamadeploy_traffic_driver``).
 
     Keys of every mapping are the policy's ``service.functions``; versions are strings.
+    Optional, used when present (see :class:`LambdaAliasDriver`): ``published_versions()``
+    (the deploy adopts only versions that name the release; without it, the versions
+    that changed), ``write_one(function, state)`` (a rollback moves one function without
+    undoing the others; without it, ``apply`` of that one function) and ``on_write``
+    (called after each alias write: the runner's checkpoints).
     """
 
     def read(self) -> dict[str, AliasState]:
