@@ -81,9 +81,9 @@ def test_rollback_of_a_release_that_does_not_serve_is_refused(v3_serving: pytest
 
 
 def test_the_lease_is_renewed_during_a_long_deploy_command(project: pytest.Pytester, aws: str) -> None:  # noqa: F811
-    """A 1.5 s lease and a deploy command of 4.5 s: nobody may take the lock meanwhile."""
-    set_policy(project, {"ledger": {"lease": "1500ms"}})
-    proc = spawn_gate(project, "deploy", env={"DEPLOY_SLEEP": "4.5"})
+    """A 2 s lease and a deploy command of 5 s: nobody may take the lock meanwhile."""
+    set_policy(project, {"ledger": {"lease": "2s"}})
+    proc = spawn_gate(project, "deploy", env={"DEPLOY_SLEEP": "5"})
     lg = ledger(aws)
     deadline = time.monotonic() + 60
     while lg.current_lock("fastprod") is None:
@@ -104,7 +104,7 @@ def test_the_lease_is_renewed_during_a_long_deploy_command(project: pytest.Pytes
         time.sleep(0.2)
     code, out = finish(proc)
     assert code == 0, out
-    assert refused >= 10  # tried all along the 4.5 s, three leases long
+    assert refused >= 10  # tried all along the 5 s, two and a half leases long
     assert max(renewals) >= 5, renewals  # the heartbeat renewed every third of the lease
     assert lg.get("fastprod", "v2", "deploy").status == "passed" and lg.current_lock("fastprod") is None
 
