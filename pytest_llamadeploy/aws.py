@@ -66,4 +66,5 @@ def aws_config(policy: Policy, sandbox_directory: Path | str | None = None) -> A
             max_attempts=min(policy.aws.max_attempts, 2),
             credentials=dict(SANDBOX_CREDENTIALS),
         )
-    return AwsConfig(region=policy.aws.region, max_attempts=policy.aws.max_attempts)
+    return AwsConfig(region=policy.aws.region, max_attempts=policy.aws.max_attempts,
+                     read_timeout=float(policy.aws.read_timeout))
