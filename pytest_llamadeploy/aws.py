@@ -36,7 +36,8 @@ class AwsConfig:
     def to_json(self) -> dict[str, Any]:
         """What a stage context carries to the gate tests (AwsConfig(**it) rebuilds this config)."""
         return {"region": self.region, "endpoint_url": self.endpoint_url, "max_attempts": self.max_attempts,
-                "credentials": dict(self.credentials), "endpoints": dict(self.endpoints)}
+                "read_timeout": self.read_timeout, "credentials": dict(self.credentials),
+                "endpoints": dict(self.endpoints)}
 
     def session(self) -> boto3.Session:
         # One boto3 Session per config and thread: building one costs 0.1-0.3 s (it loads
@@ -76,4 +77,5 @@ def aws_config(policy: Policy, sandbox_directory: Path | str | None = None) -> A
             # Lambda's Invoke runs the releases: the front door plays it (and passes the rest to moto).
             endpoints={"lambda": state.lambda_endpoint} if state.lambda_endpoint else {},
         )
-    return AwsConfig(region=policy.aws.region, max_attempts=policy.aws.max_attempts)
+    return AwsConfig(region=policy.aws.region, max_attempts=policy.aws.max_attempts,
+                     read_timeout=float(policy.aws.read_timeout))

@@ -1,18 +1,39 @@
-"""Running the policy's deploy command: an argv list, no shell, a timeout, output kept redacted."""
+"""Running the policy's deploy command: an argv list, no shell, a timeout, output kept redacted.
+
+The command runs in its own process group (a new session), so a timeout or an
+interrupted gate kills the whole group, grandchildren included (``serverless``
+spawns node, which spawns more); a process that starts a session of its own
+has left the group and is its own business. Its output is streamed line by
+line, redacted, into the run's ``deploy.log`` up to :data:`OUTPUT_CAP` bytes;
+memory holds only the last :data:`TAIL_CHARS` characters, which the ledger
+and the report keep.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from .policy import DeployCommand
 from .redact import redact
 from .targets import _expand
+
+#: deploy.log stops growing here (the rest is counted, and its tail still kept in memory).
+OUTPUT_CAP = 8 * 1024 * 1024
+TAIL_CHARS = 20000
+#: A line longer than this is cut into pieces (a minified bundle printed on one line).
+_LINE_MAX = 64 * 1024
+#: After SIGTERM to the group, how long before SIGKILL.
+KILL_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -20,8 +41,10 @@ class DeployResult:
     argv: list[str]
     returncode: int | None
     seconds: float
-    output: str  # stdout + stderr, redacted
+    output: str  # the last TAIL_CHARS of stdout + stderr, redacted
     timed_out: bool
+    bytes_total: int = 0
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -29,7 +52,7 @@ class DeployResult:
 
     def summary(self) -> str:
         if self.timed_out:
-            return f"deploy command timed out after {self.seconds:.0f}s: {' '.join(self.argv)}"
+            return f"deploy command timed out after {self.seconds:.0f}s (its process group was killed): {' '.join(self.argv)}"
         return f"deploy command exited {self.returncode} after {self.seconds:.1f}s: {' '.join(self.argv)}"
 
 
@@ -40,8 +63,69 @@ def render_argv(command: DeployCommand, *, env: str, release: str) -> list[str]:
         raise ValueError(f"deploy.argv: unknown placeholder {exc}; allowed: {{env}}, {{release}}") from None
 
 
+class _Pump(threading.Thread):
+    """Copies the command's output to the log (redacted, capped), keeping a tail in memory."""
+
+    def __init__(self, source: IO[bytes], log: IO[str], secrets: list[str], cap: int):
+        super().__init__(name="llamadeploy-deploy-output", daemon=True)
+        self.source, self.log, self.secrets, self.cap = source, log, secrets, cap
+        self.tail: deque[str] = deque()
+        self.tail_chars = 0
+        self.written = 0
+        self.total = 0
+        self.truncated = False
+
+    def run(self) -> None:
+        try:
+            while True:
+                raw = self.source.readline(_LINE_MAX)
+                if not raw:
+                    return
+                self.total += len(raw)
+                line = redact(raw.decode(errors="replace"), self.secrets)
+                self._keep(line)
+                if self.written + len(line) <= self.cap:
+                    self.log.write(line)
+                    self.written += len(line)
+                elif not self.truncated:
+                    self.truncated = True
+                    self.log.write(f"\n[llamadeploy: output beyond {self.cap} bytes is not kept in this file; "
+                                   "its last lines are in the stage record]\n")
+        except (OSError, ValueError):
+            return  # the pipe was closed under us (the group was killed)
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.tail_chars += len(line)
+        while self.tail_chars > TAIL_CHARS and len(self.tail) > 1:
+            self.tail_chars -= len(self.tail.popleft())
+
+    def text(self) -> str:
+        return "".join(self.tail)[-TAIL_CHARS:]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the command's whole process group, SIGKILL after a grace period."""
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break  # nobody is left in the group
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            # The leader is gone; its children may not be: SIGKILL whatever is left of the group.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        break
+
+
 def run_deploy(command: DeployCommand, *, env: str, release: str, cwd: Path, log_path: Path | None = None,
-               extra_env: dict[str, str] | None = None) -> DeployResult:
+               extra_env: dict[str, str] | None = None, cap: int = OUTPUT_CAP) -> DeployResult:
     argv = render_argv(command, env=env, release=release)
     environ = dict(os.environ)
     # Commands installed beside the gate (the venv's bin, e.g. `llamadeploy`) are found
@@ -50,23 +134,54 @@ def run_deploy(command: DeployCommand, *, env: str, release: str, cwd: Path, log
     environ["PATH"] = bindir + os.pathsep + environ.get("PATH", "")
     command_env = {k: _expand(f"deploy.env.{k}", v, environ) for k, v in command.env.items()}
     environ.update(command_env)
+    # What the command must stamp on the versions it publishes (README: the deploy contract).
+    environ.update({"LLAMADEPLOY_RELEASE": release, "LLAMADEPLOY_ENV": env})
     environ.update(extra_env or {})
     secrets = list(command_env.values())
+    if log_path is None:
+        import tempfile
+
+        log_path = Path(tempfile.mkdtemp(prefix="llamadeploy-deploy-")) / "deploy.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    try:
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
         if shutil.which(argv[0], path=environ["PATH"]) is None:
-            raise FileNotFoundError(argv[0])
-        proc = subprocess.run(argv, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, timeout=command.timeout, text=True, check=False)
-        output, code, timed_out = proc.stdout, proc.returncode, False
-    except subprocess.TimeoutExpired as exc:
-        raw = exc.stdout or b""
-        output = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        code, timed_out = None, True
-    except FileNotFoundError:
-        output, code, timed_out = f"{argv[0]}: command not found (policy key deploy.argv)", 127, False
-    result = DeployResult(argv, code, time.monotonic() - start, redact(output, secrets), timed_out)
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(f"$ {' '.join(argv)}\n{result.output}\n# {result.summary()}\n")
+            output = f"{argv[0]}: command not found (policy key deploy.argv)"
+            result = DeployResult(argv, 127, time.monotonic() - start, output, False)
+            log.write(f"{output}\n# {result.summary()}\n")
+            return result
+        proc = subprocess.Popen(argv, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        assert proc.stdout is not None
+        pump = _Pump(proc.stdout, log, secrets, cap)
+        pump.start()
+        code: int | None
+        timed_out = False
+        try:
+            code = proc.wait(timeout=command.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code, timed_out = None, True
+        except BaseException:  # the gate is interrupted (SIGTERM/SIGINT): the deploy must not outlive it
+            _kill_group(proc)
+            pump.join(KILL_GRACE)
+            raise
+        pump.join(KILL_GRACE)
+        if pump.is_alive():
+            # The command exited but something it started still holds its output open.
+            _kill_group(proc)
+            pump.join(KILL_GRACE)
+        _close(proc.stdout)
+        result = DeployResult(argv, code, time.monotonic() - start, pump.text(), timed_out,
+                              bytes_total=pump.total, truncated=pump.truncated)
+        log.write(f"\n# {result.summary()}\n")
     return result
+
+
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass

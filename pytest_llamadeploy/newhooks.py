@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the policy model (pydantic) and boto3 load only when a gate
     from .traffic import TrafficDriver
 
 #: The events of ``pytest_llamadeploy_notify``.
-NotifyEvent = Literal["start", "pass", "fail", "rollback"]
+NotifyEvent = Literal["start", "pass", "fail", "rollback", "rollback_failed"]
 
 
 @pytest.hookspec(firstresult=True)
@@ -72,22 +72,48 @@ def pytest_llamadeploy_ledger_backend(policy: Policy, aws: AwsConfig, rootdir: P
 
         def pytest_llamadeploy_ledger_backend(policy, aws, rootdir):
             return FileLedger("/mnt/deploy-ledger") if policy.name != "prod" else None
+
+    ``put(record, fence=run_id)`` must write only while the env's lock names
+    ``run_id`` and raise :class:`pytest_llamadeploy.ledger.LeaseLost` otherwise
+    (the built-in backends: a DynamoDB transaction with a ConditionCheck on the
+    lock item; the file ledger checks under its file lock).
     """
 
 
 @pytest.hookspec
 def pytest_llamadeploy_notify(event: NotifyEvent, record: dict[str, Any]) -> None:
-    """Called on stage ``start``, ``pass``, ``fail`` and ``rollback`` with the stage record.
+    """Called on stage ``start``, ``pass``, ``fail``, ``rollback`` and ``rollback_failed`` with the stage record.
+    ``rollback_failed`` means traffic is not where it should be and the env is marked as needing
+    attention (every later stage refused until the repair command in ``record["reason"]`` ran): page someone.
 
     ``record`` is :meth:`pytest_llamadeploy.ledger.StageRecord.to_json` with
     secrets redacted: ``env``, ``stage``, ``release``, ``status`` (``started``,
-    ``passed``, ``rolled_back``, ``failed``), ``reason``, ``approver``,
+    ``passed``, ``rolled_back``, ``failed``, ``rollback_failed``; ``lease_lost``
+    for a run that lost its lock, which writes nothing more), ``reason``, ``approver``,
     ``run_id``, ``old_versions``/``new_versions`` and ``weights_before``/
     ``weights_after`` per function, and ``details`` (``details["rollback"]``
-    holds the rollback's reason and the alias after it). ``rollback`` fires
+    holds the rollback's reason, the alias before and after it and, per
+    function, whether it got back and the last error). ``rollback`` fires
     as soon as traffic is back, which during a bake is at the first breach,
     before the stage's ``fail``.
 
     Keep it short and bounded in time. Exceptions are reported but never
     change the verdict: a notifier must not be able to stop a rollback.
+    """
+
+
+@pytest.hookspec
+def pytest_llamadeploy_checkpoint(name: str, run_id: str) -> None:
+    """Called on the controller at named points of a stage, in order:
+
+    ``lock_acquired`` (before the ``started`` record), ``started``,
+    ``alias_written:<function>`` (after each UpdateAlias of the action),
+    ``baking`` (the bake began), ``rollback_start``,
+    ``rollback_written:<function>`` (after each UpdateAlias of a rollback),
+    ``rollback_applied`` (traffic moved back, its record not yet written),
+    ``verdict_recorded``.
+
+    For progress reporting and for fault-injection tests (the project's chaos
+    tests kill the gate at each). Must return quickly; exceptions are reported
+    and ignored.
     """

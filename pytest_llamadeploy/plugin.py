@@ -7,11 +7,14 @@ without an environment.
 
 Order on the controller (never on an xdist worker):
   configure      settings + policy validated (bad input: UsageError, exit 4)
-  sessionstart   decide + preconditions + lock + ``started`` record (refused: exit 4, nothing changed)
+  sessionstart   SIGTERM/SIGINT handled from here on (interrupt.py); decide + preconditions + lock +
+                 ``started`` record (refused: exit 4, nothing changed)
   collection     suites the stage does not run are deselected
   runtestloop    the action (deploy / shift / promote / rollback / operation), then the bake under the watch
   tests          gate tests read the stage from the ``llama`` fixture
-  sessionfinish  verdict -> rollback if needed -> ledger -> exit code
+  sessionfinish  verdict -> rollback if needed -> ledger -> exit code (README's table: 2 interrupted,
+                 3 verdict not recorded / lock lost, 5 rollback failed)
+  unconfigure    the --junitxml report redacted like the Allure results; signal handlers restored
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ pytest_plugins = ["pytest_llamadeploy.fixtures"]
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 RUNNER_KEY = pytest.StashKey[Any]()  # stage.StageRunner (imported lazily: it pulls in boto3)
+INTERRUPTS_KEY = pytest.StashKey[Any]()  # interrupt.Interrupts of the controller
 FAILURES_KEY = pytest.StashKey[list[str]]()
 RAN_KEY = pytest.StashKey[list[int]]()
 VERDICT_KEY = pytest.StashKey[tuple[str, str]]()
@@ -115,6 +119,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         runner = StageRunner(settings, loaded, config.pluginmanager.hook, out=print)
         decision = runner.decide()
     except Exception as exc:
+        from .ledger import LedgerCorrupt
+
+        if isinstance(exc, LedgerCorrupt):
+            raise pytest.UsageError(f"--plan for {settings.stage} in {settings.env} refused: {exc}") from None
         why = _aws_unreadable(exc)
         if why is None:
             raise
@@ -125,6 +133,27 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
             "nothing was changed") from None
     print(render_plan(decision, loaded, runner.ledger.describe()))
     return 0 if decision.ok else 4
+
+
+def _unreadable_errors() -> tuple[type[Exception], ...]:
+    """What reading the env may fail with: an unreadable ledger, AWS not answering (not a bug of ours)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .ledger import LedgerConflict, LedgerCorrupt
+
+    return LedgerCorrupt, LedgerConflict, BotoCoreError, ClientError, OSError
+
+
+def _unreadable(runner: Any, exc: Exception) -> str:
+    """A stage that could not even be decided (corrupt ledger, AWS not answering): nothing was changed."""
+    from .ledger import LedgerCorrupt
+    from .redact import redact
+
+    if isinstance(exc, LedgerCorrupt):
+        return f"{runner.stage} of {runner.release or '(no release)'} in {runner.env} refused: {exc}"
+    why = _aws_unreadable(exc) or redact(f"{type(exc).__name__}: {exc}")
+    return (f"{runner.stage} of {runner.release or '(no release)'} in {runner.env} refused; nothing was changed: "
+            f"provider error while reading the env: {why}; run it again once AWS answers")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -156,7 +185,11 @@ def pytest_configure(config: pytest.Config) -> None:
         else:
             out(line)
 
-    config.stash[RUNNER_KEY] = StageRunner(settings, loaded, config.pluginmanager.hook, out=out, progress=progress)
+    from .interrupt import Interrupts
+
+    interrupts = config.stash[INTERRUPTS_KEY] = Interrupts()
+    config.stash[RUNNER_KEY] = StageRunner(settings, loaded, config.pluginmanager.hook, out=out, progress=progress,
+                                           interrupts=interrupts)
     config.pluginmanager.register(_GateObserver(config), "llamadeploy-gate-observer")
     from .notify import from_environment as webhook_from_environment
 
@@ -182,6 +215,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     from .stage import Refused
 
+    # From here until the verdict, SIGTERM (a cancelled CI job) and SIGINT end the stage with a rollback.
+    session.config.stash[INTERRUPTS_KEY].install()
     try:
         runner.decide()
         runner.start()
@@ -191,6 +226,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"{runner.stage} of {runner.release or '(no release)'} in {runner.env} refused; nothing was changed:\n  "
             + "\n  ".join(exc.problems)
         ) from None
+    except _unreadable_errors() as exc:
+        session.config.stash[RUNNER_KEY] = None
+        raise pytest.UsageError(_unreadable(runner, exc)) from None
 
 
 def _suite_of(item: pytest.Item) -> tuple[str | None, bool]:
@@ -264,11 +302,13 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     runner = session.config.stash.get(RUNNER_KEY, None)
     if runner is None or session.config.option.collectonly:
         return
+    runner.interrupts.raise_pending()  # a signal that arrived while the lock was being taken
     runner.act()
     if runner.failure is None:
         from .bakeprobe import bake_probe
 
         runner.bake(probe=bake_probe(runner.context, runner.policy) if runner.stage_policy.watch else None)
+    runner.step = "gate suites"
     if runner.failure is not None:
         raise session.Failed(runner.failure)
 
@@ -297,20 +337,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     runner = session.config.stash.get(RUNNER_KEY, None)
     if runner is None or runner.record is None or runner.is_final():
         return
+    interrupts = runner.interrupts
     interrupted = None
-    if exitstatus == pytest.ExitCode.INTERRUPTED:
+    if interrupts.received:
+        interrupted = f"{interrupts.first} received during the {runner.step}"
+    elif exitstatus == pytest.ExitCode.INTERRUPTED:
         interrupted = "interrupted"
     elif exitstatus == pytest.ExitCode.INTERNAL_ERROR:
         interrupted = "internal error"
-    status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0], interrupted)
-    session.config.stash[VERDICT_KEY] = (status, reason)
-    from .evidence import write_stage_result
+    # Shielded: further signals are recorded, never allowed to abort the rollback or the verdict.
+    with interrupts.shield(raise_after=False):
+        try:
+            status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0],
+                                           interrupted)
+        finally:
+            interrupts.disarm()
+        session.config.stash[VERDICT_KEY] = (status, reason)
+        from .evidence import write_stage_result
 
-    try:
-        write_stage_result(runner, getattr(session.config.option, "allure_report_dir", None))
-    except Exception as exc:  # the report must never change the verdict or hide it
-        runner.out(f"llamadeploy: writing the Allure stage result failed: {exc!r}")
-    if status != "passed" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        try:
+            write_stage_result(runner, getattr(session.config.option, "allure_report_dir", None))
+        except Exception as exc:  # the report must never change the verdict or hide it
+            runner.out(f"llamadeploy: writing the Allure stage result failed: {exc!r}")
+    code = runner.exit_code()
+    if code is not None:
+        session.exitstatus = code
+    elif status != "passed" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif status == "passed" and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
@@ -330,10 +382,32 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for fn, state in after.items():
         weights = ", ".join(f"v{v} {w:.0%}" for v, w in state.get("weights", {}).items())
         terminalreporter.write_line(f"  {fn}: alias -> v{state['version']}" + (f" + {weights}" if weights else ""))
+    if runner.verdict_unrecorded:
+        terminalreporter.write_line(f"VERDICT NOT RECORDED in the ledger: {runner.verdict_unrecorded}", red=True)
+    if runner.lock_unreleased:
+        terminalreporter.write_line(f"LOCK NOT RELEASED: {runner.lock_unreleased}", red=True)
     terminalreporter.write_line(f"ledger: {runner.ledger.describe()}; artifacts: {runner.run_dir}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, VERDICT_KEY):
+    settings = config.stash.get(SETTINGS_KEY, None)
+    xmlpath = getattr(config.option, "xmlpath", None)
+    if settings is not None and settings.active and xmlpath and not _is_worker(config):
+        from .reporting.scrub import scrub_junit_xml
+
+        runner = config.stash.get(RUNNER_KEY, None)
+        scrub_junit_xml(xmlpath, secrets=_known_secrets(runner))
+    interrupts = config.stash.get(INTERRUPTS_KEY, None)
+    if interrupts is not None:
+        interrupts.uninstall()
+    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, VERDICT_KEY, INTERRUPTS_KEY):
         if key in config.stash:
             del config.stash[key]
+
+
+def _known_secrets(runner: Any) -> list[str]:
+    if runner is None:
+        return []
+    from .evidence import _known_secrets as from_targets
+
+    return from_targets(runner)

@@ -258,6 +258,8 @@ class Aws(_Model):
     #: ``sandbox``: endpoint and credentials come from the running sandbox; empty: boto3's standard configuration.
     endpoint: Literal["", "sandbox"] = ""
     max_attempts: Annotated[int, number_within(1, 20)] = 3
+    #: How long one AWS API call may wait for an answer before it counts as failed (and is retried).
+    read_timeout: Annotated[Duration, duration_within(0, 300, above=True)] = 20.0
 
 
 class SignalSource(_Model):
@@ -358,6 +360,10 @@ class Preflight(_Model):
 class Database(_Model):
     migrations_dir: str = "sql/migrations"
     expected_tables: list[str] = Field(default_factory=list)
+    #: A migration waiting this long for a table lock fails (and is rolled back) instead of queueing every
+    #: reader of that table behind it; a statement running longer than statement_timeout is cancelled.
+    lock_timeout: Annotated[Duration, duration_within(0, 3600, above=True)] = 10.0
+    statement_timeout: Annotated[Duration, duration_within(0, 86400, above=True)] = 900.0
 
 
 class Backup(_Model):
@@ -372,6 +378,8 @@ class Policy(_Model):
     extends: str | None = None
     approval: Approval = Approval()
     rollback_on_failure: bool = True
+    #: A rollback is retried with backoff (0.5 s doubling to 8 s) until this long after its first attempt.
+    rollback_deadline: Annotated[Duration, duration_within(0, 3600, above=True)] = 120.0
     aws: Aws = Aws()
     service: Service
     deploy: DeployCommand

@@ -6,12 +6,31 @@ import re
 from collections.abc import Iterable
 
 _SECRET_WORD = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key(?:[_-]?id)?|session[_-]?key|credentials?)"
-_PATTERNS = [
-    # user:password@ in URLs and DSNs
-    (re.compile(r"(?P<pre>://[^/@\s:]+:)[^/@\s]+(?P<post>@)"), r"\g<pre>***\g<post>"),
-    # Authorization headers, also as a Python/JSON mapping: 'Authorization': 'Bearer eyJ...'
-    (re.compile(r"(?i)(?P<pre>authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic)\s+)[^\s'\",}]+"), r"\g<pre>***"),
+
+# scheme://[user]:password@host in any scheme (postgresql, redis, rediss, amqp, https...). The user may be
+# empty (ElastiCache AUTH: redis://:TOKEN@host) and the password may hold '/', '@' and ':' unencoded: it
+# runs to the *last* '@' before a host that has neither '@' nor '/'.
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s:/@'\"<>]*):(?P<password>[^\s'\"<>]*)@(?P<host>[^\s@/'\"<>]*)")
+# ``host:port/path@x`` looks like ``user:password@x``: a "password" of digits then '/' (or nothing) is a port.
+_PORT = re.compile(r"\d{1,5}(?:/.*)?")
+
+
+def _mask_url(match: re.Match[str]) -> str:
+    if match["user"] and _PORT.fullmatch(match["password"]):
+        return match[0]
+    return f"{match['scheme']}{match['user']}:***@{match['host']}"
+
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Authorization header values of every scheme (Bearer, Token, Basic, AWS4-HMAC-SHA256 Credential=...,
+    # Signature=...) or none, also as a Python/JSON mapping: the credentials run to the end of the value.
+    (re.compile(r"(?i)(?P<pre>\b(?:proxy-)?authorization['\"]?\s*[:=]\s*+['\"]?+)"
+                r"(?!(?:[A-Za-z][A-Za-z0-9._-]*[ \t]+)?\*\*\*)(?P<scheme>[A-Za-z][A-Za-z0-9._-]*[ \t]+)?[^'\"\r\n]+"),
+     r"\g<pre>\g<scheme>***"),
     (re.compile(r"(?i)(?P<pre>\bbearer\s+)[A-Za-z0-9._~+/=-]{16,}"), r"\g<pre>***"),
+    # SigV4 signatures (headers and presigned URLs): hex, never innocent text.
+    (re.compile(r"(?i)(?P<pre>\b(?:x-amz-)?signature=)[0-9a-f]{16,}"), r"\g<pre>***"),
     # key=value / key: value / 'key': 'value' where the key ENDS in a secret word
     # (password, auth_token, AWS_SECRET_ACCESS_KEY), not test names such as test_token_grants_access.
     (re.compile(r"(?i)(?P<pre>(?<![\w.-])[\w.-]*" + _SECRET_WORD + r"['\"]?\s*[=:]\s*['\"]?)(?!\*\*\*)[^\s\"',;&}]+"),
@@ -25,6 +44,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Mask known secret values and anything that looks like one."""
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, "***")
+    text = _URL_CREDENTIALS.sub(_mask_url, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

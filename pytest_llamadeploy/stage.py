@@ -3,6 +3,21 @@
 Everything a stage will do is decided (``decide``) before anything changes;
 ``--plan`` prints that decision and stops there. A refused stage raises
 :class:`Refused` before the lock is taken or the alias touched.
+
+Lifecycle and its guarantees:
+
+- ``start``: lock (taken over only per ``lease.py``), preconditions checked again
+  under the lock, heartbeat started, ``started`` record. A failure releases the lock.
+- ``act`` / ``bake``: every traffic move is preceded by a lease check; every record
+  write is fenced on the lock (``ledger.py``). A run that lost its lock stops acting.
+- ``rollback``: only traffic this release put there (a function serving any other
+  version is left alone, and the verdict says so); each function retried with
+  backoff until ``rollback_deadline``; what was and was not restored is recorded
+  per function, and a rollback that could not finish is the status
+  ``rollback_failed``, which marks the env as needing attention until a
+  ``--stage=rollback`` run repairs it.
+- ``finish``: the verdict is written with retries; the lock is released with
+  retries; :meth:`StageRunner.exit_code` says what the process must exit with.
 """
 
 from __future__ import annotations
@@ -11,75 +26,56 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .aws import AwsConfig, aws_config
 from .context import StageContext
-from .ledger import FINAL, Ledger, LockHeld, StageRecord, iso, new_run_id, now, open_ledger, this_owner
-from .options import Settings, approver_from
-from .policy import LoadedPolicy, Stage
+from .decide import MOVES, Decider, Decision, Precondition, Refused, describe_states
+from .interrupt import Interrupts
+from .lease import Heartbeat, observe_lapse
+from .ledger import (
+    FINAL,
+    LeaseLost,
+    Ledger,
+    LedgerConflict,
+    LockHeld,
+    LockInfo,
+    StageRecord,
+    iso,
+    new_run_id,
+    now,
+    open_ledger,
+    this_owner,
+)
+from .options import Settings
+from .policy import LoadedPolicy
 from .redact import redact
-from .targets import resolve_targets
 from .traffic import (
+    RELEASE_VARIABLE,
     AliasState,
     LambdaAliasDriver,
+    RestoreReport,
     TrafficError,
+    foreign_traffic,
     promote_target,
+    restore_each,
     rollback_target,
-    shift_target,
 )
 
-#: Stages whose action moves traffic and therefore can be rolled back.
-_MOVES = ("deploy", "shift", "promote")
+__all__ = ["Decision", "Precondition", "Refused", "StageRunner", "context_path"]
+
+class LostLock(Exception):
+    """This run no longer holds the env's lock: it must not act."""
 
 
-class Refused(Exception):
-    """The stage cannot start; nothing was changed. ``problems`` are self-contained lines."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-@dataclass
-class Precondition:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
-class Decision:
-    env: str
-    stage: str
-    release: str
-    stage_policy: Stage
-    current: dict[str, AliasState]
-    target: dict[str, AliasState] | None
-    old_versions: dict[str, str]
-    new_versions: dict[str, str]
-    preconditions: list[Precondition] = field(default_factory=list)
-    approver: str | None = None
-    resume: StageRecord | None = None
-    leftovers: list[StageRecord] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(p.ok for p in self.preconditions)
-
-    def problems(self) -> list[str]:
-        return [f"precondition {p.name} not met: {p.detail}" for p in self.preconditions if not p.ok]
-
-
-def _versions(states: dict[str, AliasState]) -> dict[str, str]:
-    return {fn: s.version for fn, s in states.items()}
+#: Backoff between attempts to write the verdict and to release the lock (seconds).
+_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 
 
 class StageRunner:
     def __init__(self, settings: Settings, loaded: LoadedPolicy, hook: Any, out: Callable[[str], None],
-                 progress: Callable[[str, bool], None] | None = None):
+                 progress: Callable[[str, bool], None] | None = None, interrupts: Interrupts | None = None):
         assert settings.env and settings.stage
         self.settings = settings
         self.loaded = loaded
@@ -113,208 +109,148 @@ class StageRunner:
         self._rollback_lock = threading.Lock()
         self.steps: list[dict[str, Any]] = []
         self.targets: dict[str, str] = {}
+        #: Signals received (installed by the plugin on the controller); shields are no-ops without it.
+        self.interrupts = interrupts or Interrupts()
+        #: What the run is doing now, for the verdict of an interrupted run.
+        self.step = "decision"
+        self.heartbeat: Heartbeat | None = None
+        self.lease_lost: str | None = None
+        self.rollback_failed = False
+        self.verdict_unrecorded: str | None = None
+        self.lock_unreleased: str | None = None
+        self._takeover_reason = ""
+        self._watched_until = 0.0
+        self._rolling_back = False
+        self._bake_stop = threading.Event()
+        if hasattr(self.driver, "on_write"):
+            self.driver.on_write = self._on_alias_write
 
     # ------------------------------------------------------------------ decide
 
     def decide(self) -> Decision:
-        """Read-only: what this stage would do, and whether it may."""
-        policy, sp = self.policy, self.stage_policy
-        current = self.driver.read()
-        checks: list[Precondition] = []
-        old = _versions(current)
-        new: dict[str, str] = {}
-        target: dict[str, AliasState] | None = None
-
-        if sp.action in _MOVES and not self.release:
-            checks.append(Precondition("release", False, f"stage {self.stage} needs --release TAG"))
-
-        previous = policy.previous_stage(self.stage)
-        if previous is not None:
-            rec = self.ledger.get(self.env, self.release, previous)
-            if rec is None:
-                checks.append(Precondition(
-                    "previous stage", False,
-                    f"{previous} has not run for release {self.release} in {self.env}; run "
-                    f"`pytest --env={self.env} --stage={previous} --release={self.release}` first "
-                    f"(plan: {' -> '.join(policy.plan)})"))
-            elif rec.status != "passed":
-                checks.append(Precondition(
-                    "previous stage", False,
-                    f"{previous} for release {self.release} is {rec.status} ({rec.reason or 'no reason recorded'}); "
-                    f"it must pass before {self.stage}"))
-            else:
-                checks.append(Precondition("previous stage", True, f"{previous} passed for {self.release} at {iso(rec.ended_at)}"))
-
-        try:
-            self.targets = resolve_targets(policy).__dict__
-        except Exception as exc:  # TargetError, SandboxNotRunning: say what to set, change nothing
-            checks.append(Precondition("targets", False, str(exc)))
-
-        approver = approver_from(self.settings, policy.approval.env_vars)
-        if policy.approval.required:
-            checks.append(Precondition(
-                "approval", bool(approver),
-                f"approved by {approver}" if approver else
-                f"{self.env} requires an approval: pass --approved-by NAME or set {' or '.join(policy.approval.env_vars)}"))
-
-        lock = self.ledger.current_lock(self.env)
-        if lock is None:
-            checks.append(Precondition("lock", True, f"{self.env} is free"))
-        else:
-            stale = lock.stale_reason(now())
-            checks.append(Precondition("lock", stale is not None,
-                                       f"env {self.env!r} is locked: {lock.describe()}"
-                                       + (f"; may be taken over: {stale}" if stale else
-                                          "; wait for that run, or take over once its lease expires")))
-
-        resume: StageRecord | None = None
-        leftovers: list[StageRecord] = []
-        for rec in self.ledger.records(self.env):
-            if rec.status != "started":
-                continue
-            if (rec.release, rec.stage) == (self.release, self.stage):
-                resume = rec
-                checks.append(Precondition("unfinished run", True,
-                                           f"resuming {rec.stage} of {rec.release} started by {rec.owner} at {iso(rec.started_at)} that never finished"))
-            elif sp.action == "rollback":
-                leftovers.append(rec)
-                checks.append(Precondition("unfinished run", True,
-                                           f"{rec.stage} of {rec.release} (started {iso(rec.started_at)} by {rec.owner}, never finished) will be resolved by this rollback"))
-            else:
-                checks.append(Precondition(
-                    "unfinished run", False,
-                    f"{rec.stage} of release {rec.release} was started by {rec.owner} at {iso(rec.started_at)} and never "
-                    f"finished (killed?). Resolve it first: resume it with `pytest --env={self.env} --stage={rec.stage} "
-                    f"--release={rec.release}` or roll back with `pytest --env={self.env} --stage=rollback --release={rec.release}`"))
-
-        if sp.action == "deploy":
-            prior = self.ledger.get(self.env, self.release, "deploy") if self.release else None
-            if prior and prior.new_versions:
-                new = dict(prior.new_versions)
-                old = dict(prior.old_versions) or old
-            target = promote_target(new) if (sp.weight == 1.0 and new) else None
-        elif sp.action in ("shift", "promote"):
-            deploy_rec = self._deploy_record()
-            if deploy_rec is None or not deploy_rec.new_versions:
-                checks.append(Precondition("versions", False, f"no deployed versions recorded for release {self.release} in {self.env}"))
-            else:
-                new = dict(deploy_rec.new_versions)
-                old = dict(deploy_rec.old_versions)
-                drift = {fn: s.version for fn, s in current.items() if s.version not in (old.get(fn), new.get(fn))}
-                if drift:
-                    checks.append(Precondition("versions", False,
-                                               f"the alias moved since deploy (now {drift}, deploy recorded old {old}, new {new}); "
-                                               "deploy again or roll back"))
-                else:
-                    checks.append(Precondition("versions", True, f"old {old} -> new {new}"))
-                    if sp.action == "shift":
-                        target = shift_target(current, old, new, float(sp.weight or 0.0))
-                    else:
-                        target = promote_target(new)
-        elif sp.action == "rollback":
-            to, why = self._rollback_versions(current)
-            if to is None:
-                checks.append(Precondition("rollback target", False, why))
-            else:
-                try:
-                    self.driver.validate_versions(to)
-                    checks.append(Precondition("rollback target", True, why))
-                    target = rollback_target(to)
-                    new = to
-                except TrafficError as exc:
-                    checks.append(Precondition("rollback target", False, f"{exc} (from {why})"))
-                if self.settings.to_version is not None:
-                    checks.extend(self._known_bad(to))
-        else:
-            deploy_rec = self._deploy_record()
-            if deploy_rec and deploy_rec.new_versions:
-                new, old = dict(deploy_rec.new_versions), dict(deploy_rec.old_versions)
-            else:
-                new = _versions(current)
-
-        self.decision = Decision(self.env, self.stage, self.release, sp, current, target, old, new, checks,
-                                 approver, resume, leftovers)
+        """Read-only: what this stage would do, and whether it may (decide.py)."""
+        decider = Decider(settings=self.settings, policy=self.policy, stage=self.stage, release=self.release,
+                          driver=self.driver, ledger=self.ledger, run_id=self.run_id)
+        self.decision = decider.decide()
+        self.targets = decider.targets
         return self.decision
 
     def _deploy_record(self) -> StageRecord | None:
         return self.ledger.get(self.env, self.release, "deploy") if self.release else None
 
-    def _known_bad(self, to: dict[str, str]) -> list[Precondition]:
-        """Refuse a hand-picked rollback target that was a release's new version and failed its gate.
-
-        At 3 a.m. a version number is easy to mistype, and "roll back to 7" where 7
-        is what was rolled back an hour ago re-ships the incident. ``--emergency
-        --reason`` overrides (recorded), for when that version really is the way out.
-        """
-        bad: list[str] = []
-        for rec in self.ledger.records(self.env):
-            if rec.status not in ("rolled_back", "failed") or not rec.new_versions or rec.stage == "rollback":
-                continue
-            for fn, version in to.items():
-                if str(rec.new_versions.get(fn)) == str(version) and str(rec.old_versions.get(fn)) != str(version):
-                    bad.append(f"{fn} version {version} was release {rec.release}'s new version and its "
-                               f"{rec.stage} stage ended {rec.status} (run {rec.run_id})")
-        if not bad:
-            return []
-        history = "; ".join(sorted(set(bad)))
-        if self.settings.emergency:
-            return [Precondition("rollback target gate history", True,
-                                 f"{history} - accepted with --emergency: {self.settings.reason}")]
-        return [Precondition("rollback target gate history", False,
-                             f"{history}: rolling back to a version that failed its gate re-ships that failure. "
-                             "Pick another --to-version, or pass --emergency --reason TEXT if this version really "
-                             "is the way out")]
-
-    def _rollback_versions(self, current: dict[str, AliasState]) -> tuple[dict[str, str] | None, str]:
-        to = self.settings.to_version
-        fns = self.policy.service.functions
-        if isinstance(to, str):
-            return {fn: to for fn in fns}, f"--to-version {to}"
-        if isinstance(to, dict):
-            unknown = sorted(set(to) - set(fns))
-            if unknown:
-                return None, f"--to-version names {unknown}, not functions of the service ({', '.join(fns)})"
-            return {fn: to.get(fn, current[fn].version) for fn in fns}, f"--to-version {to}"
-        if any(s.weights for s in current.values()):
-            return _versions(current), "mid-shift: every function back to its primary (old) version"
-        served = _versions(current)
-        for rec in reversed(self.ledger.records(self.env)):
-            if rec.new_versions == served and rec.old_versions and rec.old_versions != served:
-                return dict(rec.old_versions), f"previous version before release {rec.release} ({rec.stage} record)"
-        return None, (f"no previous version is recorded for what serves now ({served}); "
-                      "pass --to-version N (or fn=N,fn=N)")
-
     # ------------------------------------------------------------------- start
 
     def start(self) -> None:
+        """Lock, preconditions again under the lock, heartbeat, ``started`` record; on any failure the lock is let go."""
         decision = self.decision or self.decide()
         if not decision.ok:
             raise Refused(decision.problems())
-        try:
-            taken = self.ledger.acquire_lock(self.env, self.run_id, self.policy.ledger.lease,
-                                             stage=self.stage, release=self.release)
-        except LockHeld as exc:
-            raise Refused([f"precondition lock not met: {exc}"]) from None
-        if taken is not None:
-            msg = f"took over the lock of {self.env}: {taken.describe()} ({taken.stale_reason(now())})"
-            self.out(msg)
-            self.ledger.put_artifact(self.env, self.release, "lock_takeover",
-                                     {"previous": taken.__dict__, "by": this_owner(), "run_id": self.run_id})
-        self.record = StageRecord(
-            env=self.env, release=self.release, stage=self.stage, status="started", run_id=self.run_id,
-            owner=this_owner(), started_at=now(), approver=decision.approver, policy_hash=self.loaded.sha256,
-            weights_before={fn: s.to_json() for fn, s in decision.current.items()},
-            old_versions=decision.old_versions, new_versions=decision.new_versions,
-            details={"resumed_run": decision.resume.run_id} if decision.resume else {},
-        )
-        if self.settings.emergency:
-            self.record.details["emergency_reason"] = self.settings.reason
-        elif self.settings.reason:
-            self.record.details["reason"] = self.settings.reason
-        self.ledger.put(self.record)
+        lease = float(self.policy.ledger.lease)
+        if not lease > 0:
+            raise Refused([f"precondition lease not met: ledger.lease is {lease:g}s; a lease must cover the time "
+                           "between two renewals (the heartbeat renews every third of it)"])
+        self.step = "lock and started record"
+        # Shielded: a signal between taking the lock and writing `started` must not leave a lock nobody records.
+        with self.interrupts.shield(raise_after=False):
+            began = time.monotonic()
+            try:
+                taken = self.ledger.acquire_lock(self.env, self.run_id, lease, stage=self.stage,
+                                                 release=self.release, observe=self._observe_lapse)
+            except LockHeld as exc:
+                raise Refused([f"precondition lock not met: {exc}"]) from None
+            # The lease counts from the conditional write, which follows any lease-long watch of a lapsed lock.
+            began = max(began, self._watched_until)
+            try:
+                self._checkpoint("lock_acquired")
+                recheck = self.decide()  # what we decided on may have changed before the lock was ours
+                if not recheck.ok:
+                    raise Refused(["the preconditions changed while the lock was being taken:", *recheck.problems()])
+                decision = recheck
+                self.heartbeat = Heartbeat(lambda: self.ledger.renew_lock(self.env, self.run_id, lease), lease,
+                                           on_lost=self._on_lease_lost, conflict=LedgerConflict,
+                                           acquired_at=began).start()
+                if taken is not None:
+                    why = taken.holder_gone() or self._takeover_reason or "its lease lapsed"
+                    self.out(f"llamadeploy: took over the lock of {self.env}: {taken.describe()} ({why})")
+                    self.ledger.put_artifact(self.env, self.release, "lock_takeover",
+                                             {"previous": taken.__dict__, "reason": why, "by": this_owner(),
+                                              "run_id": self.run_id})
+                self.record = StageRecord(
+                    env=self.env, release=self.release, stage=self.stage, status="started", run_id=self.run_id,
+                    owner=this_owner(), started_at=now(), approver=decision.approver, policy_hash=self.loaded.sha256,
+                    weights_before={fn: s.to_json() for fn, s in decision.current.items()},
+                    old_versions=decision.old_versions, new_versions=decision.new_versions,
+                    details={"resumed_run": decision.resume.run_id} if decision.resume else {},
+                )
+                if self.settings.emergency:
+                    self.record.details["emergency_reason"] = self.settings.reason
+                elif self.settings.reason:
+                    self.record.details["reason"] = self.settings.reason
+                self._put(self.record)
+            except BaseException:
+                self.record = None
+                self._let_go()
+                raise
+        self._checkpoint("started")
         self._notify("start")
         self.out(f"llamadeploy: {self.stage} of {self.release or '(no release)'} in {self.env} started "
                  f"(run {self.run_id}, ledger {self.ledger.describe()})")
+
+    def _observe_lapse(self, lock: LockInfo) -> str | None:
+        reason = observe_lapse(lambda: self.ledger.current_lock(self.env), lock, out=self.out,
+                               cancelled=lambda: bool(self.interrupts.received))
+        self._takeover_reason = reason or ""
+        self._watched_until = time.monotonic()
+        return reason
+
+    def _let_go(self) -> None:
+        """Stop renewing and release the lock (a start that failed); errors are reported, not raised."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        try:
+            self.ledger.release_lock(self.env, self.run_id)
+        except Exception as exc:
+            self.out(f"llamadeploy: could not release the lock of {self.env}: {exc}; it lapses with its lease")
+
+    # ------------------------------------------------------------------ fencing
+
+    def _on_lease_lost(self, reason: str) -> None:
+        """From the heartbeat thread (or a fenced write): stop acting, end the bake."""
+        if self.lease_lost is not None:
+            return
+        self.lease_lost = reason
+        self.out(f"llamadeploy: LOST THE LOCK of {self.env}: {reason}; this run stops acting (no traffic move, "
+                 "no record write from now on)")
+        self._bake_stop.set()
+        if self.watch is not None:
+            self.watch.stop()
+
+    def _lease_problem(self) -> str | None:
+        if self.lease_lost is None and self.heartbeat is not None:
+            self.heartbeat.check()
+        return self.lease_lost
+
+    def _ensure_lease(self) -> None:
+        problem = self._lease_problem()
+        if problem is not None:
+            raise LostLock(problem)
+
+    def _put(self, record: StageRecord) -> None:
+        """A record write that goes through only while this run holds the lock."""
+        try:
+            self.ledger.put(record, fence=self.run_id)
+        except LeaseLost as exc:
+            self._on_lease_lost(str(exc))
+            raise
+
+    def _checkpoint(self, name: str) -> None:
+        try:
+            self.hook.pytest_llamadeploy_checkpoint(name=name, run_id=self.run_id)
+        except Exception as exc:  # an observer must never change the stage
+            self.out(f"llamadeploy: checkpoint hook failed at {name}: {exc}")
+
+    def _on_alias_write(self, function: str) -> None:
+        self._checkpoint(f"{'rollback_written' if self._rolling_back else 'alias_written'}:{function}")
 
     # --------------------------------------------------------------------- act
 
@@ -325,34 +261,54 @@ class StageRunner:
         moved_at: float | None = None
         probe_direct = False
         action_result: Any = None
+        moves = sp.action in (*MOVES, "rollback")
         try:
+            self._ensure_lease()
             if sp.action == "deploy":
                 probe_direct = sp.weight != 1.0
+                self.step = "deploy command"
                 self._deploy()
                 if self.failure is None:
                     self._point_preview(self.record.new_versions, "the release under test")
                 if self.failure is None and sp.weight == 1.0:
+                    self.step = "promote"
                     self._apply(promote_target(self.record.new_versions), "promote (all at once)")
                     moved_at = now()
-            elif sp.action in ("shift", "promote", "rollback"):
+            elif sp.action in ("shift", "promote"):
                 assert d.target is not None
+                self.step = sp.action
                 self._apply(d.target, f"{sp.action} to {self._describe_target(d.target)}")
                 moved_at = now()
+            elif sp.action == "rollback":
+                assert d.target is not None
+                self.step = "rollback"
+                report = self._restore(d.target, f"--stage=rollback: {self._describe_target(d.target)}")
+                if report is None or not report.ok:
+                    self.failure = self.failure or self._restore_failure_text()
+                moved_at = now()
             elif sp.action in ("preflight", "backup", "migrate", "restore"):
+                self.step = sp.action
                 action_result = self._operation(sp.action)
+        except LostLock as exc:
+            self.failure = self.failure or f"lost the lock: {exc}"
         except TrafficError as exc:
             self.failure = f"provider error: {exc}"
         except Exception as exc:  # an unexpected error must still lead to a verdict and a rollback
             self.failure = f"provider error: {type(exc).__name__}: {redact(str(exc))}"
-        targets = self.targets
+        alias_after: dict[str, AliasState] = {}
+        try:
+            alias_after = self._read_retrying() if moves else self._read_safely()
+        except Exception as exc:  # where traffic is must be known before anything is judged on it
+            self.failure = self.failure or (f"provider error: could not read the alias after the {sp.action}: "
+                                            f"{type(exc).__name__}: {redact(str(exc))}")
         self.context = StageContext(
             env=self.env, stage=self.stage, release=self.release, policy_dir=str(self.settings.policy_dir),
             old_versions=self.record.old_versions, new_versions=self.record.new_versions,
-            alias_after={fn: s.to_json() for fn, s in self._read_safely().items()},
+            alias_after={fn: s.to_json() for fn, s in alias_after.items()},
             traffic_moved_at=moved_at, probe_new_directly=probe_direct, approver=d.approver,
             policy_hash=self.loaded.sha256, run_id=self.run_id, artifacts_dir=str(self.run_dir),
             aws=self.aws.to_json(),
-            targets=targets,
+            targets=self.targets,
         )
         if action_result is not None:
             self.context.watch["action_result"] = action_result
@@ -375,20 +331,34 @@ class StageRunner:
         except Exception:
             return {}
 
+    def _read_retrying(self) -> dict[str, AliasState]:
+        """The alias of every function, retried (beyond botocore's own retries) before giving up."""
+        for delay in (*_RETRY_DELAYS[:2], None):
+            try:
+                return self.driver.read()
+            except Exception:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def save_context(self) -> None:
         assert self.context is not None
         self.context.save(self.run_dir / "context.json")
 
     @staticmethod
     def _describe_target(target: dict[str, AliasState]) -> str:
-        return "; ".join(f"{fn}: {s.describe()}" for fn, s in target.items())
+        return describe_states(target)
 
     def _apply(self, target: dict[str, AliasState], label: str) -> None:
+        self._ensure_lease()
         started = time.time()
-        after = self.driver.apply(target)
-        self.steps.append({"name": label, "start": started, "stop": time.time(), "status": "passed",
-                           "after": {fn: s.to_json() for fn, s in after.items()}})
-        self.out(f"llamadeploy: {label}: done, read back {self._describe_target(after)}")
+        # Shielded: a signal waits until every function moved (or was put back), then ends the stage.
+        with self.interrupts.shield():
+            after = self.driver.apply(target)
+            self.steps.append({"name": label, "start": started, "stop": time.time(), "status": "passed",
+                               "after": {fn: s.to_json() for fn, s in after.items()}})
+            self.out(f"llamadeploy: {label}: done, read back {self._describe_target(after)}")
 
     def _deploy(self) -> None:
         assert self.record is not None
@@ -411,20 +381,55 @@ class StageRunner:
         if not result.ok:
             self.failure = f"provider error: {result.summary()}; last output: {result.output.strip()[-500:]}"
             return
-        after = self.driver.latest_versions()
-        new = {fn: v for fn, v in after.items() if v is not None and v != before.get(fn)}
-        if len(new) != len(after):
-            reused = (prior or recorded)
-            if reused and reused.new_versions:
-                new = dict(reused.new_versions)  # a resumed deploy whose command had already published
-            else:
-                missing = sorted(set(after) - set(new))
-                self.failure = f"provider error: the deploy command published no new version of {', '.join(missing)}"
+        self._ensure_lease()  # a deploy command may run for long: still ours?
+        published = getattr(self.driver, "published_versions", None)
+        if published is not None:
+            new = self._release_versions(published(), before)
+            if new is None:
                 return
+        else:  # a traffic driver without release markers: the versions that changed
+            after = self.driver.latest_versions()
+            new = {fn: v for fn, v in after.items() if v is not None and v != before.get(fn)}
+            if len(new) != len(after):
+                reused = (prior or recorded)
+                if reused and reused.new_versions:
+                    new = dict(reused.new_versions)  # a resumed deploy whose command had already published
+                else:
+                    missing = sorted(set(after) - set(new))
+                    self.failure = f"provider error: the deploy command published no new version of {', '.join(missing)}"
+                    return
         self.record.new_versions = new
-        self.ledger.put(self.record)  # a run killed from here on still knows the versions
+        self._put(self.record)  # a run killed from here on still knows the versions
         self.out(f"llamadeploy: published versions {new} (old {self.record.old_versions}); new version at "
                  f"{'100%' if self.stage_policy.weight == 1.0 else '0%'}")
+
+    def _release_versions(self, published: dict[str, Any], before: dict[str, str | None]) -> dict[str, str] | None:
+        """Each function's newest version that names this release; a version someone else published is never adopted."""
+        new: dict[str, str] = {}
+        missing: list[str] = []
+        foreign: list[str] = []
+        for fn in self.policy.service.functions:
+            listed = published.get(fn, [])
+            mine = [v for v in listed if v.names(self.release)]
+            if mine:
+                new[fn] = mine[-1].version
+            else:
+                missing.append(fn)
+            since = int(before.get(fn) or 0)
+            others = [v.describe() for v in listed if int(v.version) > since and not v.names(self.release)]
+            if others:
+                foreign.append(f"{fn} {', '.join(others)}")
+        if foreign:
+            self.out(f"llamadeploy: published meanwhile but not release {self.release} (not adopted): {'; '.join(foreign)}")
+        if missing:
+            newest = "; ".join(f"{fn} newest {published[fn][-1].describe()}" for fn in missing if published.get(fn))
+            self.failure = (
+                f"provider error: the deploy command published no version of {', '.join(missing)} that names release "
+                f"{self.release} ({newest or 'no version published'}). The deploy contract: each published version's "
+                f"Description contains {self.release!r} as a word, or its {RELEASE_VARIABLE} variable is "
+                f"{self.release!r}; a version without it is never adopted as the release")
+            return None
+        return new
 
     def _operation(self, action: str) -> Any:
         """preflight / backup / migrate / restore: the operations module does the work."""
@@ -454,6 +459,7 @@ class StageRunner:
             return
         if not sp.watch and sp.bake <= 0:
             return
+        self.step = "bake"
         started = self.context.traffic_moved_at or now()
         if sp.watch:
             from .metrics.watch import BakeWatch
@@ -468,17 +474,20 @@ class StageRunner:
             )
             self.watch.start()
             self.out(f"llamadeploy: baking {sp.bake:g}s with the watch on ({len(self.policy.rollback_triggers)} rollback triggers)")
+            self._checkpoint("baking")
+            if self.lease_lost is not None:
+                self.watch.stop()
             outcome = self.watch.wait(sp.bake)
             if outcome is not None and self.failure is None:
                 self.failure = self._breach_text(outcome)
         else:
             self.out(f"llamadeploy: baking {sp.bake:g}s")
-            threading.Event().wait(sp.bake)  # the policy's hold time itself, not a stand-in for a condition
+            self._checkpoint("baking")
+            self._bake_stop.wait(sp.bake)  # the policy's hold time itself; ended early only by a lost lock
         self.context.bake_ended_at = now()
-        try:  # a long bake must not let the lease lapse before the suites and the verdict
-            self.ledger.renew_lock(self.env, self.run_id, self.policy.ledger.lease)
-        except Exception as exc:
-            self.failure = self.failure or f"provider error: lost the lock of {self.env} during the bake: {exc}"
+        problem = self._lease_problem()
+        if problem is not None:
+            self.failure = self.failure or f"lost the lock of {self.env} during the bake: {problem}"
         if self.watch is not None:
             self.context.watch["bake"] = self._evidence()
         self.save_context()
@@ -510,8 +519,8 @@ class StageRunner:
         if not self.record:
             return None
         if self.stage_policy.action == "rollback":
-            return None  # a failed rollback is not rolled back again; a person must look
-        if self.stage_policy.action in _MOVES or self.stage_policy.action == "none":
+            return None  # a failed rollback stage is not rolled back again; its own retries are over
+        if self.stage_policy.action in MOVES or self.stage_policy.action == "none":
             old = self.record.old_versions
             # verify of a release with no deploy record sees old == new: "rolling back" to
             # what already serves would move nothing and report a rollback that never was.
@@ -521,90 +530,266 @@ class StageRunner:
         return None
 
     def rollback(self, reason: str) -> bool:
-        """Idempotent; safe from any thread. Returns True if traffic is (now) on the old version."""
+        """Idempotent; safe from any thread. Returns True if traffic is (now) on the old version.
+
+        Moves only traffic this release put there: when any function serves a version
+        that is neither the release's old nor its new one (a later release promoted
+        since, or someone moved the alias), nothing is moved and the verdict says why.
+        """
         with self._rollback_lock:
             if self.rolled_back:
                 return True
+            if self.rollback_detail is not None:
+                return False  # refused, or failed after its retries: once is the answer
             to = self._rollback_to()
             if not to:
                 return False
-            started = time.time()
-            try:
-                before = self.driver.read()
-                after = self.driver.apply(rollback_target(to))
-            except Exception as exc:
-                self.rollback_detail = {"ok": False, "error": redact(str(exc)), "reason": reason, "at": iso(time.time())}
-                self.out(f"llamadeploy: ROLLBACK FAILED: {exc}")
+            if self._lease_problem() is not None:
+                self.rollback_detail = {"ok": False, "skipped": f"this run lost the lock: {self.lease_lost}",
+                                        "reason": reason, "at": iso(time.time())}
                 return False
-            self.rolled_back = True
-            try:  # the preview stage must not keep serving the version just rolled back from
-                self._point_preview(to, "rolled back")
-            except Exception as exc:  # recorded; users' traffic is what the rollback had to restore
-                self.out(f"llamadeploy: could not point the preview alias back at {to}: {redact(str(exc))}")
-            self.rollback_detail = {
-                "ok": True, "reason": reason, "at": iso(time.time()), "seconds": round(time.time() - started, 3),
-                "before": {fn: s.to_json() for fn, s in before.items()},
-                "after": {fn: s.to_json() for fn, s in after.items()},
+            try:
+                current: dict[str, AliasState] | None = self._read_retrying()
+            except Exception:
+                current = None  # unknown: the rollback's own reads retry until its deadline
+            if current is not None and self.record is not None:
+                foreign = foreign_traffic(current, to, self.record.new_versions)
+                if foreign:
+                    serving = "; ".join(f"{fn} serves {d}" for fn, d in foreign.items())
+                    refused = (f"not rolled back: {serving}, which release {self.release or '(none)'} "
+                               f"({self.record.new_versions} over {to}) did not put there; traffic left as it is")
+                    self.rollback_detail = {"ok": False, "refused": refused, "reason": reason, "at": iso(time.time()),
+                                            "before": {fn: st.to_json() for fn, st in current.items()}}
+                    self.record.details["rollback"] = self.rollback_detail
+                    self.out(f"llamadeploy: {refused}")
+                    return False
+            report = self._restore(rollback_target(to), reason)
+            return report is not None and report.ok
+
+    def _restore(self, target: dict[str, AliasState], reason: str) -> RestoreReport | None:
+        """Move traffic back function by function, retried until the policy's rollback_deadline; record it all."""
+        if self._lease_problem() is not None:
+            self.rollback_detail = {"ok": False, "skipped": f"this run lost the lock: {self.lease_lost}",
+                                    "reason": reason, "at": iso(time.time())}
+            return None
+        started = time.time()
+        self._checkpoint("rollback_start")
+        # Shielded: a second Ctrl-C or SIGTERM must not abort a rollback half-way.
+        with self.interrupts.shield():
+            self._rolling_back = True
+            try:
+                report = restore_each(self.driver, target, deadline=time.monotonic() + self.policy.rollback_deadline,
+                                      stop=self._lease_problem, redact=redact)
+            finally:
+                self._rolling_back = False
+            self._checkpoint("rollback_applied")
+            detail: dict[str, Any] = {
+                "ok": report.ok, "reason": reason, "at": iso(time.time()), "seconds": report.seconds,
+                "before": {fn: f["before"] for fn, f in report.functions.items()},
+                "after": {fn: f["after"] for fn, f in report.functions.items()},
+                "functions": report.functions,
             }
-            self.steps.append({"name": f"rollback to {to}", "start": started, "stop": time.time(), "status": "passed",
-                               "reason": reason})
-            self.out(f"llamadeploy: rolled back: {self._describe_target(after)} ({reason})")
+            self.rollback_detail = detail
+            label = f"rollback to {({fn: st.version for fn, st in target.items()})}"
+            self.steps.append({"name": label, "start": started, "stop": time.time(),
+                               "status": "passed" if report.ok else "failed", "reason": reason})
+            if report.ok:
+                self.rolled_back = True
+                self.out(f"llamadeploy: rolled back: {self._describe_target(target)} ({reason})")
+                try:  # the preview stage must not keep serving the version just rolled back from
+                    self._point_preview({fn: st.version for fn, st in target.items()}, "rolled back")
+                except Exception as exc:  # recorded; users' traffic is what the rollback had to restore
+                    self.out(f"llamadeploy: could not point the preview alias back: {redact(str(exc))}")
+            else:
+                self.rollback_failed = True
+                detail["repair"] = self._repair_command(target)
+                problems = "; ".join(f"{fn}: {err}" for fn, err in report.failed().items())
+                self.out(f"llamadeploy: ROLLBACK FAILED after {report.seconds:g}s of retries ({problems}); "
+                         f"repair with `{detail['repair']}`")
             if self.record is not None:
-                self.record.details["rollback"] = self.rollback_detail
-                self.ledger.put(self.record)
-            self._notify("rollback")
-            return True
+                self.record.details["rollback"] = detail
+                try:
+                    self._put(self.record)  # what moved is on record even if this process dies now
+                except Exception as exc:  # the verdict's write retries; the rollback itself is done
+                    self.out(f"llamadeploy: could not record the rollback yet: {exc}")
+            self._notify("rollback" if report.ok else "rollback_failed")
+        return report
+
+    def _restore_failure_text(self) -> str:
+        detail = self.rollback_detail or {}
+        if detail.get("skipped"):
+            return f"lost the lock: {detail['skipped']}"
+        failed = {fn: f.get("error") for fn, f in (detail.get("functions") or {}).items() if not f.get("ok")}
+        return "rollback failed: " + "; ".join(f"{fn}: {err}" for fn, err in failed.items())
+
+    def _repair_command(self, target: dict[str, AliasState]) -> str:
+        versions = ",".join(f"{fn}={st.version}" for fn, st in target.items())
+        command = f"pytest --env={self.env} --stage=rollback"
+        if self.release:
+            command += f" --release={self.release}"
+        command += f" --to-version={versions}"
+        if self.policy.approval.required:
+            command += " --approved-by=NAME"
+        return command
 
     # ------------------------------------------------------------------ verdict
 
     def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None) -> tuple[str, str]:
-        """Verdict: (status, reason). Rolls back on failure when the policy says so."""
+        """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises."""
         assert self.record is not None
+        self.step = "verdict"
         if self.watch is not None:
             self.watch.stop()
             if self.context is not None:
                 self.context.watch["bake"] = self._evidence()
+        if self._lease_problem() is not None:
+            return self._finish_without_lock(self.failure or "")
         reason = self.failure or ""
         if not reason and failed_tests:
             shown = "; ".join(failed_tests[:5]) + (f"; and {len(failed_tests) - 5} more" if len(failed_tests) > 5 else "")
             reason = f"{_category_of(failed_tests)} {len(failed_tests)} gate test(s) failed: {shown}"
-        if not reason and interrupted:
-            reason = f"inconclusive: the run was interrupted ({interrupted})"
+        if interrupted:
+            reason = f"interrupted: {interrupted}" + (f"; {reason}" if reason else "")
         if not reason and self.stage_policy.suites and ran_tests == 0:
             reason = (f"inconclusive: no gate test of suites {', '.join(self.stage_policy.suites)} ran "
                       "(check -k/-m filters and the test paths)")
+        after: dict[str, AliasState] | None = None
         if not reason:
+            try:
+                after = self._read_retrying()
+            except Exception as exc:  # a stage cannot pass without knowing where its traffic is
+                reason = f"provider error: could not read the alias after the stage: {type(exc).__name__}: {exc}"
+        if self.rollback_failed:
+            status = "rollback_failed"
+        elif not reason:
             status = "passed"
         elif self.policy.rollback_on_failure and self.rollback(reason):
             status = "rolled_back"
+        elif self.rollback_failed:
+            status = "rollback_failed"
         else:
             status = "failed"
-        if status != "passed" and self.stage_policy.action in _MOVES and not self.rolled_back and self._rollback_to():
-            reason += " (rollback_on_failure is off: traffic left as it is)" if not self.policy.rollback_on_failure else ""
+        if self._lease_problem() is not None:
+            return self._finish_without_lock(reason)
+        refused = (self.rollback_detail or {}).get("refused")
+        if refused:
+            reason += f" ({refused})"
+        elif status not in ("passed", "rollback_failed") and self.stage_policy.action in MOVES and not self.rolled_back \
+                and self._rollback_to() and not self.policy.rollback_on_failure:
+            reason += " (rollback_on_failure is off: traffic left as it is)"
         elif status == "failed" and self.stage_policy.action == "none" and self._rollback_to() is None:
             reason += (f" (no earlier version is recorded for release {self.release or '(none)'}: nothing to roll "
                        "back to, traffic left on what serves)")
+        if status == "rollback_failed":
+            repair = (self.rollback_detail or {}).get("repair", "")
+            reason += f"; ROLLBACK FAILED ({self._restore_failure_text()}): {self.env} needs attention; repair: `{repair}`"
+            self.record.details["needs_attention"] = {"repair": repair, "since": iso(time.time())}
         self.record.status = status
         self.record.reason = redact(reason)
         self.record.ended_at = now()
-        self.record.weights_after = {fn: s.to_json() for fn, s in self._read_safely().items()}
+        if after is None or status != "passed":
+            after = self._read_safely()
+        self.record.weights_after = {fn: s.to_json() for fn, s in after.items()}
         if failed_tests:
             self.record.details["failed_tests"] = [redact(t) for t in failed_tests[:50]]
-        self.ledger.put(self.record)
-        if status in ("passed", "rolled_back") and self.stage_policy.action == "rollback":
-            for rec in self.decision.leftovers if self.decision else []:
-                rec.status, rec.ended_at = "aborted", now()
-                rec.reason = f"unfinished run resolved by rollback run {self.run_id}"
-                self.ledger.put(rec)
         if self.decision and self.decision.resume is not None and self.decision.resume.run_id != self.run_id:
             self.record.details["resolved"] = f"resumed unfinished run {self.decision.resume.run_id}"
-            self.ledger.put(self.record)
+        self._record_verdict()
+        if not self.verdict_unrecorded and status in ("passed", "rolled_back") and self.stage_policy.action == "rollback":
+            self._resolve_leftovers()
+        self._checkpoint("verdict_recorded")
         self._notify("pass" if status == "passed" else "fail")
+        self._release()
+        return status, self.record.reason
+
+    def _resolve_leftovers(self) -> None:
+        """A passed rollback ends the unfinished runs it was told about and clears 'needs attention'."""
+        d = self.decision
+        for rec in d.leftovers if d else []:
+            rec.status, rec.ended_at = "aborted", now()
+            rec.reason = f"unfinished run resolved by rollback run {self.run_id}"
+            self._put_quietly(rec)
+        for rec in d.attention if d else []:
+            rec.details["resolved_by"] = f"rollback run {self.run_id} at {iso(time.time())}"
+            self._put_quietly(rec)
+
+    def _put_quietly(self, record: StageRecord) -> None:
         try:
+            self._put(record)
+        except Exception as exc:
+            self.out(f"llamadeploy: could not update {record.stage} of {record.release}: {exc}")
+
+    def _record_verdict(self) -> None:
+        """Write the verdict, retrying; what could not be written is said, and the run exits 3."""
+        assert self.record is not None
+        last: Exception | None = None
+        for attempt, delay in enumerate((*_RETRY_DELAYS, None), 1):
+            try:
+                self._put(self.record)
+                self.verdict_unrecorded = None
+                return
+            except LeaseLost as exc:
+                self.verdict_unrecorded = str(exc)
+                return
+            except Exception as exc:
+                last = exc
+                if delay is None:
+                    break
+                self.out(f"llamadeploy: writing the verdict failed (attempt {attempt}): {redact(str(exc))}; "
+                         f"retrying in {delay:g}s")
+                time.sleep(delay)
+        self.verdict_unrecorded = redact(f"{type(last).__name__}: {last}")
+        self.out(f"llamadeploy: VERDICT NOT RECORDED in {self.ledger.describe()} after {len(_RETRY_DELAYS) + 1} "
+                 f"attempts ({self.verdict_unrecorded}). The ledger still holds this run's `started` record: the next "
+                 f"run reports it and asks for it to be resolved. The verdict was: "
+                 f"{json.dumps(redact(json.dumps(self.record.to_json(), default=str)))}")
+
+    def _release(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        last: Exception | None = None
+        for delay in (*_RETRY_DELAYS[:3], None):
+            try:
+                self.ledger.release_lock(self.env, self.run_id)
+                self.lock_unreleased = None
+                return
+            except Exception as exc:
+                last = exc
+                if delay is not None:
+                    time.sleep(delay)
+        self.lock_unreleased = redact(f"{type(last).__name__}: {last}")
+        self.out(f"llamadeploy: could not release the lock of {self.env} ({self.lock_unreleased}); it is no longer "
+                 "renewed: the next run on this host takes it over at once, elsewhere once its lease lapses")
+
+    def _finish_without_lock(self, reason: str) -> tuple[str, str]:
+        """This run lost its lock: no rollback, no record write, no release: the env belongs to another run now."""
+        assert self.record is not None
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        text = (f"lost the lock of {self.env}: {self.lease_lost}. This run stopped acting: after that it moved no "
+                "traffic and wrote no record; the run holding the lock now owns the env and its records")
+        if reason:
+            text += f" (before that: {reason})"
+        self.record.status = "lease_lost"  # this process's own account only: the ledger is not ours to write
+        self.record.reason = redact(text)
+        self.record.ended_at = now()
+        self.out(f"llamadeploy: {self.record.reason}")
+        self._notify("fail")
+        try:  # conditional on our run id: frees a lock that merely lapsed, never another run's
             self.ledger.release_lock(self.env, self.run_id)
         except Exception as exc:
             self.out(f"llamadeploy: could not release the lock of {self.env}: {exc}")
-        return status, self.record.reason
+        return self.record.status, self.record.reason
+
+    def exit_code(self) -> int | None:
+        """The process's exit code when the verdict needs one of its own (README's table), else None."""
+        if self.record is not None and self.record.status == "rollback_failed":
+            return 5
+        if self.lease_lost or self.verdict_unrecorded or self.lock_unreleased:
+            return 3
+        if self.interrupts.received:
+            return 2
+        return None
 
     def abort_before_tests(self, reason: str) -> None:
         """A failure in the controller before any test: keep the reason for the verdict."""

@@ -9,9 +9,15 @@ the one state we never leave behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+#: The deploy contract: a published version names its release in its Description (as a word,
+#: e.g. "release v1.2.3") or in this environment variable of its configuration.
+RELEASE_VARIABLE = "LLAMA_RELEASE"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class TrafficDriver(Protocol):
     """What the stage runner asks of a traffic driver (``newhooks.pytest_llamadeploy_traffic_driver``).
 
     Keys of every mapping are the policy's ``service.functions``; versions are strings.
+    Optional, used when present (see :class:`LambdaAliasDriver`): ``published_versions()``
+    (the deploy adopts only versions that name the release; without it, the versions
+    that changed), ``write_one(function, state)`` (a rollback moves one function without
+    undoing the others; without it, ``apply`` of that one function) and ``on_write``
+    (called after each alias write: the runner's checkpoints).
     """
 
     def read(self) -> dict[str, AliasState]:
@@ -81,6 +92,8 @@ class LambdaAliasDriver:
         self.client = lambda_client
         self.functions = list(functions)
         self.alias = alias
+        #: Called with the function name after each UpdateAlias (the runner's checkpoints).
+        self.on_write: Callable[[str], None] | None = None
 
     def describe(self) -> str:
         return f"Lambda alias {self.alias!r} on {', '.join(self.functions)}"
@@ -103,6 +116,21 @@ class LambdaAliasDriver:
             latest[fn] = str(max(numbers)) if numbers else None
         return latest
 
+    def published_versions(self) -> dict[str, list[PublishedVersion]]:
+        """Every published version of each function with the release it names (see RELEASE_VARIABLE)."""
+        out: dict[str, list[PublishedVersion]] = {}
+        for fn in self.functions:
+            found: list[PublishedVersion] = []
+            for page in self.client.get_paginator("list_versions_by_function").paginate(FunctionName=fn):
+                for v in page["Versions"]:
+                    if not str(v["Version"]).isdigit():
+                        continue
+                    variables = (v.get("Environment") or {}).get("Variables") or {}
+                    found.append(PublishedVersion(str(v["Version"]), str(v.get("Description") or ""),
+                                                  str(variables.get(RELEASE_VARIABLE) or "")))
+            out[fn] = sorted(found, key=lambda p: int(p.version))
+        return out
+
     def validate_versions(self, versions: Mapping[str, str]) -> None:
         """Refuse a target naming a version that does not exist (moto, unlike Lambda, would accept it)."""
         for fn, version in versions.items():
@@ -120,6 +148,13 @@ class LambdaAliasDriver:
             FunctionVersion=state.version,
             RoutingConfig={"AdditionalVersionWeights": dict(state.weights)},
         )
+        if self.on_write is not None:
+            self.on_write(function)
+
+    def write_one(self, function: str, state: AliasState) -> AliasState:
+        """Move one function and read it back, without undoing anything on failure (rollback's step)."""
+        self._write(function, state)
+        return self.read_one(function)
 
     def apply(self, target: Mapping[str, AliasState]) -> dict[str, AliasState]:
         """Move every function to ``target``, read back, and undo everything if any step fails."""
@@ -172,3 +207,104 @@ def promote_target(new: Mapping[str, str]) -> dict[str, AliasState]:
 
 def rollback_target(to: Mapping[str, str]) -> dict[str, AliasState]:
     return {fn: AliasState(v, {}) for fn, v in to.items()}
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    version: str
+    description: str
+    release_variable: str
+
+    def names(self, release: str) -> bool:
+        """True when this version carries ``release`` as its marker (the deploy contract)."""
+        return self.release_variable == release or release in re.split(r"[\s,;]+", self.description)
+
+    def describe(self) -> str:
+        marker = self.description or (f"{RELEASE_VARIABLE}={self.release_variable}" if self.release_variable else "")
+        return f"v{self.version} ({marker!r})" if marker else f"v{self.version} (no release marker)"
+
+
+def foreign_traffic(current: Mapping[str, AliasState], old: Mapping[str, str],
+                    new: Mapping[str, str]) -> dict[str, str]:
+    """Functions serving a version that is neither ``old`` nor ``new``: traffic a release did not put there."""
+    foreign: dict[str, str] = {}
+    for fn, state in current.items():
+        mine = {str(old.get(fn)), str(new.get(fn))}
+        serving = {state.version} | {v for v, w in state.weights.items() if w > 0}
+        if not serving <= mine:
+            foreign[fn] = state.describe()
+    return foreign
+
+
+@dataclass
+class RestoreReport:
+    """Per function: the alias before, the target, the alias after, whether it got there, the last error."""
+
+    functions: dict[str, dict[str, Any]]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(f["ok"] for f in self.functions.values())
+
+    def failed(self) -> dict[str, str]:
+        return {fn: str(f["error"]) for fn, f in self.functions.items() if not f["ok"]}
+
+
+def restore_each(driver: Any, target: Mapping[str, AliasState], *, deadline: float,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep,
+                 stop: Callable[[], str | None] = lambda: None,
+                 redact: Callable[[str], str] = lambda s: s) -> RestoreReport:
+    """Move every function to ``target`` one by one, retrying with backoff until ``deadline`` (monotonic).
+
+    Unlike ``apply``, a function that cannot be moved does not undo the ones that
+    could: a rollback restores as much as it can and says what it could not.
+    ``stop()`` returning a reason (the lease is lost) ends the retries at once.
+    """
+    began = clock()
+    report: dict[str, dict[str, Any]] = {
+        fn: {"before": None, "target": s.to_json(), "after": None, "ok": False, "error": None, "attempts": 0}
+        for fn, s in target.items()}
+    pending = list(target)
+    delay = 0.5
+    write_one = getattr(driver, "write_one", None)
+    while True:
+        if any(report[fn]["before"] is None for fn in pending):
+            try:
+                for fn, state in driver.read().items():
+                    if fn in report and report[fn]["before"] is None:
+                        report[fn]["before"] = state.to_json()
+                        if fn in pending and _same(state, target[fn]):
+                            # Already there (the failed action never moved it): nothing to write.
+                            report[fn].update(after=state.to_json(), ok=True)
+                            pending.remove(fn)
+            except Exception as exc:  # noqa: BLE001 - recorded; the write is what matters
+                for fn in pending:
+                    report[fn]["error"] = redact(f"reading the alias: {type(exc).__name__}: {exc}")[:500]
+        for fn in list(pending):
+            entry = report[fn]
+            entry["attempts"] += 1
+            try:
+                after = write_one(fn, target[fn]) if write_one else driver.apply({fn: target[fn]})[fn]
+            except Exception as exc:  # noqa: BLE001 - throttling, a 5xx, a reset: retried until the deadline
+                entry["error"] = redact(f"{type(exc).__name__}: {exc}")[:500]
+                continue
+            entry["after"] = after.to_json()
+            if _same(after, target[fn]):
+                entry["ok"], entry["error"] = True, None
+                pending.remove(fn)
+            else:
+                entry["error"] = f"reads back as {after.describe()}, expected {target[fn].describe()}"
+        if not pending or stop() is not None or clock() + delay > deadline:
+            break
+        sleep(delay)
+        delay = min(delay * 2, 8.0)
+    if pending:
+        try:  # what is really there now, for the record and the repair command
+            now_state = driver.read()
+            for fn in pending:
+                if fn in now_state:
+                    report[fn]["after"] = now_state[fn].to_json()
+        except Exception:  # noqa: BLE001 - the last write's readback, or None, stays
+            pass
+    return RestoreReport(report, round(clock() - began, 3))

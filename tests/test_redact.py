@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pytest_llamadeploy.redact import redact
@@ -9,6 +11,20 @@ from pytest_llamadeploy.redact import redact
 
 @pytest.mark.parametrize(("text", "secret"), [
     ("postgresql://admin:s3cretpw@db:5432/x", "s3cretpw"),
+    # Finding 10: every scheme, an empty user (ElastiCache AUTH), passwords holding '/', '@' and ':'.
+    ("redis://:TOKEN-elasticache-1@master.onchain.cache.amazonaws.com:6379/0", "TOKEN-elasticache-1"),
+    ("rediss://default:tok/with@all:parts@cache:6379", "tok/with@all:parts"),
+    ("amqp://guest:pa:ss@mq:5672//", "pa:ss"),
+    ("connect to 'postgresql://app:p@ss/word@db.internal:5432/defillama' failed", "p@ss/word"),
+    ("mongodb+srv://user:Zm9vYmFy@cluster0.mongodb.net/db", "Zm9vYmFy"),
+    # Every Authorization scheme, as a header line or a mapping.
+    ("Authorization: Token abcdefgh", "abcdefgh"),
+    ("{'Authorization': 'Basic dXNlcjpwYXNzd29yZA=='}", "dXNlcjpwYXNzd29yZA=="),
+    ('{"authorization": "Bearer abc.def"}', "abc.def"),
+    ("Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20240101/us-east-1/lambda/aws4_request, "
+     "SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+     "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"),
+    ("https://bucket.s3.amazonaws.com/k?X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6", "5d672d79c15b13162d9279b0855cfba6"),
     ("using password=hunter2hunter2", "hunter2hunter2"),
     ("AWS_SECRET_ACCESS_KEY=abcdEFGH1234abcd", "abcdEFGH1234abcd"),
     ("auth = {'Authorization': 'Bearer eyJzdWIiOiJhIn0.c2lnbmF0dXJl'}", "eyJzdWIiOiJhIn0.c2lnbmF0dXJl"),
@@ -19,6 +35,16 @@ def test_secrets_are_masked(text: str, secret: str) -> None:
     assert secret not in redact(text)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # A password holding '@', '/' or ':' is masked whole, not up to its first '@' (finding 10).
+    ("postgresql://app:p@ss/word@db.internal:5432/defillama", "postgresql://app:***@db.internal:5432/defillama"),
+    ("redis://:to/k@en:x@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("Authorization: Token 9f8e7d6c", "Authorization: Token ***"),
+])
+def test_whole_password_is_masked(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
 def test_known_values_are_masked_wherever_they_appear() -> None:
     assert redact("connected to db as opaque-value-42", ["opaque-value-42"]) == "connected to db as ***"
 
@@ -27,6 +53,10 @@ def test_known_values_are_masked_wherever_they_appear() -> None:
     "suites/functional/test_auth.py::test_token_grants_access: httpx.ReadTimeout: timed out",
     "rollback trigger lambda_error_rate: 31.2% on onchain-api version 4",
     "postgresql://postgres@127.0.0.1:5432/defillama",
+    "suites/health/test_health.py::test_authorization_header_is_required PASSED",
+    "GET http://127.0.0.1:8080/users/@me answered 404",  # host:port/path@x is not user:password@host
+    "redis://127.0.0.1:6379/0 answered PONG",
+    "Token expired; Basic checks passed",
 ])
 def test_ordinary_text_stays_readable(text: str) -> None:
     assert redact(text) == text
@@ -45,3 +75,47 @@ def test_stage_context_never_writes_a_password(tmp_path) -> None:  # noqa: ANN00
     ctx.save(tmp_path / "b.json")
     assert "pw-9f8e7d" not in (tmp_path / "b.json").read_text()
     assert "pw-9f8e7d" not in repr(ctx)
+
+
+def test_stage_context_never_writes_an_elasticache_token(tmp_path) -> None:  # noqa: ANN001
+    from pytest_llamadeploy.context import StageContext
+
+    targets = {"api_url": "https://api.example", "ws_url": "", "postgres_dsn": "", "source": "env",
+               "redis_url": "rediss://:Au7h-T0ken/x@master.onchain.cache.amazonaws.com:6379", "sqs_queue_url": ""}
+    ctx = StageContext(env="prod", stage="deploy", release="v1", policy_dir="policies", targets=targets)
+    ctx.save(tmp_path / "context.json")
+    assert "Au7h-T0ken" not in (tmp_path / "context.json").read_text()
+
+
+def test_doctor_never_prints_a_redis_auth_token(tmp_path) -> None:  # noqa: ANN001
+    """``llamadeploy doctor``'s Redis check against a real Redis that requires AUTH (ElastiCache's shape)."""
+    import shutil
+    import subprocess
+
+    from pytest_llamadeploy.ops.doctor import check_redis
+    from tests.support.moto import free_port
+
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--requirepass", "s3cr3t/T0ken@x", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password="s3cr3t/T0ken@x", socket_timeout=0.5).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        good = check_redis(f"redis://:s3cr3t%2FT0ken%40x@127.0.0.1:{port}/0")
+        bad = check_redis(f"redis://:wrong/T0ken@x@127.0.0.1:{port}/0")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert good.ok and "T0ken" not in good.detail and f"redis://:***@127.0.0.1:{port}/0" in good.detail
+    assert not bad.ok and "T0ken" not in bad.detail + "".join(bad.resolution)

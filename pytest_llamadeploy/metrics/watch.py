@@ -208,7 +208,8 @@ class BakeWatch:
         # Past the deadline the final poll may still retry provider errors: allow for that, then give up loudly.
         limit = self._deadline + self.final_wait + (self.policy.watch.provider_error_limit + 2) * (self.interval + 30.0)
         while not self._finished.wait(timeout=0.2):
-            if self.clock() > limit or not self._threads[0].is_alive():
+            # The thread may have finished (with its verdict) between the wait and this check.
+            if (self.clock() > limit or not self._threads[0].is_alive()) and not self._finished.is_set():
                 self._fire(Breach("inconclusive", "watch", "", None, None, "", bake_seconds, "", "cloudwatch",
                                   "inconclusive: the metrics watch stopped without a verdict "
                                   f"(last provider error: {self._counters.last_provider_error or 'none'})"))

@@ -43,6 +43,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "promoted": ("good", "promoted: the new version serves 100%"),
     "passed": ("good", "passed"),
     "failed": ("danger", "FAILED"),
+    "rollback_failed": ("danger", "ROLLBACK FAILED: traffic is split, the env needs attention"),
 }
 
 
@@ -65,9 +66,9 @@ def _serving_all(state: Mapping[str, Any], versions: Mapping[str, str]) -> bool:
 
 
 def kind_of(event: str, record: Mapping[str, Any]) -> str:
-    """The notice a runner event is: start, breach, rollback, promoted, passed or failed."""
-    if event == "start":
-        return "start"
+    """The notice a runner event is: start, breach, rollback, rollback_failed, promoted, passed or failed."""
+    if event in ("start", "rollback_failed"):
+        return event
     if event == "rollback":
         reason = str((record.get("details") or {}).get("rollback", {}).get("reason") or record.get("reason") or "")
         return "breach" if reason.startswith(BREACH_PREFIXES) else "rollback"
@@ -87,9 +88,10 @@ def build_payload(event: str, record: Mapping[str, Any]) -> dict[str, Any]:
     colour, verb = KINDS[kind]
     env, stage, release = record.get("env", "?"), record.get("stage", "?"), record.get("release") or "(no release)"
     details = record.get("details") or {}
+    rollback_kinds = ("breach", "rollback", "rollback_failed")
     reason = str(details.get("rollback", {}).get("reason") or record.get("reason") or "") if kind in (
-        "breach", "rollback") else str(record.get("reason") or "")
-    alias = details.get("rollback", {}).get("after") if kind in ("breach", "rollback") else record.get("weights_after")
+        rollback_kinds) else str(record.get("reason") or "")
+    alias = details.get("rollback", {}).get("after") if kind in rollback_kinds else record.get("weights_after")
     fields = {
         "event": kind,
         "env": env,

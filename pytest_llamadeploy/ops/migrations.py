@@ -24,6 +24,13 @@ transaction is rolled back. All tables present and equal: adopted. None
 present: it runs like any migration (a fresh database). Anything in between:
 refused, naming the differences. This is Flyway's baseline-on-migrate, with
 the check Flyway leaves to the operator.
+
+Timeouts. Every connection of a migrate stage carries ``lock_timeout`` and
+``statement_timeout`` (policy ``database.lock_timeout``, default 10 s, and
+``database.statement_timeout``, default 15 min) as libpq ``options``: an
+``ALTER TABLE`` waiting behind a long transaction would otherwise queue every
+reader of that table behind itself (an outage while "nothing happens"); with a
+lock timeout it fails and is rolled back, and the stage says so.
 """
 
 from __future__ import annotations
@@ -136,6 +143,19 @@ def _has_code(statement: str) -> bool:
     import sqlparse
 
     return bool(sqlparse.format(statement, strip_comments=True).strip().strip(";").strip())
+
+
+def with_timeouts(dsn: str, policy: Any) -> str:
+    """``dsn`` with the policy's lock and statement timeouts set for the whole session (libpq ``options``)."""
+    from psycopg.conninfo import make_conninfo
+
+    parts = pg.conninfo(dsn)
+    # 0 would mean "no timeout" to PostgreSQL: a policy value rounds up to at least 1 ms instead.
+    lock_ms = max(1, round(float(policy.database.lock_timeout) * 1000))
+    statement_ms = max(1, round(float(policy.database.statement_timeout) * 1000))
+    options = f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
+    parts["options"] = f"{parts['options']} {options}" if parts.get("options") else options
+    return make_conninfo(**parts)
 
 
 def _backend(dsn: str) -> Any:
@@ -275,7 +295,7 @@ def run_migrations(ctx: Any, ledger: Ledger, *, directory: Path | None = None) -
     before: ``differences`` says how). ``ok`` is true only for applied/noop.
     """
     policy = ctx.policy
-    dsn = pg.require_dsn(ctx.resolved_targets.postgres_dsn)
+    dsn = with_timeouts(pg.require_dsn(ctx.resolved_targets.postgres_dsn), policy)
     directory = directory or migrations_dir(policy)
     files = discover(directory)
     started = time.time()
@@ -283,6 +303,7 @@ def run_migrations(ctx: Any, ledger: Ledger, *, directory: Path | None = None) -
         "kind": "migration", "env": ctx.env, "release": ctx.release, "started_at": started,
         "directory": str(directory), "applied": [], "rolled_back": [], "errors": [],
         "expected_tables": list(policy.database.expected_tables),
+        "timeouts": {"lock_timeout": policy.database.lock_timeout, "statement_timeout": policy.database.statement_timeout},
     }
     bad = problems(files)
     if bad:

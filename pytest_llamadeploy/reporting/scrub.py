@@ -84,3 +84,41 @@ def scrub_results(results_dir: str | Path, *, since: float = 0.0, secrets: Itera
             _rewrite(path, cleaned)
             changed.append(path)
     return changed
+
+
+def scrub_junit_xml(path: str | Path, secrets: Iterable[str] = ()) -> bool:
+    """Redact a ``--junitxml`` report in place (every attribute and text node); True if it changed.
+
+    pytest writes the failure's long traceback, fixture arguments included, into
+    ``<failure message=... >text</failure>`` and captured output into
+    ``<system-out>``: the same leaks as allure-pytest's results, and CI uploads
+    this file too. Parsed rather than matched as text, so a quote escaped as
+    ``&quot;`` hides nothing from the patterns.
+    """
+    import xml.etree.ElementTree as ET
+
+    target = Path(path)
+    try:
+        tree = ET.parse(target)
+    except (OSError, ET.ParseError):
+        return False
+    wanted = list(secrets)
+    changed = False
+    for element in tree.iter():
+        for key, value in list(element.attrib.items()):
+            cleaned = scrub_text(value, wanted)
+            if cleaned != value:
+                element.set(key, cleaned)
+                changed = True
+        for attr in ("text", "tail"):
+            value = getattr(element, attr)
+            if value:
+                cleaned = scrub_text(value, wanted)
+                if cleaned != value:
+                    setattr(element, attr, cleaned)
+                    changed = True
+    if changed:
+        tmp = target.with_name(target.name + ".scrub")
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)
+        tmp.replace(target)
+    return changed

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..net import free_port
+from ..traffic import RELEASE_VARIABLE
 from .provision import FUNCTIONS, sandbox_aws
 from .state import SandboxState
 from .supervisor import (
@@ -143,11 +144,13 @@ def start_service(state: SandboxState, release: str, pairs: Sequence[str], port:
 
 def _backend_environment(state: SandboxState, release: str, url: str) -> dict[str, str]:
     # The sandbox's DSN/URL carry no password (trust auth on loopback): safe in a Lambda config.
-    return {"LLAMA_BACKEND_URL": url, "LLAMA_RELEASE": release,
+    return {"LLAMA_BACKEND_URL": url, RELEASE_VARIABLE: release,
             "DATABASE_URL": state.postgres_dsn, "REDIS_URL": state.redis_url}
 
 
 def publish_versions(state: SandboxState, release: str, url: str) -> dict[str, str]:
+    """Publish one version per function, each naming its release twice over (the deploy contract the
+    gate checks before adopting a version: README, "Pointing it at a real AWS account")."""
     lam = sandbox_aws(state).client("lambda")
     versions: dict[str, str] = {}
     for function in FUNCTIONS:
