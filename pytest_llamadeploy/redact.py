@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 _SECRET_WORD = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key(?:[_-]?id)?|session[_-]?key|credentials?)"
 
@@ -48,3 +49,22 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+_SECRET_KEY = re.compile(r"(?i)(?:^|[\w.-]*?)" + _SECRET_WORD + r"$|^(?:proxy-)?authorization$")
+
+
+def redact_data(value: Any) -> Any:
+    """:func:`redact` on every string of JSON-like data, and the whole value of a secret-named key.
+
+    Structural, never over serialized JSON: a pattern run over ``json.dumps`` output can eat a
+    quote and leave text that no longer parses (seen: a rollback notice that crashed the stage).
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str) and v
+                else redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    return value

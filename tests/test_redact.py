@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -119,3 +120,17 @@ def test_doctor_never_prints_a_redis_auth_token(tmp_path) -> None:  # noqa: ANN0
         proc.wait(10)
     assert good.ok and "T0ken" not in good.detail and f"redis://:***@127.0.0.1:{port}/0" in good.detail
     assert not bad.ok and "T0ken" not in bad.detail + "".join(bad.resolution)
+
+
+def test_structured_records_are_redacted_per_value_and_stay_valid() -> None:
+    # A pattern over json.dumps() ate a closing quote ("token=abc\"def"): the rollback notice then
+    # crashed the stage mid-rollback (seen in a rehearsal). Redacting value by value cannot break JSON,
+    # and it sees a secret that JSON escaping hid from the text pattern.
+    from pytest_llamadeploy.redact import redact_data
+
+    record = {"reason": 'AssertionError: token=abc"def', "details": {"password": "hunter2", "n": 3,
+              "failed_tests": ['got {"token": "eyJabcdefghijklmnop.qrstuv", "user": "x"}']}}
+    clean = redact_data(record)
+    assert json.loads(json.dumps(clean)) == clean
+    assert clean == {"reason": 'AssertionError: token=***"def', "details": {
+        "password": "***", "n": 3, "failed_tests": ['got {"token": "***", "user": "x"}']}}
