@@ -47,41 +47,29 @@ def assert_nothing_left(entries: list[dict[str, Any]]) -> None:
     assert not listening, f"ports still accepting connections after down: {listening}"
 
 
-def test_up_twice_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
+def test_up_is_idempotent_comes_back_after_a_crash_and_down_leaves_nothing(tmp_path: Path) -> None:
+    # One sandbox's life (a sandbox start is ~20 s of the suite): up, up again, a crash, up, down.
     started = time.monotonic()
     first = sandbox_cli(tmp_path, "up", "--traffic-rate", "0")
     up_seconds = time.monotonic() - started
     assert first.returncode == 0, first.stderr
     before = recorded(tmp_path)
     assert {"moto", "postgres", "redis"} <= set(SandboxState.load(tmp_path).components)
-
-    again = sandbox_cli(tmp_path, "up", "--traffic-rate", "0")
-    assert again.returncode == 0, again.stderr
-    assert "already running" in again.stderr
-    assert [e["pid"] for e in recorded(tmp_path)] == [e["pid"] for e in before]
-
-    started = time.monotonic()
-    down = sandbox_cli(tmp_path, "down")
-    down_seconds = time.monotonic() - started
-    assert down.returncode == 0, down.stderr
-    assert_nothing_left(before)
-    assert not (tmp_path / "state.json").exists()
-    print(f"sandbox up {up_seconds:.1f}s, down {down_seconds:.1f}s")
-
-
-def test_up_after_a_crash_cleans_stale_pids_and_comes_back(tmp_path: Path) -> None:
-    assert sandbox_cli(tmp_path, "up", "--traffic-rate", "0").returncode == 0
-    before = recorded(tmp_path)
-    redis_pid = SandboxState.load(tmp_path).components["redis"]["pid"]
-    os.kill(redis_pid, signal.SIGKILL)
-    wait_dead(redis_pid)
     try:
-        status = sandbox_cli(tmp_path, "status", "--json")
-        assert status.returncode == 1 and json.loads(status.stdout)["components"]["redis"]["alive"] is False
-
         again = sandbox_cli(tmp_path, "up", "--traffic-rate", "0")
         assert again.returncode == 0, again.stderr
-        assert "stale state (redis not running)" in again.stderr
+        assert "already running" in again.stderr
+        assert [e["pid"] for e in recorded(tmp_path)] == [e["pid"] for e in before]
+
+        # A crash: redis killed. status says so; the next up cleans the stale processes and comes back.
+        redis_pid = SandboxState.load(tmp_path).components["redis"]["pid"]
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_dead(redis_pid)
+        status = sandbox_cli(tmp_path, "status", "--json")
+        assert status.returncode == 1 and json.loads(status.stdout)["components"]["redis"]["alive"] is False
+        back = sandbox_cli(tmp_path, "up", "--traffic-rate", "0")
+        assert back.returncode == 0, back.stderr
+        assert "stale state (redis not running)" in back.stderr
         # The crashed run's other processes were stopped, not left behind next to the new ones.
         assert_nothing_left(before)
         state = SandboxState.load(tmp_path)
@@ -89,8 +77,13 @@ def test_up_after_a_crash_cleans_stale_pids_and_comes_back(tmp_path: Path) -> No
         assert json.loads(sandbox_cli(tmp_path, "status", "--json").stdout)["running"] is True
     finally:
         after = recorded(tmp_path)
-        assert sandbox_cli(tmp_path, "down").returncode == 0
+        started = time.monotonic()
+        down = sandbox_cli(tmp_path, "down")
+        down_seconds = time.monotonic() - started
+        assert down.returncode == 0, down.stderr
         assert_nothing_left(after)
+    assert not (tmp_path / "state.json").exists()
+    print(f"sandbox up {up_seconds:.1f}s, down {down_seconds:.1f}s")
 
 
 def test_status_json_names_endpoints_versions_and_faults(sandbox: SandboxState) -> None:
