@@ -1,56 +1,194 @@
-"""The bake watch's probes of the new version: one Lambda invoke of it per probe, the AWS way.
+"""The bake watch's probes of the new version: active checks where organic traffic is thin.
 
-Each probe invokes the new version of the API function directly (``Qualifier=N``,
-an API Gateway proxy event), as CodeDeploy's PreTraffic hooks do: on AWS and in
-the sandbox alike (the sandbox's Lambda endpoint is its front door). When the
-stage compares versions, each probe of the new version is mirrored on the old
-one: probes add load, and load on one side only would make the new version look
-slower than it is (seen in the sandbox: 1.5-3x at shift50). A probe the new
-version did not answer at all is checked against the old version at once
-(:func:`attribute_probe`): ``None`` means neither answered.
+At shift10 the new version gets a tenth of the traffic: a few requests a second, a
+handful of cache misses, one or two WebSocket subscribers. The probes add samples
+that do not wait for users, rotating over ``watch.checks``:
+
+- ``path``: one Lambda invoke of the new API version (``Qualifier=N``, an API
+  Gateway proxy event, as CodeDeploy's PreTraffic hooks do) of ``watch.probe_path``;
+- ``cache``: a cached key read twice through the new version, the first read fresh
+  (``Cache-Control: no-cache``: the database is read and the key rewritten), the
+  second must come from the cache (``x-cache: hit``). It fails a release that
+  bypasses the cache, and each fresh read is a database-time sample of the new
+  version (service.db_time), which organic traffic, mostly cache hits, rarely gives;
+- ``event``: a subscriber on the preview WebSocket stage (the new version of the
+  WebSocket function), a test event published through the new API version, and the
+  event must reach the subscriber within ``watch.probe_timeout``. The event goes to
+  ``watch.probe_event_chain``, a chain no alert rule and no functional test uses
+  (docs/service-contract.md).
+
+Each ``path`` and ``cache`` probe is mirrored on the old version: probes add load,
+and load on one side only would make the new version look slower than it is (seen
+in the sandbox: 1.5-3x at shift50), and the ``baseline: old`` triggers compare the
+two over the same seconds. A probe the new version did not answer at all is
+checked against the old version at once (:func:`attribute_probe`): ``None`` means
+neither answered, the probe path failed, not the release.
+
+Every probe returns ``(ok, detail, check)``; the watch keeps one failure-ratio rule
+per check (metrics/watch.py).
 """
 
 from __future__ import annotations
 
+import json
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
+ProbeOutcome = tuple[bool | None, str, str]
 
-def bake_probe(context: Any, policy: Any) -> Callable[[], tuple[bool | None, str]] | None:
-    """One version-targeted probe of the new API version, for the watch (None if nothing is new).
+#: The cached key the cache check reads (an endpoint of docs/service-contract.md).
+CACHE_CHECK_PATH = "/chains"
 
-    When the stage compares versions, each probe of the new version is mirrored on
-    the old one: probes add load, and load on one side only would make the new
-    version look slower than it is (seen in the sandbox: 1.5-3x at shift50).
-    A probe the new version did not answer at all is checked against the old
-    version at once (:func:`attribute_probe`): ``None`` means neither answered.
-    """
+
+def bake_probe(context: Any, policy: Any) -> Callable[[], ProbeOutcome] | None:
+    """The watch's probe of the new version (None if no API version is new)."""
     fn = policy.service.api_function
     version = context.new_versions.get(fn)
     old = context.old_versions.get(fn)
     if not version or version == old:
         return None
-    from .probe import probe_http
+    return BakeProbes(context, policy, str(version), str(old) if old else None)
 
-    targets = context.resolved_targets
-    # One attempt per probe: each is a sample, and botocore must not retry a throttle into a success.
-    lambda_client = context.client("lambda", max_attempts=1)
-    mirror = old if "compare" in policy.stages[context.stage].suites else None
 
-    def probe_version(v: str) -> Any:
-        return probe_http(targets, policy.watch.probe_path, version=v, timeout=policy.watch.probe_timeout,
-                          function=fn, lambda_client=lambda_client)
+class BakeProbes:
+    """Callable: each call runs the next check of ``watch.checks`` once (see the module docstring)."""
 
-    def probe() -> tuple[bool | None, str]:
-        result = probe_version(version)
-        control = None
-        if mirror is not None:
-            control = probe_version(mirror)
-        elif result.status is None and old:
-            control = probe_version(old)
+    def __init__(self, context: Any, policy: Any, version: str, old: str | None) -> None:
+        self.policy = policy
+        self.fn = policy.service.api_function
+        self.version, self.old = version, old
+        self.targets = context.resolved_targets
+        self.release = getattr(context, "release", None)
+        # One attempt per probe: each is a sample, and botocore must not retry a throttle into a success.
+        self.lambda_client = context.client("lambda", max_attempts=1)
+        ws_new = context.new_versions.get(policy.service.ws_function)
+        ws_old = context.old_versions.get(policy.service.ws_function)
+        checks = list(policy.watch.checks)
+        if "event" in checks and (not ws_new or ws_new == ws_old or not self.targets.preview_ws_url):
+            # No new WebSocket version (a partial release) or no preview route to reach it.
+            checks.remove("event")
+        self.checks = checks or ["path"]
+        self.turn = 0
+        self._token: tuple[str, float] | None = None
+        self._rng = random.Random()
+
+    def __call__(self) -> ProbeOutcome:
+        check = self.checks[self.turn % len(self.checks)]
+        self.turn += 1
+        try:
+            if check == "event":
+                return self.event()
+            ok, detail = self.cache() if check == "cache" else self.path()
+        except OSError as exc:  # no token: the new API version's /auth/token failed (or Lambda throttled it)
+            return False, f"{check} check: {exc}", "path"
+        return ok, detail, check
+
+    # -- the checks -----------------------------------------------------------------------
+
+    def _invoke(self, version: str, path: str, **kwargs: Any) -> Any:
+        from .probe import probe_http
+
+        return probe_http(self.targets, path, version=version, timeout=self.policy.watch.probe_timeout,
+                          function=self.fn, lambda_client=self.lambda_client, **kwargs)
+
+    def path(self) -> tuple[bool | None, str]:
+        result = self._invoke(self.version, self.policy.watch.probe_path)
+        control = self._invoke(self.old, self.policy.watch.probe_path) if self.old else None
         return attribute_probe(result, control)
 
-    return probe
+    def cache(self) -> tuple[bool | None, str]:
+        outcome = self._read_twice(self.version)
+        if self.old:
+            self._read_twice(self.old)  # the mirror: same load, and the old version's database time
+        return outcome
+
+    def _read_twice(self, version: str) -> tuple[bool | None, str]:
+        auth = {"authorization": f"Bearer {self._bearer()}"}
+        fresh = self._invoke(version, CACHE_CHECK_PATH, headers={**auth, "cache-control": "no-cache"})
+        if not fresh.ok:
+            control = self._invoke(self.old, CACHE_CHECK_PATH, headers=auth) if self.old and version != self.old else None
+            return attribute_probe(fresh, control)
+        cached = self._invoke(version, CACHE_CHECK_PATH, headers=auth)
+        if not cached.ok:
+            return attribute_probe(cached, None)
+        answer = cached.headers.get("x-cache", "")
+        if answer != "hit":
+            return False, (f"cache check: {cached.describe()}: x-cache {answer or '(absent)'} right after a fresh "
+                           "read wrote the key; a cached read must be a hit")
+        return True, f"cache check: {fresh.describe()}, then {cached.describe()}: x-cache hit"
+
+    def event(self) -> ProbeOutcome:
+        """A test event published through the new API version, timed to a subscriber on the new WebSocket version.
+
+        A publish the new API version fails is the API's failure (check ``path``), not the
+        WebSocket version's: the trigger names the function that failed.
+        """
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        from .redact import redact
+
+        timeout = float(self.policy.watch.probe_timeout)
+        url = self.targets.require("preview_ws_url")
+        where = f"event check: subscriber on {redact(url)} (the preview stage)"
+        started = time.monotonic()
+        try:
+            with connect(url, open_timeout=timeout, close_timeout=1) as ws:
+                _until(ws, lambda m: m.get("type") == "hello", started + timeout)
+                ws.send(json.dumps({"action": "subscribe", "channel": "tvl"}))
+                _until(ws, lambda m: m.get("type") == "subscribed", started + timeout)
+                token = self._bearer()
+                body = json.dumps({"chain": self.policy.watch.probe_event_chain,
+                                   "tvl": round(self._rng.uniform(1e6, 2e6), 2)})
+                published = self._invoke(self.version, "/events/tvl", method="POST", body=body,
+                                         headers={"authorization": f"Bearer {token}",
+                                                  "content-type": "application/json"})
+                event_id = published.body.get("id") if isinstance(published.body, dict) else None
+                if not published.ok or not event_id:
+                    return attribute_probe(published, None)[0], f"event check: publish: {published.describe()}", "path"
+                sent = time.monotonic()
+                got = _until(ws, lambda m: m.get("type") == "event" and m.get("id") == event_id, sent + timeout)
+        except TimeoutError:
+            return False, f"{where}: no answer within {timeout:g} s", "event"
+        except (OSError, WebSocketException) as exc:
+            return False, f"{where}: {type(exc).__name__}: {redact(str(exc))}", "event"
+        if got is None:
+            return False, (f"{where}: event {event_id} published through {self.fn} version {self.version} "
+                           f"was not delivered within {timeout:g} s"), "event"
+        return True, f"{where}: event {event_id} delivered in {(time.monotonic() - sent) * 1000:.1f} ms", "event"
+
+    def _bearer(self) -> str:
+        """A token from the service's own ``POST /auth/token`` (kept until a minute before it expires)."""
+        if self._token and self._token[1] - time.time() > 60:
+            return self._token[0]
+        answer = self._invoke(self.version, "/auth/token", method="POST",
+                              body=json.dumps({"user": "llamadeploy-probe"}),
+                              headers={"content-type": "application/json"})
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if not answer.ok or "token" not in body:
+            raise OSError(f"no token: {answer.describe()}")
+        self._token = (str(body["token"]), float(body.get("expires_at") or time.time() + 300))
+        return self._token[0]
+
+
+def _until(ws: Any, wanted: Callable[[dict[str, Any]], bool], deadline: float) -> dict[str, Any] | None:
+    """Read messages until one is ``wanted`` (returned) or the deadline passes (None)."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            raw = ws.recv(timeout=left)
+        except TimeoutError:
+            return None
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and wanted(message):
+            return message
 
 
 def attribute_probe(result: Any, control: Any | None) -> tuple[bool | None, str]:

@@ -173,6 +173,25 @@ class MetricRule(_Model):
     min_samples: Annotated[int, number_within(0, 1_000_000)] = 1
     no_data: Literal["wait", "fail", "pass"] = "wait"
     per_version: bool = True
+    #: ``old``: judge the new version against the old one over the same seconds (a shift's two
+    #: versions). ``threshold`` is then how much worse the new one may be: with ``<=``/``<`` the
+    #: new value must stay under old + threshold (latency: 50ms), with ``>=``/``>`` above
+    #: old - threshold (hit rate: 10%). ``min_samples`` applies to each version.
+    baseline: Literal["", "old"] = ""
+    #: With ``baseline: old`` on a ``<=``/``<`` rule: the new value may also be up to this many
+    #: times the old one (a floor AND a ratio must both be exceeded to convict: jitter on a fast
+    #: service is small in ms and large in ratio, on a slow one the other way round).
+    max_ratio: Annotated[float, number_within(1, 100)] | None = None
+
+    @model_validator(mode="after")
+    def _baseline_fits(self) -> MetricRule:
+        if self.baseline and self.op == "==":
+            raise ValueError("baseline: old needs an ordering op (<, <=, >, >=), not ==")
+        if self.baseline and not self.per_version:
+            raise ValueError("baseline: old compares two versions: per_version must stay true")
+        if self.max_ratio is not None and not (self.baseline and self.op in ("<", "<=")):
+            raise ValueError("max_ratio applies to a baseline: old rule with op < or <=")
+        return self
 
 
 class Watch(_Model):
@@ -183,6 +202,12 @@ class Watch(_Model):
     probe_rate: Annotated[float, number_within(0, 50)] = 2.0
     probe_path: str = "/health"
     probe_timeout: Annotated[Duration, duration_within(0, 60, above=True)] = 2.0
+    #: The active checks the probes rotate over (bakeprobe.py): ``path`` (GET probe_path), ``cache``
+    #: (a cached key read fresh, then from the cache), ``event`` (a test event through the new API
+    #: version to a subscriber on the new WebSocket version). Each has its own failure-ratio trigger.
+    checks: Annotated[list[Literal["path", "cache", "event"]], Field(min_length=1)] = ["path", "cache", "event"]
+    #: The chain the event check publishes to: one no alert rule and no functional test uses.
+    probe_event_chain: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "llamadeploy-probe"
     #: Consecutive provider errors (throttling, 5xx, timeouts) that end a stage as inconclusive.
     provider_error_limit: Annotated[int, number_within(1, 100)] = 4
     #: How long "no data" may last before the metric is inconclusive.
@@ -427,6 +452,9 @@ class Policy(_Model):
                     continue
                 source = self.metrics.source(signal.source)
                 where = f"{section}.{name}"
+                if rule.baseline and not signal.versioned:
+                    problems.append(f"{where}.baseline = old: signal {signal.name} has no per-version series "
+                                    "to compare; use a per-version signal or drop baseline")
                 if rule.window < source.resolution:
                     problems.append(f"{where}.window = {rule.window:g}s is shorter than one datapoint of its "
                                     f"signal {signal.name} (metrics.{signal.source}.resolution = "

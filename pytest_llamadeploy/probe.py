@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -47,6 +48,8 @@ class ProbeResult:
     version: str | None = None
     #: Lambda refused the invocation for concurrency (TooManyRequestsException): a throttle, not an answer.
     throttled: bool = False
+    #: The answer's headers, lower-cased (``x-cache`` tells a cached read from a database read).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         got = f"HTTP {self.status}" if self.status is not None else "no answer"
@@ -76,14 +79,14 @@ def _where(url: str) -> str:
 def probe_http(targets: ResolvedTargets, path: str = "/health", version: str | None = None,
                timeout: float = DEFAULT_TIMEOUT, *, method: str = "GET", headers: dict[str, str] | None = None,
                expect_status: int | tuple[int, ...] = 200, function: str = DEFAULT_API_FUNCTION,
-               lambda_client: Any = None, url_key: str = "api_url") -> ProbeResult:
+               lambda_client: Any = None, url_key: str = "api_url", body: str | None = None) -> ProbeResult:
     """One HTTP request through a stage (``url_key``: api_url or preview_api_url), or an invoke of ``version``."""
     if not path.startswith("/"):
         path = "/" + path
     expected = (expect_status,) if isinstance(expect_status, int) else tuple(expect_status)
     if version is not None:
         return invoke_http(lambda_client, function, str(version), path, timeout=timeout, method=method,
-                           headers=headers, expect_status=expected)
+                           headers=headers, expect_status=expected, body=body)
     import httpx
 
     url = targets.require(url_key).rstrip("/") + path
@@ -92,24 +95,25 @@ def probe_http(targets: ResolvedTargets, path: str = "/health", version: str | N
     started = time.perf_counter()
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
-            response = client.request(method, url, headers=dict(headers or {}))
+            response = client.request(method, url, headers=dict(headers or {}), content=body)
     except httpx.TimeoutException:
         return ProbeResult(False, None, _elapsed_ms(started), None, f"no answer within {timeout:g} s", description)
     except httpx.HTTPError as exc:
         return ProbeResult(False, None, _elapsed_ms(started), None, f"{type(exc).__name__}: {exc}", description)
     latency = _elapsed_ms(started)
-    body: Any
+    answer: Any
     try:
-        body = response.json()
+        answer = response.json()
     except ValueError:
-        body = response.text[:500]
+        answer = response.text[:500]
     ok = response.status_code in expected
     return ProbeResult(
         ok=ok, status=response.status_code, latency_ms=latency,
         release=response.headers.get(RELEASE_HEADER),
         error=None if ok else f"expected HTTP {'/'.join(map(str, expected))}",
-        target_description=description, body=body,
+        target_description=description, body=answer,
         version=response.headers.get("x-amz-executed-version"),
+        headers={k.lower(): v for k, v in response.headers.items()},
     )
 
 
@@ -187,18 +191,18 @@ def interpret_invoke(response: dict[str, Any], description: str, latency_ms: flo
     ok = status in expect_status
     return ProbeResult(ok, status, latency_ms, headers.get(RELEASE_HEADER),
                        None if ok else f"expected HTTP {'/'.join(map(str, expect_status))}",
-                       description, body=body, version=executed)
+                       description, body=body, version=executed, headers=headers)
 
 
 def invoke_http(lambda_client: Any, function: str, version: str, path: str, timeout: float = DEFAULT_TIMEOUT, *,
                 method: str = "GET", headers: dict[str, str] | None = None,
-                expect_status: tuple[int, ...] = (200,)) -> ProbeResult:
+                expect_status: tuple[int, ...] = (200,), body: str | None = None) -> ProbeResult:
     """Invoke ``function:version`` with an API Gateway proxy event (AWS; the PreTraffic-hook way)."""
     description = f"lambda:Invoke {function}:{version} {method} {path} (API Gateway proxy event)"
     if lambda_client is None:
         return ProbeResult(False, None, 0.0, None, "no Lambda client given: a version-targeted probe on AWS "
                            "needs lambda_client (StageContext.client('lambda'))", description)
-    event = apigw_proxy_event(path, method, headers)
+    event = apigw_proxy_event(path, method, headers, body)
     started = time.perf_counter()
     try:
         response = lambda_client.invoke(FunctionName=function, Qualifier=version, InvocationType="RequestResponse",
@@ -209,7 +213,7 @@ def invoke_http(lambda_client: Any, function: str, version: str, path: str, time
     if result.latency_ms > timeout * 1000.0 and result.ok:
         return ProbeResult(False, result.status, result.latency_ms, result.release,
                            f"answered after {result.latency_ms:.0f} ms, over the {timeout:g} s timeout",
-                           description, result.body, result.version)
+                           description, result.body, result.version, headers=result.headers)
     return result
 
 

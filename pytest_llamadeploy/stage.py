@@ -50,7 +50,7 @@ from .ledger import (
 )
 from .options import Settings
 from .policy import LoadedPolicy
-from .redact import redact
+from .redact import redact, redact_data
 from .traffic import (
     RELEASE_VARIABLE,
     AliasState,
@@ -277,6 +277,10 @@ class StageRunner:
             elif sp.action in ("shift", "promote"):
                 assert d.target is not None
                 self.step = sp.action
+                if self.record is not None and self.record.new_versions:
+                    # A shift re-run after a rollback (which points the preview alias back): the
+                    # bake's event check subscribes through the preview stage, to the release under test.
+                    self._point_preview(self.record.new_versions, "the release under test")
                 self._apply(d.target, f"{sp.action} to {self._describe_target(d.target)}")
                 moved_at = now()
             elif sp.action == "rollback":
@@ -471,6 +475,7 @@ class StageRunner:
                 old_versions=self.record.old_versions if self.record else {},
                 new_versions=self.record.new_versions if self.record else {},
                 started_at=started, probe=probe, on_breach=self._on_breach, out=self.progress,
+                baseline=sp.action == "shift",
             )
             self.watch.start()
             self.out(f"llamadeploy: baking {sp.bake:g}s with the watch on ({len(self.policy.rollback_triggers)} rollback triggers)")
@@ -742,7 +747,7 @@ class StageRunner:
         self.out(f"llamadeploy: VERDICT NOT RECORDED in {self.ledger.describe()} after {len(_RETRY_DELAYS) + 1} "
                  f"attempts ({self.verdict_unrecorded}). The ledger still holds this run's `started` record: the next "
                  f"run reports it and asks for it to be resolved. The verdict was: "
-                 f"{json.dumps(redact(json.dumps(self.record.to_json(), default=str)))}")
+                 f"{json.dumps(redact_data(json.loads(json.dumps(self.record.to_json(), default=str))))}")
 
     def _release(self) -> None:
         if self.heartbeat is not None:
@@ -798,8 +803,8 @@ class StageRunner:
     def _notify(self, event: str) -> None:
         if self.record is None:
             return
-        record = json.loads(redact(json.dumps(self.record.to_json(), default=str)))
-        try:
+        try:  # everything in here: a notice must never stop a rollback
+            record = redact_data(json.loads(json.dumps(self.record.to_json(), default=str)))
             self.hook.pytest_llamadeploy_notify(event=event, record=record)
         except Exception as exc:  # a notifier must never stop a rollback
             self.out(f"llamadeploy: notifier failed on {event}: {exc}")

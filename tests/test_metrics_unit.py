@@ -338,3 +338,52 @@ def test_alarm_evaluation_states() -> None:
     assert moto_ext.evaluate_alarm(alarm(None), empty, now)[0] == "INSUFFICIENT_DATA"
     assert moto_ext.evaluate_alarm(alarm("notBreaching"), empty, now)[0] == "OK"
     assert moto_ext.evaluate_alarm(alarm("breaching"), empty, now)[0] == "ALARM"
+
+
+def test_baseline_rules_judge_the_new_version_against_the_old_over_the_same_seconds(policy: Any) -> None:
+    # Issue 14: latency at 10 % judged against the old version (a floor AND a ratio must both be exceeded).
+    rules = {"latency_vs_old": policy.rollback_triggers["latency_vs_old"],
+             "cache_hit_rate_vs_old": policy.rollback_triggers["cache_hit_rate_vs_old"]}
+    both = {"new": {"onchain-api": "4"}, "old": {"onchain-api": "3"}}
+    targets = plan_targets(rules, policy, both, 100.0, 130.0)
+    assert sorted((t.rule_name, t.label) for t in targets) == [
+        ("cache_hit_rate_vs_old", "new"), ("cache_hit_rate_vs_old", "old"),
+        ("latency_vs_old", "new"), ("latency_vs_old", "old")]
+    assert len({(t.start, t.end) for t in targets}) == 1  # the same seconds
+    plan = plan_poll(targets, 130.0)
+
+    def judged(new_ms: float, old_ms: float, new_hits: float = 40.0, old_hits: float = 40.0) -> dict[str, Any]:
+        data = _data(plan, {("Latency", "4", "p50"): [(100.0, new_ms)], ("Latency", "3", "p50"): [(100.0, old_ms)],
+                            ("Requests", "4", "Sum"): [(float(t), 2.0) for t in range(100, 127)],
+                            ("Requests", "3", "Sum"): [(float(t), 18.0) for t in range(100, 127)],
+                            ("CacheHits", "4", "Sum"): [(115.0, new_hits)],
+                            ("CacheMisses", "4", "Sum"): [(115.0, 50.0 - new_hits)],
+                            ("CacheHits", "3", "Sum"): [(115.0, old_hits)], ("CacheMisses", "3", "Sum"): [(115.0, 10.0)]})
+        results = evaluate_plan(plan, data, now=130.0, grace=5, final=False, result_kind="rollback trigger")
+        assert [r.version for r in results] == ["new", "new"]  # one verdict per rule, on the new version
+        return {r.rule: r for r in results}
+
+    slow = judged(180.0, 100.0)["latency_vs_old"]  # bound max(100 + 50, 100 x 1.5) = 150
+    assert (slow.verdict, slow.threshold, slow.baseline_value, slow.baseline_version) == ("fail", 150.0, 100.0, "3")
+    assert slow.message == (
+        "rollback trigger latency_vs_old: p50 180 ms on onchain-api version 4 (new) against 100 ms on version 3 "
+        "(old) over the same 15s ending 00:02:07 UTC, must be <= 150 ms (old + 50 ms or x1.5; breaks: over the old "
+        "version by more than allowed; source: cloudwatch: service metrics, LlamaDeploy/Service; 30 and 270 requests)")
+    assert judged(140.0, 100.0)["latency_vs_old"].verdict == "pass"
+    assert judged(290.0, 200.0)["latency_vs_old"].verdict == "pass"  # +90 ms but x1.45: jitter on a slow service
+    assert judged(35.0, 10.0)["latency_vs_old"].verdict == "pass"  # x3.5 but +25 ms: jitter on a fast one
+    bypass = judged(20.0, 20.0, new_hits=0.0)["cache_hit_rate_vs_old"]  # 0 % against 80 % - 20 points
+    assert (bypass.verdict, bypass.threshold) == ("fail", pytest.approx(0.6))
+    # The deploy stage (nothing old serving beside it) and rollback have no pair: no target, no verdict.
+    assert plan_targets(rules, policy, {"new": {"onchain-api": "4"}}, 100.0, 130.0) == []
+
+
+@pytest.mark.parametrize(("kw", "error"), [
+    ({"op": "==", "baseline": "old"}, "baseline: old needs an ordering op"),
+    ({"baseline": "old", "per_version": False}, "per_version must stay true"),
+    ({"op": ">=", "baseline": "old", "max_ratio": 2}, "max_ratio applies to a baseline: old rule with op < or <="),
+    ({"max_ratio": 2}, "max_ratio applies to a baseline: old rule"),
+])
+def test_baseline_rule_shapes_that_cannot_be_judged_are_refused(kw: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        rule(**kw)

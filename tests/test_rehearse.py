@@ -51,6 +51,18 @@ def test_rehearse_promotes_the_good_release_and_rolls_back_the_bad(sandbox_exclu
     assert all(r[2] == "passed" for r in bad_rows[:-1]), table
     assert "+" not in " ".join(bad_rows[-1][4:]) and "100%" in " ".join(bad_rows[-1][4:]), bad_rows[-1]
     assert any((tmp_path / "allure").glob("*-result.json")), "no Allure results were written"
+    # The good release baked every watched stage to its end with every trigger on (issue 14's per-version
+    # comparisons from shift10), and no probe or active check failed: no false rollback, no flattery.
+    logs = ROOT / re.search(r"logs in (\S+)", out).group(1)  # type: ignore[union-attr]
+    policy = load_policy(str(ROOT / "policies"), "sandbox").policy
+    for stage in (s for s in plan if policy.stages[s].watch):
+        log = (logs / f"{good.group(1)}-{stage}.log").read_text()
+        assert "bake complete, no trigger fired" in log, log[-3000:]
+        probes = re.findall(r"probes (\d+)/(\d+) ok", log)
+        assert probes and probes[-1][0] == probes[-1][1] != "0", probes[-1:]
+        if policy.stages[stage].action == "shift":
+            assert all(name in log for name in ("latency_vs_old", "db_time_vs_old", "cache_hit_vs_old",
+                                                "event_delivery_ratio", "event_latency_vs_old")), log[-3000:]
 
     status = subprocess.run([sys.executable, "-m", "pytest_llamadeploy.cli", "status", "--env", "sandbox", "--json"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)

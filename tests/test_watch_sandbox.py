@@ -1,12 +1,13 @@
-"""The metrics watch on the real sandbox: each rollback trigger fires mid-bake on its fault knob; a healthy
-release passes shift10 and shift50.
+"""The metrics watch on the real sandbox: a trigger fires mid-bake and the stage rolls back end to end;
+every fault kind of issue 14 is stopped at 10 %.
 
-One release for the whole module (a deploy costs ~20 s): a rolled-back shift10 can be re-run for the same
-release (its previous stage, deploy, still passed), so the three trigger cases each run shift10 with one
-fault, injected live with ``llamadeploy sandbox fault`` once the stage prints that the bake started, and
-cleared again afterwards; then the same release, healthy, passes shift10 and shift50. Every stage is a
-real ``pytest --env=sandbox --stage=X`` subprocess, as CI runs it. The module holds the shared sandbox
-alone (``exclusive``) and runs on one xdist worker (``xdist_group``).
+One release for the whole module (a deploy costs ~20 s). ``error_rate`` runs shift10 as CI runs it (a real
+``pytest --env=sandbox --stage=shift10`` subprocess, the fault injected with ``llamadeploy sandbox fault``
+once the stage prints that the bake started): rollback, ledger, alias, all of it. Then every fault kind
+runs under the stage's own watch and probes in this process at 10 % (a few seconds each instead of a
+stage's ~25 s): which trigger names it, how soon. A healthy release through shift10..shift100 with every
+trigger on is test_rehearse.py's good release. The module holds the shared sandbox alone
+(``exclusive``) and runs on one xdist worker (``xdist_group``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ API, WS = "onchain-api", "onchain-ws"
 #: functions' own per-version error rate; a throttle has no ExecutedVersion, so Lambda's throttle rate
 #: is the alias's; a refused $connect ran fine (no Lambda Error), so only the connect error rate sees it.
 TRIGGERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "error_rate": ("error_rate=0.3", ("error_rate", "probe_failure_ratio")),
-    "throttle_rate": ("throttle_rate=0.3", ("lambda_throttle_rate",)),
-    "ws_connect_error_rate": ("ws_connect_error_rate=0.5", ("ws_connect_error_rate",)),
+    "error_rate": ("error_rate=0.3", ("error_rate", "cache_probe_failure_ratio", "probe_failure_ratio")),
 }
 #: Rules whose AWS metric has no per-version series: they judge the alias as a whole.
 ALIAS_WIDE = {"lambda_throttle_rate"}
@@ -145,7 +144,8 @@ def deployed(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         try:
             yield release, run, state
         finally:
-            _cli("sandbox", "fault", "--release", release, *(f"{k}=0" for k in TRIGGERS))
+            _cli("sandbox", "fault", "--release", release,
+                 *sorted({f"{k}=0" for k in TRIGGERS} | {f"{f.split('=')[0]}=0" for f in FAULT_KINDS}))
 
 
 @pytest.fixture(scope="module")
@@ -160,23 +160,6 @@ def trigger_runs(deployed: tuple[str, StageRun, Any],
         cleared = _cli("sandbox", "fault", "--release", release, f"{knob}=0")
         assert cleared.returncode == 0, cleared.stdout + cleared.stderr
         runs[knob] = (run, ledger_record(release, "shift10"), after)
-    return runs
-
-
-@pytest.fixture(scope="module")
-def healthy_runs(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
-                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[StageRun, dict[str, Any]]]:
-    """After the trigger cases (faults cleared), the same release through shift10 and shift50."""
-    release, _, _ = deployed
-    runs = {}
-    for stage in ("shift10", "shift50"):
-        # Not the alarm check: the shared sandbox's 5-minute 5xx alarm still holds the faults that
-        # this module and other tests injected minutes ago (it is proven in test_metrics_moto.py).
-        run = run_stage(stage, release, tmp_path_factory.mktemp(f"watch-{stage}"), None,
-                        "-k", "not test_alarms_exist_enabled_and_quiet")
-        runs[stage] = (run, status())
-        if runs[stage][0].rc != 0:
-            break
     return runs
 
 
@@ -228,22 +211,86 @@ def test_trigger_rolls_back_mid_bake(trigger_runs: Any, deployed: Any, policy: A
     assert run.rolled_back_at - run.fault_done_at < 10.0
 
 
-def test_healthy_release_passes_shift10_and_shift50(healthy_runs: Any, deployed: Any, policy: Any) -> None:
-    release, _, _ = deployed
-    expected = {"shift10": 0.1, "shift50": 0.5}
-    assert list(healthy_runs) == ["shift10", "shift50"], {s: r.text()[-3000:] for s, (r, _) in healthy_runs.items()}
-    for stage, (run, after) in healthy_runs.items():
-        out = run.text()
-        assert run.rc == 0, out[-4000:]
-        assert "llamadeploy: rolled back" not in out and run.rolled_back_at is None
-        record = ledger_record(release, stage)
-        assert record["status"] == "passed" and "rollback" not in record["details"], record
-        watch = run.context()["watch"]["bake"]
-        assert watch["breach"] is None and watch["poll_count"] >= 5, watch.get("breach")
-        # One GetMetricData call per poll (the final poll included; retries would show as extra calls).
-        assert watch["get_metric_data_calls"] == watch["poll_count"] + watch["provider_errors"]
-        assert watch["probes"]["count"] > 0 and watch["probes"]["failed"] == 0, watch["probes"]
-        # The bake ran to its end.
-        assert run.context()["bake_ended_at"] >= watch["deadline"] - 0.5
-        old, new = record["old_versions"], record["new_versions"]
-        assert _weights(after) == {fn: (old[fn], {new[fn]: pytest.approx(expected[stage])}) for fn in old}, after
+#: Issue 14: every fault kind, at a size the runbook's thresholds are meant to catch, on the release at
+#: 10 % -> the triggers that may name it first (the probes' active checks often act before a metric
+#: window has filled). Figures of the whole plan per fault: bench/bench_blast_radius.py.
+FAULT_KINDS: dict[str, tuple[str, ...]] = {
+    "latency_ms=150": ("latency_vs_old",),
+    # Users' requests that miss the cache are 120 ms slower too: the latency comparison may see it first.
+    "slow_query_ms=120": ("db_time_vs_old", "latency_vs_old"),
+    "cache_bypass=true": ("cache_probe_failure_ratio", "cache_hit_rate_vs_old"),
+    "event_drop_rate=0.5": ("event_probe_failure_ratio", "event_delivery_ratio"),
+    "ws_connect_error_rate=0.5": ("event_probe_failure_ratio", "ws_connect_error_rate"),
+    "throttle_rate=0.3": ("lambda_throttle_rate",),
+    "crash=true": ("probe_failure_ratio",),
+    # The query and publish paths (the active checks' cache read and event publish) answer 500 / raise.
+    "error_rate=0.3": ("error_rate", "cache_probe_failure_ratio", "probe_failure_ratio"),
+    "unhandled_error_rate=0.3": ("lambda_error_rate", "error_rate", "cache_probe_failure_ratio",
+                                 "probe_failure_ratio"),
+}
+
+
+@pytest.fixture(scope="module")
+def fault_kind_breaches(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
+                        policy: Any) -> dict[str, tuple[Any, float]]:
+    """The bake watch of shift10, in this process, once per fault kind: (breach or None, seconds from the shift).
+
+    The watch and its probes are the stage's own (BakeWatch, bake_probe); the rollback that follows a
+    breach is the stage's, proven end to end by the subprocess cases above, so here the alias is put back
+    by the test. Each case starts its windows at its own shift, so an earlier case's data is never judged.
+    """
+    from types import SimpleNamespace
+
+    from pytest_llamadeploy.aws import aws_config
+    from pytest_llamadeploy.bakeprobe import bake_probe
+    from pytest_llamadeploy.metrics.watch import BakeWatch
+    from pytest_llamadeploy.targets import resolve_targets
+    from pytest_llamadeploy.traffic import LambdaAliasDriver, promote_target, shift_target
+
+    release = deployed[0]
+    record = ledger_record(release, "deploy")
+    old, new = record["old_versions"], record["new_versions"]
+    aws = aws_config(policy)
+    driver = LambdaAliasDriver(aws.client("lambda"), policy.service.functions, policy.service.alias)
+    preview = LambdaAliasDriver(aws.client("lambda"), policy.service.functions, policy.service.preview_alias)
+    preview.apply(promote_target(new))  # where the deploy stage points it (a rollback above pointed it back)
+    context = SimpleNamespace(new_versions=new, old_versions=old, release=release, client=aws.client,
+                              resolved_targets=resolve_targets(policy))
+    bake = float(policy.stages["shift10"].bake)
+    out: dict[str, tuple[Any, float]] = {}
+    try:
+        for fault in FAULT_KINDS:
+            knob = fault.split("=")[0]
+            done = _cli("sandbox", "fault", "--release", release, fault)
+            assert done.returncode == 0, done.stdout + done.stderr
+            driver.apply(shift_target(driver.read(), old, new, 0.1))
+            started = time.time()
+            watch = BakeWatch(aws.client("cloudwatch"), policy, policy.service.functions, policy.service.alias,
+                              old, new, started, bake_probe(context, policy), lambda breach: None)
+            watch.start()
+            try:
+                breach = watch.wait(bake)
+            finally:
+                watch.stop()
+                driver.apply(promote_target(old))
+                cleared = _cli("sandbox", "fault", "--release", release, f"{knob}=0")
+                assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+            out[fault] = (breach, (breach.at if breach else time.time()) - started)
+    finally:
+        driver.apply(promote_target(old))
+        preview.apply(promote_target(old))
+    return out
+
+
+@pytest.mark.parametrize("fault", list(FAULT_KINDS))
+def test_every_fault_kind_is_stopped_at_shift10(fault_kind_breaches: Any, policy: Any, fault: str) -> None:
+    breach, seconds = fault_kind_breaches[fault]
+    assert breach is not None, f"{fault}: the whole bake passed at 10 %"
+    assert breach.kind in ("threshold", "probe"), breach.message  # a verdict on the data, never "inconclusive"
+    assert breach.rule in FAULT_KINDS[fault], breach.message
+    assert seconds < float(policy.stages["shift10"].bake), (seconds, breach.message)  # mid-bake
+    if breach.rule in ALIAS_WIDE:
+        assert breach.label == "all", breach.message
+    else:  # the trigger names the new version and its own value, threshold and window
+        assert breach.label == "new" and "(new)" in breach.message, breach.message
+        assert breach.value is not None and breach.threshold is not None and breach.window > 0, breach

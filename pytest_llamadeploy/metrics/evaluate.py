@@ -74,6 +74,10 @@ class RuleResult:
     statistic: str = "Sum"
     #: Where the window ends (epoch s): the data's arrival, not the poll's time.
     window_end: float = 0.0
+    #: For a ``baseline: old`` rule: the old version's value and number (``threshold`` is then the
+    #: bound derived from it).
+    baseline_value: float | None = None
+    baseline_version: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +152,12 @@ def plan_targets(rules: Mapping[str, Any], policy: Any, versions: Mapping[str, M
         for fn in functions_of(signal, policy.service):
             present = {label: str(by_fn[fn]) for label, by_fn in versions.items() if fn in by_fn}
             if not present:
+                continue
+            if rule.baseline:
+                # New against old over the same seconds: only while both serve (a shift).
+                if {"new", rule.baseline} <= set(present) and present["new"] != present[rule.baseline]:
+                    for label in ("new", rule.baseline):
+                        add(label, fn, (present[label],), series_dims(signal, policy, fn, present[label]))
                 continue
             if rule.per_version and signal.versioned:
                 for label, version in present.items():
@@ -276,6 +286,23 @@ def settled(target: Target, data: Mapping[SeriesSpec, Points], span_start: float
     return replace(target, start=start, end=end, late=note)
 
 
+def settle_all(targets: list[Target], data: Mapping[SeriesSpec, Points], span_start: float) -> list[Target]:
+    """:func:`settled` for every target, keeping each ``baseline: old`` pair on the same seconds
+    (both end where the earlier of the two has data)."""
+    out = [settled(t, data, span_start) for t in targets]
+    ends: dict[tuple[str, str | None], float] = {}
+    for t in out:
+        if t.rule.baseline:
+            key = (t.rule_name, t.function)
+            ends[key] = min(ends.get(key, t.end), t.end)
+    for i, t in enumerate(out):
+        if t.rule.baseline and t.end != ends[(t.rule_name, t.function)]:
+            end = ends[(t.rule_name, t.function)]
+            out[i] = replace(t, end=end, start=max(t.earliest, end - t.rule.window),
+                             late=t.late or f"judged on the seconds both versions' data had reached ({_clock(end)})")
+    return out
+
+
 def _clock(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(epoch))
 
@@ -320,10 +347,68 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
     return f"{head}, must be {rule.op} {bound} ({verb}; source: {origin}; {sample_text})"
 
 
+def baseline_bound(rule: Any, old: float) -> float:
+    """The new version's bound under a ``baseline: old`` rule, given the old version's value."""
+    if rule.op in ("<", "<="):
+        bound = old + rule.threshold
+        return max(bound, old * rule.max_ratio) if rule.max_ratio is not None else bound
+    return old - rule.threshold
+
+
+def _judge_against_old(plan: PollPlan, target: Target, old_target: Target, data: Mapping[SeriesSpec, Points], *,
+                       now: float, grace: float, final: bool, result_kind: str) -> RuleResult:
+    """One verdict for a ``baseline: old`` rule: the new version's value against the old one's bound."""
+    rule, signal = target.rule, target.signal
+    new_value, new_samples = compute(target, data, plan.span_start)
+    old_value, old_samples = compute(old_target, data, plan.span_start)
+    window = max(0.0, target.end - target.start)
+    samples = min(new_samples, old_samples)
+    bound = baseline_bound(rule, old_value) if old_value is not None else None
+    value = new_value if bound is not None else None
+    if value is None or samples < rule.min_samples:
+        verdict = judge(rule, None, 0.0, waited=now - target.data_from, grace=grace, final=final)
+    else:
+        assert bound is not None
+        verdict = "pass" if _OPS[rule.op](value, bound) else "fail"
+    stat = f" {target.statistic}" if signal.kind == "percentile" else ""
+    noun = signal.samples_noun if signal.samples else "datapoints"
+    head = (f"{result_kind} {target.rule_name}:{stat} {format_value(signal, new_value)} on {target.function} "
+            f"version {target.versions[0]} (new) against {format_value(signal, old_value)} on version "
+            f"{old_target.versions[0]} (old) over the same {format_duration(round(window))} ending "
+            f"{_clock(target.end)} UTC")
+    counts = f"{new_samples:g} and {old_samples:g} {noun}"
+    origin = f"{signal.source} metrics, {target.namespace}"
+    if bound is None or samples < rule.min_samples:
+        tail = {"pass": "passes by policy (no_data: pass)", "fail": "fails by policy (no_data: fail)",
+                "no_data": "waiting for data",
+                "inconclusive": "inconclusive: not enough data to decide, which is not a pass"}[verdict]
+        message = f"{head}: {counts}, needs >= {rule.min_samples} on each; {tail} (source: cloudwatch: {origin})"
+    else:
+        worse = "over" if rule.op in ("<", "<=") else "under"
+        allowed = f"old {'+' if rule.op in ('<', '<=') else '-'} {format_value(signal, rule.threshold, bound=True)}"
+        if rule.max_ratio is not None:
+            allowed += f" or x{rule.max_ratio:g}"
+        message = (f"{head}, must be {rule.op} {format_value(signal, bound)} ({allowed}; "
+                   f"{'within' if verdict == 'pass' else 'breaks: ' + worse + ' the old version by more than allowed'};"
+                   f" source: cloudwatch: {origin}; {counts})")
+    return RuleResult(
+        rule=target.rule_name, signal=signal.name, version="new", version_number=target.versions[0],
+        function=target.function or "", value=value, threshold=bound if bound is not None else rule.threshold,
+        op=rule.op, window=window, samples=samples, verdict=verdict,
+        message=message + (f" ({target.late})" if target.late else ""), statistic=target.statistic,
+        window_end=target.end, baseline_value=old_value, baseline_version=old_target.versions[0])
+
+
 def evaluate_plan(plan: PollPlan, data: Mapping[SeriesSpec, Points], *, now: float, grace: float,
                   final: bool, result_kind: str = "rule") -> list[RuleResult]:
     results: list[RuleResult] = []
+    baselines = {(t.rule_name, t.function): t for t in plan.targets if t.rule.baseline and t.label == t.rule.baseline}
     for target in plan.targets:
+        if target.rule.baseline:
+            if target.label == "new" and (target.rule_name, target.function) in baselines:
+                results.append(_judge_against_old(plan, target, baselines[(target.rule_name, target.function)],
+                                                   data, now=now, grace=grace, final=final, result_kind=result_kind))
+            continue
         value, samples = compute(target, data, plan.span_start)
         window = max(0.0, target.end - target.start)
         verdict = judge(target.rule, value, samples, waited=now - target.data_from, grace=grace, final=final)

@@ -14,8 +14,10 @@ What triggers, and from which version:
   window's first data could have arrived, or at the final decision: "inconclusive"
   (never a pass);
 - ``provider_error_limit`` GetMetricData failures in a row: "metrics unavailable";
-- probes (source "probe"): among the last 10 probes of the new version, at least 2
-  failed and the failure ratio exceeds the error-rate trigger's bound (5 %). Two
+- probes (source "probe"), one rule per active check (bakeprobe.py: ``path`` ->
+  probe_failure_ratio, ``cache`` -> cache_probe_failure_ratio, ``event`` ->
+  event_probe_failure_ratio): among the last 10 checks of that kind on the new
+  version, at least 2 failed and the failure ratio exceeds the error-rate trigger's bound (5 %). Two
   failures, not one, so that a single lost packet does not roll a release back; 2
   of at most 10 is >= 20 %, far above 5 %, so a real fault is not missed. A probe
   throttled by Lambda (TooManyRequestsException) is counted as a throttle, left to
@@ -57,21 +59,24 @@ from .evaluate import (
     max_lag,
     plan_poll,
     plan_targets,
-    settled,
+    settle_all,
     target_specs,
 )
 from .query import ProviderError, QueryError, SeriesSpec, fetch
 from .signals import format_value, get_signal
 
 BreachKind = Literal["threshold", "inconclusive", "probe", "provider"]
-#: A probe of the new version: (True ok | False failed | None unattributed, detail).
-ProbeFn = Callable[[], tuple[bool | None, str]]
+#: A probe of the new version: (True ok | False failed | None unattributed, detail[, check]).
+ProbeFn = Callable[[], tuple[bool | None, str] | tuple[bool | None, str, str]]
 OutFn = Callable[[str, bool], None]
 
 #: The probe rule (see the module docstring).
 PROBE_WINDOW = 10
 PROBE_MIN_FAILURES = 2
 _DEFAULT_PROBE_BOUND = 0.05
+#: Each active check (bakeprobe.py) is its own trigger, on the function it exercises.
+PROBE_RULES = {"path": ("probe_failure_ratio", "api"), "cache": ("cache_probe_failure_ratio", "api"),
+               "event": ("event_probe_failure_ratio", "ws")}
 #: How ``ProbeResult.describe()`` shows a Lambda throttle (Invoke's TooManyRequestsException). An
 #: application's own HTTP 429 is an answer, and fails a probe that expects 200.
 _THROTTLED = re.compile(r"\bthrottled: TooManyRequestsException\b")
@@ -139,6 +144,7 @@ class BakeWatch:
         out: OutFn | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        baseline: bool = True,
     ) -> None:
         self.cloudwatch = cloudwatch
         self.policy = policy
@@ -150,7 +156,9 @@ class BakeWatch:
         self.on_breach = on_breach
         self.out = out or (lambda line, same_line: None)
         self.clock = clock
-        self.rules = dict(policy.rollback_triggers)
+        # ``baseline: old`` rules compare two versions serving side by side (a shift); at a
+        # promote or a rollback one of them has no traffic left to compare with.
+        self.rules = {name: rule for name, rule in policy.rollback_triggers.items() if baseline or not rule.baseline}
         for name, rule in self.rules.items():
             get_signal(rule.signal, f"rollback_triggers.{name}")  # a typo fails before traffic is watched
         self.interval = float(policy.watch.interval)
@@ -174,7 +182,7 @@ class BakeWatch:
         self._assessed: set[tuple[str, str, str]] = set()
         self._last_results: list[RuleResult] = []
         self._series: dict[str, Any] = {}
-        self._probes: deque[_Probe] = deque(maxlen=PROBE_WINDOW)
+        self._probes: dict[str, deque[_Probe]] = {}
         self._probe_total = 0
         self._probe_failed = 0
         self._probe_throttled = 0
@@ -242,8 +250,8 @@ class BakeWatch:
             probes = {"count": self._probe_total, "failed": self._probe_failed, "throttled": self._probe_throttled,
                       "unattributed": self._probe_unattributed,
                       "failures": list(self._probe_failures[-20:]),
-                      "rule": f"last {PROBE_WINDOW} probes: >= {PROBE_MIN_FAILURES} failed and ratio > "
-                              f"{self.probe_bound * 100:g}%"}
+                      "rule": f"per check (path, cache, event), last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} "
+                              f"failed and ratio > {self.probe_bound * 100:g}%"}
             return {
                 "started_at": self.started_at,
                 "deadline": self._deadline,
@@ -389,7 +397,7 @@ class BakeWatch:
         c.polls += 1
         waiting = final and not settle and not all(arrived(t, data, plan.span_start) for t in awaited)
         if final and settle:
-            plan.targets = [settled(t, data, plan.span_start) for t in targets]
+            plan.targets = settle_all(targets, data, plan.span_start)
         results = evaluate_plan(plan, data, now=now, grace=self.policy.watch.no_data_grace,
                                 final=final and not waiting, result_kind="rollback trigger")
         self._thin_windows(results, final)
@@ -530,8 +538,10 @@ class BakeWatch:
         next_at = time.monotonic()
         while not self._stop.is_set() and not self._finished.is_set():
             t0 = time.monotonic()
+            check = "path"
             try:
-                ok, detail = self.probe()
+                ok, detail, *rest = self.probe()
+                check = rest[0] if rest else check
             except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             if ok is None:  # unattributed: see the module docstring
@@ -542,7 +552,7 @@ class BakeWatch:
                     with self._lock:
                         self._probe_throttled += 1
                     ok = True
-                self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0))
+                self._probe_result(_Probe(self.clock(), bool(ok), str(detail)[:300], time.monotonic() - t0), check)
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -552,23 +562,27 @@ class BakeWatch:
             self._probe_unattributed += 1
             self._probe_failures.append({"t": round(self.clock(), 3), "detail": detail, "counted": False})
 
-    def _probe_result(self, probe: _Probe) -> None:
+    def _probe_result(self, probe: _Probe, check: str = "path") -> None:
+        rule, scope = PROBE_RULES.get(check, PROBE_RULES["path"])
         with self._lock:
-            self._probes.append(probe)
+            window_of = self._probes.setdefault(rule, deque(maxlen=PROBE_WINDOW))
+            window_of.append(probe)
             self._probe_total += 1
             if not probe.ok:
                 self._probe_failed += 1
-                self._probe_failures.append({"t": round(probe.at, 3), "detail": probe.detail})
-            recent = list(self._probes)
+                self._probe_failures.append({"t": round(probe.at, 3), "check": check, "detail": probe.detail})
+            recent = list(window_of)
         failed = [p for p in recent if not p.ok]
         ratio = len(failed) / len(recent)
         if len(failed) >= PROBE_MIN_FAILURES and ratio > self.probe_bound:
-            version = self.versions["new"].get(self.policy.service.api_function, "?")
+            function = self.policy.service.ws_function if scope == "ws" else self.policy.service.api_function
+            version = self.versions["new"].get(function, "?")
             window = recent[-1].at - recent[0].at
+            what = "probes" if check == "path" else f"{check} checks"
             self._fire(Breach(
-                "probe", "probe_failure_ratio", "probe", ratio, self.probe_bound, "<=", window, str(version), "probe",
-                f"rollback trigger probe_failure_ratio: {len(failed)} of the last {len(recent)} probes of "
-                f"{self.policy.service.api_function} version {version} (new) failed ({ratio:.0%}) over the last "
+                "probe", rule, "probe", ratio, self.probe_bound, "<=", window, str(version), "probe",
+                f"rollback trigger {rule}: {len(failed)} of the last {len(recent)} {what} of "
+                f"{function} version {version} (new) failed ({ratio:.0%}) over the last "
                 f"{window:.1f}s, must be <= {self.probe_bound * 100:g}% with >= {PROBE_MIN_FAILURES} failures "
                 f"(source: probe; last failure: {failed[-1].detail})",
-                function=self.policy.service.api_function, label="new", samples=len(recent)))
+                function=function, label="new", samples=len(recent)))
