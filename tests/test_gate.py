@@ -364,3 +364,40 @@ def test_plan_prints_the_decision_and_writes_nothing(project: pytest.Pytester, a
     writes = [c for c in calls if not c.startswith(("Get", "List", "Describe", "Query", "Scan"))]
     assert writes == []
     assert (alias_state(aws), statuses(aws)) == before
+
+
+def test_partial_release_moves_only_what_it_published(project: pytest.Pytester, aws: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13: a release that publishes a new version of one function used to fail its deploy stage.
+    monkeypatch.setenv("DEPLOY_ONLY", "onchain-api")
+    r = gate(project, "deploy")
+    assert r.ret == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(["*publishes no version of onchain-ws: left on the version that serves it*",
+                            "*partial release: shifts onchain-api, leaves onchain-ws*"])
+    rec = ledger(aws).get("fastprod", "v2", "deploy")
+    assert rec.new_versions == {"onchain-api": "2", "onchain-ws": "1"}
+    assert rec.details["release_scope"]["unchanged"] == ["onchain-ws"]
+    r = gate(project, "shift10")
+    assert r.ret == 0, r.stdout.str()
+    assert alias_state(aws) == {"onchain-api": ("1", {"2": 0.1}), "onchain-ws": ("1", {})}
+    r.stdout.fnmatch_lines(["*partial release: shifts onchain-api, leaves onchain-ws (onchain-api v1 -> v2; "
+                            "onchain-ws stays on v1 (not in this release))"])
+    assert gate(project, "shift50").ret == 0
+    assert alias_state(aws) == {"onchain-api": ("1", {"2": 0.5}), "onchain-ws": ("1", {})}
+    # Promote: the API on its new version, the WebSocket on the one it had (never primary and weighted at once).
+    r = gate(project, "shift100")
+    assert r.ret == 0, r.stdout.str()
+    assert alias_state(aws) == {"onchain-api": ("2", {}), "onchain-ws": ("1", {})}
+    # A failing verify rolls the partial release back: the API to v1, the WebSocket still on v1.
+    monkeypatch.setenv("FAIL_GATE_AT", "verify")
+    r = gate(project, "verify")
+    assert r.ret == 1, r.stdout.str()
+    assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
+    assert {fn: _alias(aws, fn, "preview") for fn in FUNCTIONS} == {fn: "1" for fn in FUNCTIONS}
+    rolled = ledger(aws).get("fastprod", "v2", "verify")
+    assert rolled.status == "rolled_back", rolled.reason
+
+
+def _alias(url: str, fn: str, name: str) -> str:
+    return str(boto3.client("lambda", region_name="us-east-1", endpoint_url=url)
+               .get_alias(FunctionName=fn, Name=name)["FunctionVersion"])
