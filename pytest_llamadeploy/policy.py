@@ -355,6 +355,10 @@ class Preflight(_Model):
     window: str = ""
     window_days: list[Annotated[int, number_within(1, 7)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     ci_status_env: str = "LLAMADEPLOY_TESTS_PASSED"
+    #: Prove at preflight that every name under ``resources:`` and every series of the rules exists
+    #: (ops/proven.py, as ``llamadeploy doctor`` does); a ``no_data: pass`` rule whose series CloudWatch
+    #: does not list refuses the preflight stage.
+    prove_names: bool = True
 
 
 class Database(_Model):

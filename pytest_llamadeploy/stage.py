@@ -132,7 +132,8 @@ class StageRunner:
     def decide(self) -> Decision:
         """Read-only: what this stage would do, and whether it may (decide.py)."""
         decider = Decider(settings=self.settings, policy=self.policy, stage=self.stage, release=self.release,
-                          driver=self.driver, ledger=self.ledger, run_id=self.run_id)
+                          driver=self.driver, ledger=self.ledger, run_id=self.run_id,
+                          cloudwatch=self.aws.client("cloudwatch") if self.stage_policy.action == "preflight" else None)
         self.decision = decider.decide()
         self.targets = decider.targets
         return self.decision

@@ -401,3 +401,13 @@ def test_partial_release_moves_only_what_it_published(project: pytest.Pytester, 
 def _alias(url: str, fn: str, name: str) -> str:
     return str(boto3.client("lambda", region_name="us-east-1", endpoint_url=url)
                .get_alias(FunctionName=fn, Name=name)["FunctionVersion"])
+
+
+def test_preflight_refuses_a_no_data_pass_rule_cloudwatch_does_not_list(project: pytest.Pytester, aws: str) -> None:
+    # Issue 13: dynamodb_throttles passes on no data; with no series listed a misspelt table would pass forever.
+    r = gate(project, "preflight")
+    assert r.ret == 4, r.stdout.str()
+    r.stderr.fnmatch_lines(["*precondition no_data: pass proven not met: key_metrics.dynamodb_throttles has "
+                            "no_data: pass but CloudWatch lists none of AWS/DynamoDB ReadThrottleEvents "
+                            "{TableName=onchain-alerts}*(ListMetrics)*"])
+    assert statuses(aws) == {} and ledger(aws).get_artifacts("fastprod", "preflight") == []
