@@ -338,3 +338,26 @@ def test_alarm_evaluation_states() -> None:
     assert moto_ext.evaluate_alarm(alarm(None), empty, now)[0] == "INSUFFICIENT_DATA"
     assert moto_ext.evaluate_alarm(alarm("notBreaching"), empty, now)[0] == "OK"
     assert moto_ext.evaluate_alarm(alarm("breaching"), empty, now)[0] == "ALARM"
+
+
+def test_dashboard_shorthand_as_the_console_writes_it() -> None:
+    # Issue 13: console-made dashboards: "." rows shorter than the previous one, "..." with only new
+    # options or with new last values, "..." after a metric-math row (it repeats the last metric row).
+    body = {"widgets": [{"type": "metric", "properties": {"stat": "Sum", "metrics": [
+        ["AWS/ApiGateway", "5XXError", "ApiName", "onchain-api", "Stage", "live"],
+        ["...", "preview"],
+        [".", "4XXError", ".", ".", ".", "."],
+        [{"expression": "m1 / m2", "id": "e1"}],
+        ["...", {"stat": "Average", "label": "4xx"}],
+        [".", "Count", ".", ".", {"stat": "SampleCount"}]]}}]}
+    specs = dashboard_series("Main", body, 60)
+    assert [(s.metric, dict(s.dims), s.stat) for s in specs] == [
+        ("5XXError", {"ApiName": "onchain-api", "Stage": "live"}, "Sum"),
+        ("5XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Sum"),
+        ("4XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Sum"),
+        ("4XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Average"),
+        ("Count", {"ApiName": "onchain-api"}, "SampleCount")]
+    with pytest.raises(DashboardError, match="'.' at a position the previous row does not have"):
+        dashboard_series("x", {"widgets": [{"type": "metric", "properties": {"metrics": [
+            ["AWS/Lambda", "Errors"], [".", ".", "FunctionName", "."]]}}]}, 60)
+
