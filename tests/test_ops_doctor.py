@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import botocore.client
 import pytest
 
 from pytest_llamadeploy.ops.doctor import run_doctor
@@ -14,6 +15,7 @@ from pytest_llamadeploy.ops.proven import check_names, check_series
 from pytest_llamadeploy.policy import load_policy
 from pytest_llamadeploy.targets import ResolvedTargets
 from tests.support.aws_names import provision_names, publish_series
+from tests.support.botocalls import allowed_actions, install, not_allowed, recorded
 from tests.test_ops_support import (  # noqa: F401
     REPO,
     ROLLBACK_FAILED_MARKER,
@@ -139,10 +141,17 @@ def test_doctor_proves_every_name_and_series(service):  # noqa: F811
     assert f"{published} series of" in series.detail and published >= 20
 
 
-def test_doctor_names_each_missing_resource_and_series(service):  # noqa: F811
+def test_doctor_names_each_missing_resource_and_series(service, tmp_path, monkeypatch):  # noqa: F811
     policy = _named(service, skip=("cache_group", "table:onchain-alerts"))
     publish_series(service, policy, skip_signals=("cache.hit_rate",))
+    monkeypatch.setattr(botocore.client.BaseClient, "__init__", botocore.client.BaseClient.__init__)  # undone after
+    monkeypatch.setattr(botocore.client.BaseClient, "_llama_recording", None, raising=False)
+    install(tmp_path / "calls.jsonl", stage="doctor")
     findings = {f.name: f for f in run_doctor(policy, service, _targets("", ""))}
+    # Every call doctor made is allowed by docs/iam-policy.json's Doctor statement (issue 13 part 7).
+    document = json.loads((REPO / "docs" / "iam-policy.json").read_text())
+    calls = [c["action"] for c in recorded(tmp_path / "calls.jsonl")]
+    assert len(set(calls)) >= 10 and not_allowed(calls, allowed_actions(document, {"Doctor"})) == []
     names, series = findings["aws_names"], findings["metric_series"]
     assert not names.ok
     assert "resources.cache_group: ElastiCache replication group 'onchain-redis' not found" in names.detail
