@@ -107,9 +107,10 @@ def missing_resources(aws: Any, policy: Any) -> list[Missing]:
     missing.append(_lookup("resources.stack", f"CloudFormation stack {r.stack!r} not found "
                            "(cloudformation DescribeStacks)",
                            lambda: bool(cfn.describe_stacks(StackName=r.stack)["Stacks"])))
-    topics = _paged(aws.client("sns").list_topics, "Topics", "NextToken")
-    if not any(t["TopicArn"].rsplit(":", 1)[-1] == r.sns_topic for t in topics):
-        missing.append(Missing("resources.sns_topic", f"SNS topic {r.sns_topic!r} not found (sns ListTopics)"))
+    topics = {t["TopicArn"].rsplit(":", 1)[-1] for t in _paged(aws.client("sns").list_topics, "Topics", "NextToken")}
+    for key, topic in (("resources.sns_topic", r.sns_topic), ("resources.alerts_topic", r.alerts_topic)):
+        if topic not in topics:
+            missing.append(Missing(key, f"SNS topic {topic!r} not found (sns ListTopics)"))
     sqs = aws.client("sqs")
     missing.append(_lookup("resources.alerts_queue", f"SQS queue {r.alerts_queue!r} not found (sqs GetQueueUrl)",
                            lambda: bool(sqs.get_queue_url(QueueName=r.alerts_queue)["QueueUrl"])))
@@ -220,5 +221,6 @@ def check_series(aws: Any, policy: Any) -> Finding:
 def _summary(policy: Any) -> str:
     r = policy.resources
     return (f"REST API {r.rest_api}/{r.rest_stage}, WebSocket API {r.ws_api_id}/{r.ws_stage}, cache group "
-            f"{r.cache_group}, tables {', '.join(r.dynamodb_tables)}, stack {r.stack}, topic {r.sns_topic}, "
+            f"{r.cache_group}, tables {', '.join(r.dynamodb_tables)}, stack {r.stack}, topics {r.sns_topic} and "
+            f"{r.alerts_topic}, "
             f"queue {r.alerts_queue}, log groups of {', '.join(policy.service.functions)}")

@@ -43,6 +43,7 @@ def provision_names(aws: Any, policy: Any, *, skip: tuple[str, ...] = ()) -> str
         cfn.create_stack(StackName=r.stack, TemplateBody=json.dumps(
             {"Resources": {"T": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "stack-topic"}}}}))
     aws.client("sns").create_topic(Name=r.sns_topic)
+    aws.client("sns").create_topic(Name=r.alerts_topic)
     aws.client("sqs").create_queue(QueueName=r.alerts_queue)
     logs = aws.client("logs")
     for function in policy.service.functions:
