@@ -173,3 +173,18 @@ def test_no_data_pass_without_its_series_is_refused(service):  # noqa: F811
         "AWS/DynamoDB ReadThrottleEvents {TableName=onchain-alerts}; "
         "AWS/DynamoDB WriteThrottleEvents {TableName=onchain-alerts} (ListMetrics)"), series.detail
     assert "set no_data: wait (or fail)" in series.detail
+
+
+def test_a_missing_resource_is_told_from_a_failing_call():
+    # Each service says "not found" its own way; any other error (AccessDenied) is no verdict on the name.
+    from botocore.exceptions import ClientError
+
+    from pytest_llamadeploy.ops.proven import _not_found
+
+    def error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "x"}}, "Op")
+
+    assert all(_not_found(error(c)) for c in (
+        "QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "ResourceNotFoundException",
+        "NotFoundException", "ReplicationGroupNotFoundFault", "ValidationError"))
+    assert not any(_not_found(error(c)) for c in ("AccessDeniedException", "ThrottlingException"))

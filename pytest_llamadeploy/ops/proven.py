@@ -61,7 +61,9 @@ def _paged(call: Callable[..., dict[str, Any]], key: str, token: str, **kwargs: 
 
 def _not_found(exc: Exception) -> bool:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-    return "NotFound" in code or "NonExistent" in code or code in ("ValidationError", "ResourceNotFoundException")
+    # SQS says QueueDoesNotExist (JSON protocol) or AWS.SimpleQueueService.NonExistentQueue (query protocol);
+    # CloudFormation answers a missing stack with ValidationError.
+    return any(word in code for word in ("NotFound", "NonExistent", "DoesNotExist")) or code == "ValidationError"
 
 
 def _lookup(key: str, what: str, probe: Callable[[], bool]) -> Missing | None:
