@@ -72,7 +72,7 @@ class Decider:
     """Reads the alias, the ledger and the lock; decides, never writes."""
 
     def __init__(self, *, settings: Settings, policy: Policy, stage: str, release: str, driver: Any, ledger: Ledger,
-                 run_id: str):
+                 run_id: str, cloudwatch: Any = None):
         assert settings.env
         self.settings = settings
         self.policy = policy
@@ -83,6 +83,8 @@ class Decider:
         self.driver = driver
         self.ledger = ledger
         self.run_id = run_id
+        #: For the preflight's proof of its ``no_data: pass`` rules (ListMetrics, read-only).
+        self.cloudwatch = cloudwatch
         #: The targets resolved while deciding (URLs, DSNs), for the runner's context.
         self.targets: dict[str, str] = {}
 
@@ -126,6 +128,9 @@ class Decider:
                 "approval", bool(approver),
                 f"approved by {approver}" if approver else
                 f"{self.env} requires an approval: pass --approved-by NAME or set {' or '.join(policy.approval.env_vars)}"))
+
+        if sp.action == "preflight" and policy.preflight.prove_names and self.cloudwatch is not None:
+            checks.append(self._no_data_pass_proven())
 
         lock = self.ledger.current_lock(self.env)
         if lock is None:
@@ -222,6 +227,19 @@ class Decider:
 
         return Decision(self.env, self.stage, self.release, sp, current, target, old, new, checks,
                         approver, resume, leftovers, attention)
+
+    def _no_data_pass_proven(self) -> Precondition:
+        """A ``no_data: pass`` rule is trusted only where CloudWatch lists its series (ops/proven.py)."""
+        from .ops.proven import rule_series, unprovable_no_data_pass
+
+        try:
+            refused = unprovable_no_data_pass(rule_series(self.cloudwatch, self.policy))
+        except Exception as exc:  # no proof is no proof: say why, change nothing
+            return Precondition("no_data: pass proven", False,
+                                f"could not list metrics (CloudWatch ListMetrics): {type(exc).__name__}: {exc}")
+        if refused:
+            return Precondition("no_data: pass proven", False, "; ".join(refused))
+        return Precondition("no_data: pass proven", True, "every no_data: pass rule's series is listed by CloudWatch")
 
     def _deploy_record(self) -> StageRecord | None:
         return self.ledger.get(self.env, self.release, "deploy") if self.release else None

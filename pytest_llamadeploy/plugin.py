@@ -378,6 +378,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line(f"{runner.env} {runner.stage} {runner.release or ''}: {status.upper()}")
     if reason:
         terminalreporter.write_line(f"reason: {reason}")
+    scope = (runner.record.details.get("release_scope") or {}) if runner.record else {}
+    if scope.get("unchanged"):
+        terminalreporter.write_line(f"partial release: shifts {', '.join(scope['shifted'])}, leaves "
+                                    f"{', '.join(scope['unchanged'])} ({scope['summary']})")
     after = runner.record.weights_after if runner.record else {}
     for fn, state in after.items():
         weights = ", ".join(f"v{v} {w:.0%}" for v, w in state.get("weights", {}).items())

@@ -343,6 +343,9 @@ class Resources(_Model):
     stack: str = Field(min_length=1)
     sns_topic: str = Field(min_length=1)
     alerts_queue: str = Field(min_length=1)
+    #: SNS topic the service publishes each alert to; the alerts queue (its real consumer's) is subscribed.
+    #: The functional suite reads alerts from a queue of its own subscribed for the run, never from alerts_queue.
+    alerts_topic: str = Field(min_length=1)
     #: X-Ray service name the API function's traces carry.
     xray_service: str = Field(min_length=1)
     #: Log group per function (default ``/aws/lambda/<function>``).
@@ -354,6 +357,29 @@ class Resources(_Model):
 
     def log_group(self, function: str) -> str:
         return self.log_groups.get(function, f"/aws/lambda/{function}")
+
+
+#: The suites that write test data (tagged with the run id, removed afterwards) and what they write.
+WRITING_SUITES = {
+    "functional": "alert rules and alerts (PostgreSQL), the chains' last TVL (Redis), alerts through the alert topic",
+    "performance": "TVL events of a run-tagged chain: its last TVL (Redis) and events to every tvl subscriber",
+}
+
+
+class TestData(_Model):
+    """Which suites may write test data in this env; a suite not listed runs its read-only checks only."""
+
+    #: Each listed suite tags what it writes with the run id and removes it afterwards, even when a test fails.
+    write: list[str] = Field(default_factory=lambda: ["functional", "performance"])
+
+    @field_validator("write")
+    @classmethod
+    def _known_writers(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in WRITING_SUITES]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not a suite that writes test data; use "
+                             f"{' and/or '.join(WRITING_SUITES)} (or [] for read-only suites)")
+        return value
 
 
 class Ledger(_Model):
@@ -380,6 +406,10 @@ class Preflight(_Model):
     window: str = ""
     window_days: list[Annotated[int, number_within(1, 7)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     ci_status_env: str = "LLAMADEPLOY_TESTS_PASSED"
+    #: Prove at preflight that every name under ``resources:`` and every series of the rules exists
+    #: (ops/proven.py, as ``llamadeploy doctor`` does); a ``no_data: pass`` rule whose series CloudWatch
+    #: does not list refuses the preflight stage.
+    prove_names: bool = True
 
 
 class Database(_Model):
@@ -420,6 +450,7 @@ class Policy(_Model):
     compare: Compare = Compare()
     performance: Performance = Performance()
     functional: Functional = Functional()
+    test_data: TestData = TestData()
     monitoring: Monitoring = Monitoring()
     preflight: Preflight = Preflight()
     database: Database = Database()

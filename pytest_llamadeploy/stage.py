@@ -57,6 +57,8 @@ from .traffic import (
     LambdaAliasDriver,
     RestoreReport,
     TrafficError,
+    changed_functions,
+    describe_release_scope,
     foreign_traffic,
     promote_target,
     restore_each,
@@ -130,7 +132,8 @@ class StageRunner:
     def decide(self) -> Decision:
         """Read-only: what this stage would do, and whether it may (decide.py)."""
         decider = Decider(settings=self.settings, policy=self.policy, stage=self.stage, release=self.release,
-                          driver=self.driver, ledger=self.ledger, run_id=self.run_id)
+                          driver=self.driver, ledger=self.ledger, run_id=self.run_id,
+                          cloudwatch=self.aws.client("cloudwatch") if self.stage_policy.action == "preflight" else None)
         self.decision = decider.decide()
         self.targets = decider.targets
         return self.decision
@@ -394,18 +397,28 @@ class StageRunner:
         else:  # a traffic driver without release markers: the versions that changed
             after = self.driver.latest_versions()
             new = {fn: v for fn, v in after.items() if v is not None and v != before.get(fn)}
-            if len(new) != len(after):
-                reused = (prior or recorded)
-                if reused and reused.new_versions:
-                    new = dict(reused.new_versions)  # a resumed deploy whose command had already published
-                else:
-                    missing = sorted(set(after) - set(new))
-                    self.failure = f"provider error: the deploy command published no new version of {', '.join(missing)}"
-                    return
+            reused = (prior or recorded)
+            if not new and reused and reused.new_versions:
+                new = dict(reused.new_versions)  # a resumed deploy whose command had already published
+            elif not new:
+                self.failure = (f"provider error: the deploy command published no new version of any function "
+                                f"({', '.join(after)})")
+                return
+            new = self._keep_unchanged(new)
         self.record.new_versions = new
         self._put(self.record)  # a run killed from here on still knows the versions
-        self.out(f"llamadeploy: published versions {new} (old {self.record.old_versions}); new version at "
+        self.out(f"llamadeploy: release {self.release}: "
+                 f"{describe_release_scope(self.record.old_versions, new)}; new versions at "
                  f"{'100%' if self.stage_policy.weight == 1.0 else '0%'}")
+
+    def _keep_unchanged(self, new: dict[str, str]) -> dict[str, str]:
+        """A partial release: each function it published no version of keeps the version that serves it.
+
+        Its "new" version is its old one, so every later stage leaves it where it is
+        (shift_target, promote, rollback) and the verdict names it as unchanged.
+        """
+        assert self.record is not None
+        return {fn: new.get(fn) or str(self.record.old_versions[fn]) for fn in self.policy.service.functions}
 
     def _release_versions(self, published: dict[str, Any], before: dict[str, str | None]) -> dict[str, str] | None:
         """Each function's newest version that names this release; a version someone else published is never adopted."""
@@ -425,7 +438,7 @@ class StageRunner:
                 foreign.append(f"{fn} {', '.join(others)}")
         if foreign:
             self.out(f"llamadeploy: published meanwhile but not release {self.release} (not adopted): {'; '.join(foreign)}")
-        if missing:
+        if not new:
             newest = "; ".join(f"{fn} newest {published[fn][-1].describe()}" for fn in missing if published.get(fn))
             self.failure = (
                 f"provider error: the deploy command published no version of {', '.join(missing)} that names release "
@@ -433,7 +446,10 @@ class StageRunner:
                 f"Description contains {self.release!r} as a word, or its {RELEASE_VARIABLE} variable is "
                 f"{self.release!r}; a version without it is never adopted as the release")
             return None
-        return new
+        if missing:  # a partial release: those functions keep what serves them
+            self.out(f"llamadeploy: release {self.release} publishes no version of {', '.join(missing)}: "
+                     "left on the version that serves it")
+        return self._keep_unchanged(new)
 
     def _operation(self, action: str) -> Any:
         """preflight / backup / migrate / restore: the operations module does the work."""
@@ -697,6 +713,9 @@ class StageRunner:
         self.record.weights_after = {fn: s.to_json() for fn, s in after.items()}
         if failed_tests:
             self.record.details["failed_tests"] = [redact(t) for t in failed_tests[:50]]
+        scope = self.release_scope()
+        if scope is not None:
+            self.record.details["release_scope"] = scope
         if self.decision and self.decision.resume is not None and self.decision.resume.run_id != self.run_id:
             self.record.details["resolved"] = f"resumed unfinished run {self.decision.resume.run_id}"
         self._record_verdict()
@@ -795,6 +814,15 @@ class StageRunner:
         if self.interrupts.received:
             return 2
         return None
+
+    def release_scope(self) -> dict[str, Any] | None:
+        """Which functions this release moves and which it leaves (a partial release), for the verdict."""
+        if self.record is None or self.stage_policy.action not in MOVES or not self.record.new_versions:
+            return None
+        old, new = self.record.old_versions, self.record.new_versions
+        changed = changed_functions(old, new)
+        return {"shifted": changed, "unchanged": [fn for fn in new if fn not in changed],
+                "summary": describe_release_scope(old, new)}
 
     def abort_before_tests(self, reason: str) -> None:
         """A failure in the controller before any test: keep the reason for the verdict."""

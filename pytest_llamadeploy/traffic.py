@@ -197,8 +197,26 @@ class LambdaAliasDriver:
 
 def shift_target(current: Mapping[str, AliasState], old: Mapping[str, str], new: Mapping[str, str],
                  weight: float) -> dict[str, AliasState]:
-    """Old version primary, new version at ``weight`` (0 clears the weights)."""
-    return {fn: AliasState(old[fn], {new[fn]: weight} if weight > 0 else {}) for fn in current}
+    """Old version primary, new version at ``weight`` (0 clears the weights).
+
+    A function the release did not change (its new version is its old one: a partial
+    release) stays where it is, all on its version: Lambda refuses a version that is
+    both the alias's primary and weighted.
+    """
+    return {fn: AliasState(old[fn], {new[fn]: weight} if weight > 0 and new[fn] != old[fn] else {})
+            for fn in current}
+
+
+def changed_functions(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """The functions a release publishes a new version of (the others keep their version: a partial release)."""
+    return [fn for fn, version in new.items() if str(version) != str(old.get(fn))]
+
+
+def describe_release_scope(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    """``onchain-api v1 -> v2; onchain-ws stays on v1 (not in this release)``: what a release moves."""
+    changed = set(changed_functions(old, new))
+    return "; ".join(f"{fn} v{old.get(fn)} -> v{v}" if fn in changed else f"{fn} stays on v{v} (not in this release)"
+                     for fn, v in new.items())
 
 
 def promote_target(new: Mapping[str, str]) -> dict[str, AliasState]:

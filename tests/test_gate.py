@@ -21,6 +21,7 @@ import pytest
 
 from pytest_llamadeploy.ledger import DynamoLedger
 from tests.support.aws_setup import FUNCTIONS, alias_state
+from tests.support.botocalls import allowed_actions, not_allowed, recorded
 
 REPO = Path(__file__).parent.parent
 pytest_plugins = ["pytester"]
@@ -72,6 +73,10 @@ def test_only_while_traffic_moves(llama):
 NOTIFIER = """\
 import json, os
 
+if os.environ.get("BOTOCALLS"):  # record every AWS call of this gate run (docs/iam-policy.json is checked on them)
+    from tests.support.botocalls import install
+    install(os.environ["BOTOCALLS"])
+
 def pytest_llamadeploy_notify(event, record):
     with open(os.environ["NOTIFY_LOG"], "a") as f:
         f.write(json.dumps({"event": event, "stage": record["stage"], "status": record["status"]}) + "\\n")
@@ -116,7 +121,8 @@ def events(p: pytest.Pytester) -> list[tuple[str, str]]:
     return [(e["event"], e["stage"]) for e in map(json.loads, path.read_text().splitlines())] if path.exists() else []
 
 
-def test_prod_plan_stage_by_stage(project: pytest.Pytester, aws: str) -> None:
+def test_prod_plan_stage_by_stage(project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTOCALLS", str(project.path / "botocalls.jsonl"))  # checked against docs/iam-policy.json
     r = gate(project, "deploy")
     assert r.ret == 0, r.stdout.str()
     r.assert_outcomes(passed=2, deselected=1)
@@ -140,6 +146,37 @@ def test_prod_plan_stage_by_stage(project: pytest.Pytester, aws: str) -> None:
     # Running a passed stage again is safe: nothing moves.
     assert gate(project, "shift100").ret == 0
     assert alias_state(aws) == {fn: ("2", {}) for fn in FUNCTIONS}
+    assert_iam_policy_covers(project.path / "botocalls.jsonl", {"deploy", "shift10", "shift50", "shift100"})
+
+
+def assert_iam_policy_covers(path: Path, stages: set[str]) -> None:
+    """Every AWS call the gate made is allowed by docs/iam-policy.json's statements for that stage (issue 13)."""
+    calls = recorded(path)
+    assert {c["stage"] for c in calls} == stages, "every stage run made AWS calls, recorded per stage"
+    document = json.loads((REPO / "docs" / "iam-policy.json").read_text())
+    sids = [s["Sid"] for s in document["Statement"]]
+    assert len(set(sids)) == len(sids) and all(s.isalnum() for s in sids), sids  # IAM: unique, alphanumeric
+    problems = {}
+    for stage in stages:
+        action = yaml_stage_action(stage)
+        sids = allowed_sids(action)
+        missing = not_allowed([c["action"] for c in calls if c["stage"] == stage], allowed_actions(document, sids))
+        if missing:
+            problems[stage] = missing
+    assert not problems, f"docs/iam-policy.json does not allow (stage: calls): {problems}"
+
+
+def allowed_sids(action: str) -> set[str]:
+    """docs/iam-policy.json's statements for a stage action: EveryStage*, and Stage<Action>* (verify: action none)."""
+    name = "Verify" if action == "none" else action.capitalize()
+    document = json.loads((REPO / "docs" / "iam-policy.json").read_text())
+    return {s["Sid"] for s in document["Statement"] if s["Sid"].startswith(("EveryStage", f"Stage{name}"))}
+
+
+def yaml_stage_action(stage: str) -> str:
+    from pytest_llamadeploy.policy import load_policy
+
+    return load_policy(REPO / "policies", "prod").policy.stages[stage].action
 
 
 def test_status_json(project: pytest.Pytester, aws: str) -> None:
@@ -243,12 +280,16 @@ def test_second_concurrent_run_is_refused_by_the_lock(project: pytest.Pytester, 
     assert statuses(aws) == {} and alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
 
 
-def test_rollback_to_a_named_version_and_to_the_previous(project: pytest.Pytester, aws: str) -> None:
+def test_rollback_to_a_named_version_and_to_the_previous(project: pytest.Pytester, aws: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     for stage in ("deploy", "shift10", "shift50", "shift100"):
         assert gate(project, stage).ret == 0
+    monkeypatch.setenv("BOTOCALLS", str(project.path / "botocalls.jsonl"))  # checked against docs/iam-policy.json
     r = gate(project, "rollback", release="v2")
     assert r.ret == 0, r.stdout.str()
     assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}  # previous version, from the ledger
+    monkeypatch.delenv("BOTOCALLS")
+    assert_iam_policy_covers(project.path / "botocalls.jsonl", {"rollback"})
     assert gate(project, "rollback", "--to-version=2", release="v2").ret == 0
     assert alias_state(aws) == {fn: ("2", {}) for fn in FUNCTIONS}
     assert gate(project, "rollback", "--to-version=onchain-api=1", release="v2").ret == 0
@@ -364,3 +405,53 @@ def test_plan_prints_the_decision_and_writes_nothing(project: pytest.Pytester, a
     writes = [c for c in calls if not c.startswith(("Get", "List", "Describe", "Query", "Scan"))]
     assert writes == []
     assert (alias_state(aws), statuses(aws)) == before
+
+
+def test_partial_release_moves_only_what_it_published(project: pytest.Pytester, aws: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13: a release that publishes a new version of one function used to fail its deploy stage.
+    monkeypatch.setenv("DEPLOY_ONLY", "onchain-api")
+    r = gate(project, "deploy")
+    assert r.ret == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(["*publishes no version of onchain-ws: left on the version that serves it*",
+                            "*partial release: shifts onchain-api, leaves onchain-ws*"])
+    rec = ledger(aws).get("fastprod", "v2", "deploy")
+    assert rec.new_versions == {"onchain-api": "2", "onchain-ws": "1"}
+    assert rec.details["release_scope"]["unchanged"] == ["onchain-ws"]
+    r = gate(project, "shift10")
+    assert r.ret == 0, r.stdout.str()
+    assert alias_state(aws) == {"onchain-api": ("1", {"2": 0.1}), "onchain-ws": ("1", {})}
+    r.stdout.fnmatch_lines(["*partial release: shifts onchain-api, leaves onchain-ws (onchain-api v1 -> v2; "
+                            "onchain-ws stays on v1 (not in this release))"])
+    assert gate(project, "shift50").ret == 0
+    assert alias_state(aws) == {"onchain-api": ("1", {"2": 0.5}), "onchain-ws": ("1", {})}
+    # Promote: the API on its new version, the WebSocket on the one it had (never primary and weighted at once).
+    r = gate(project, "shift100")
+    assert r.ret == 0, r.stdout.str()
+    assert alias_state(aws) == {"onchain-api": ("2", {}), "onchain-ws": ("1", {})}
+    # A failing verify rolls the partial release back: the API to v1, the WebSocket still on v1.
+    monkeypatch.setenv("FAIL_GATE_AT", "verify")
+    r = gate(project, "verify")
+    assert r.ret == 1, r.stdout.str()
+    assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
+    assert {fn: _alias(aws, fn, "preview") for fn in FUNCTIONS} == {fn: "1" for fn in FUNCTIONS}
+    rolled = ledger(aws).get("fastprod", "v2", "verify")
+    assert rolled.status == "rolled_back", rolled.reason
+
+
+def _alias(url: str, fn: str, name: str) -> str:
+    return str(boto3.client("lambda", region_name="us-east-1", endpoint_url=url)
+               .get_alias(FunctionName=fn, Name=name)["FunctionVersion"])
+
+
+def test_preflight_refuses_a_no_data_pass_rule_cloudwatch_does_not_list(project: pytest.Pytester, aws: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13: dynamodb_throttles passes on no data; with no series listed a misspelt table would pass forever.
+    monkeypatch.setenv("BOTOCALLS", str(project.path / "botocalls.jsonl"))
+    r = gate(project, "preflight")
+    assert r.ret == 4, r.stdout.str()
+    r.stderr.fnmatch_lines(["*precondition no_data: pass proven not met: key_metrics.dynamodb_throttles has "
+                            "no_data: pass but CloudWatch lists none of AWS/DynamoDB ReadThrottleEvents "
+                            "{TableName=onchain-alerts}*(ListMetrics)*"])
+    assert statuses(aws) == {} and ledger(aws).get_artifacts("fastprod", "preflight") == []
+    assert_iam_policy_covers(project.path / "botocalls.jsonl", {"preflight"})

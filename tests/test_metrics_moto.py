@@ -435,3 +435,29 @@ def test_alarms_and_dashboards_are_provisioned_and_evaluated(moto: Moto) -> None
         time.sleep(0.2)
     assert states["onchain-lambda-error-rate"] == "ALARM", states
     assert states["onchain-lambda-throttle-rate"] == "OK" and states["onchain-apigw-5xx"] == "OK", states
+
+
+def test_dashboard_rows_resolve_to_the_series_cloudwatch_has(aws: str) -> None:
+    # Issue 13, on moto: a console-made dashboard's rows name exactly the series published, and a
+    # row whose series has no data is the one reported empty.
+    import boto3
+
+    from pytest_llamadeploy.metrics.dashboards import dashboard_series
+    from pytest_llamadeploy.metrics.evaluate import fetch_with_retry
+
+    cw = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=aws)
+    body = {"widgets": [{"type": "metric", "properties": {"stat": "Sum", "metrics": [
+        ["AWS/Lambda", "Invocations", "FunctionName", "onchain-api", "Resource", "onchain-api:live"],
+        ["...", "onchain-ws", "Resource", "onchain-ws:live"],
+        [".", "Errors", ".", ".", ".", "."]]}}]}
+    cw.put_dashboard(DashboardName="Lambda", DashboardBody=json.dumps(body))
+    now = datetime.now(UTC)
+    for fn in ("onchain-api", "onchain-ws"):
+        cw.put_metric_data(Namespace="AWS/Lambda", MetricData=[{
+            "MetricName": "Invocations", "Value": 3.0, "Timestamp": now,
+            "Dimensions": [{"Name": "FunctionName", "Value": fn}, {"Name": "Resource", "Value": f"{fn}:live"}]}])
+    stored = json.loads(cw.get_dashboard(DashboardName="Lambda")["DashboardBody"])
+    specs = dashboard_series("Lambda", stored, 60)
+    data = fetch_with_retry(cw, specs, now.timestamp() - 300, now.timestamp() + 60)
+    assert [(s.metric, dict(s.dims)["FunctionName"], bool(data[s])) for s in specs] == [
+        ("Invocations", "onchain-api", True), ("Invocations", "onchain-ws", True), ("Errors", "onchain-ws", False)]

@@ -387,3 +387,26 @@ def test_baseline_rules_judge_the_new_version_against_the_old_over_the_same_seco
 def test_baseline_rule_shapes_that_cannot_be_judged_are_refused(kw: dict[str, Any], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         rule(**kw)
+
+
+def test_dashboard_shorthand_as_the_console_writes_it() -> None:
+    # Issue 13: console-made dashboards: "." rows shorter than the previous one, "..." with only new
+    # options or with new last values, "..." after a metric-math row (it repeats the last metric row).
+    body = {"widgets": [{"type": "metric", "properties": {"stat": "Sum", "metrics": [
+        ["AWS/ApiGateway", "5XXError", "ApiName", "onchain-api", "Stage", "live"],
+        ["...", "preview"],
+        [".", "4XXError", ".", ".", ".", "."],
+        [{"expression": "m1 / m2", "id": "e1"}],
+        ["...", {"stat": "Average", "label": "4xx"}],
+        [".", "Count", ".", ".", {"stat": "SampleCount"}]]}}]}
+    specs = dashboard_series("Main", body, 60)
+    assert [(s.metric, dict(s.dims), s.stat) for s in specs] == [
+        ("5XXError", {"ApiName": "onchain-api", "Stage": "live"}, "Sum"),
+        ("5XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Sum"),
+        ("4XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Sum"),
+        ("4XXError", {"ApiName": "onchain-api", "Stage": "preview"}, "Average"),
+        ("Count", {"ApiName": "onchain-api"}, "SampleCount")]
+    with pytest.raises(DashboardError, match="'.' at a position the previous row does not have"):
+        dashboard_series("x", {"widgets": [{"type": "metric", "properties": {"metrics": [
+            ["AWS/Lambda", "Errors"], [".", ".", "FunctionName", "."]]}}]}, 60)
+

@@ -17,6 +17,7 @@ from pytest_llamadeploy.ops.checklist import (
 )
 from pytest_llamadeploy.ops.results import OpsError
 from pytest_llamadeploy.sandbox.provision import subscribe_stakeholders
+from tests.support.aws_names import names_yaml, provision_names, publish_series
 from tests.test_ops_support import (  # noqa: F401
     create_functions,
     free_port,
@@ -42,11 +43,18 @@ def ready(tmp_path, ops_aws, monkeypatch):  # noqa: F811
     ledger = new_ledger(tmp_path)
     ledger.put_artifact("opstest", "v1.2.3", "backup", {"id": "b1", "ok": True, "created_at": time.time() - 60})
 
-    def build(extra: str = "", **kw):
+    ws_api_id = ""
+
+    def build(extra: str = "", resources: str = "", **kw):
         policy = "approval:\n  required: true\npreflight:\n  window: \"09:00-17:00\"\n  window_days: [1, 2, 3, 4]\n"
+        policy += (names_yaml(ws_api_id) + resources) if ws_api_id else ""
         kw.setdefault("approver", "alice")
         return make_ctx(tmp_path, ops_aws, extends="prod", extra=policy + extra, new_versions=versions, **kw)
 
+    # The account the policy names, every series its rules read published (the items aws_names_exist,
+    # metric_series_exist); a test that wants one missing deletes it.
+    ws_api_id = provision_names(ops_aws, build().policy)
+    publish_series(ops_aws, build().policy)
     return build, ledger
 
 
@@ -159,9 +167,10 @@ def test_non_production_skips_production_items(tmp_path, ops_aws, monkeypatch): 
     (tmp_path / "sql" / "migrations").mkdir(parents=True)
     create_functions(ops_aws, {"DATABASE_URL": "x", "REDIS_URL": "y"})
     monkeypatch.setenv("LLAMADEPLOY_TESTS_PASSED", "1")
-    ctx = make_ctx(tmp_path, ops_aws, extends="staging")
+    ctx = make_ctx(tmp_path, ops_aws, extends="staging", extra="preflight:\n  prove_names: false\n")
     results = _by_name(run_preflight(ctx, new_ledger(tmp_path), emergency_reason=None))
     assert all(r.ok for r in results.values()), results
+    assert results["aws_names_exist"].reason.startswith("not checked: preflight.prove_names is false")
     for name in ("backup_created", "deployment_window", "stakeholders_notified"):
         assert "production only" in results[name].reason
 
@@ -194,3 +203,19 @@ def test_pending_subscriptions_do_not_count_as_notified() -> None:
     assert count_subscriptions(subs) == (1, 1)
     assert count_subscriptions(subs[:1]) == (0, 1)
     assert count_subscriptions([]) == (0, 0)
+
+
+def test_preflight_names_a_missing_cache_group_and_table(ready, ops_aws):  # noqa: F811
+    # Issue 13: a policy naming a cache group or table that does not exist is refused at preflight, named.
+    build, ledger = ready
+    ctx = build(resources="  cache_group: onchain-redsi\n  dynamodb_tables: [onchain-alerts, onchain-alert]\n")
+    results = _by_name(run_preflight(ctx, ledger, emergency_reason=None, now=lambda: NOON))
+    names = results["aws_names_exist"]
+    assert not names.ok
+    assert "resources.cache_group: ElastiCache replication group 'onchain-redsi' not found" in names.reason
+    assert "resources.dynamodb_tables: DynamoDB table 'onchain-alert' not found" in names.reason
+    assert "'onchain-alerts'" not in names.reason
+    series = results["metric_series_exist"]
+    assert not series.ok and "AWS/ElastiCache CacheHits {CacheClusterId=onchain-redsi-001}" in series.reason
+    assert "no_data: pass but CloudWatch lists none of AWS/DynamoDB ReadThrottleEvents {TableName=onchain-alert}" \
+        in series.reason

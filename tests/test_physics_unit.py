@@ -121,3 +121,25 @@ def test_xray_filter_subset_and_refusal() -> None:
     assert trace_filter("annotation.n = 4")([seg("x", n=4)])
     with pytest.raises(ValueError, match="does not evaluate filter clause 'responsetime > 5'"):
         trace_filter('service("x") AND responsetime > 5')
+
+
+def test_list_metrics_answers_one_entry_per_series() -> None:
+    # The sandbox's ListMetrics (doctor, preflight) runs over its series index: moto's own scan of every
+    # datum outlasted the client's timeout on a sandbox holding an hour of 1-s data.
+    from moto.cloudwatch.models import CloudWatchBackend
+
+    from pytest_llamadeploy.sandbox.moto_ext import list_series
+
+    backend = CloudWatchBackend("us-east-1", "123456789012")
+    dims = [{"Name": "FunctionName", "Value": "onchain-api"}, {"Name": "Version", "Value": "2"}]
+    for value in range(50):
+        backend.put_metric_data("LlamaDeploy/Service", [{"MetricName": "Requests", "Value": value, "Dimensions": dims}])
+    backend.put_metric_data("LlamaDeploy/Service", [{"MetricName": "Requests", "Value": 1, "Dimensions": dims[:1]}])
+    backend.put_metric_data("AWS/DynamoDB", [{"MetricName": "ReadThrottleEvents", "Value": 1,
+                                              "Dimensions": [{"Name": "TableName", "Value": "onchain-alerts"}]}])
+    found = list_series(backend, "Requests", "LlamaDeploy/Service", dims[:1])
+    assert sorted(len(d.dimensions) for d in found) == [1, 2]  # both series with FunctionName, once each
+    assert len(list_series(backend, "Requests", "LlamaDeploy/Service", dims)) == 1
+    assert list_series(backend, "ReadThrottleEvents", "AWS/DynamoDB",
+                       [{"Name": "TableName", "Value": "onchain-alert"}]) == []
+    assert len(list_series(backend, None, "AWS/DynamoDB", [])) == 1

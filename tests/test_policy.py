@@ -164,3 +164,20 @@ def test_policy_check_reports_files_that_cannot_be_envs(pdir: Path, capsys: pyte
     assert cli(["policy", "check", str(pdir)]) == 1
     err = capsys.readouterr().err
     assert f"{pdir / 'Staging.yaml'}: 'Staging' cannot be an env name" in err
+
+
+def test_which_suites_may_write_test_data(pdir: Path) -> None:
+    # Issue 13: the policy says which suites write in which env; prod's default is the conservative one.
+    from pytest_llamadeploy.testdata import write_refusal
+
+    prod = load_policy(pdir, "prod").policy
+    assert prod.test_data.write == ["functional"]
+    refusal = write_refusal(prod, "prod", "performance")
+    assert refusal is not None and "test_data.write (functional) does not allow it" in refusal
+    assert write_refusal(prod, "prod", "functional") is None
+    assert load_policy(pdir, "staging").policy.test_data.write == ["functional", "performance"]
+    (pdir / "qa.yaml").write_text("extends: staging\ntest_data:\n  write: [functional, load]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(pdir, "qa")
+    assert "qa.yaml" in str(err.value) and "test_data.write" in str(err.value)
+    assert "'load': not a suite that writes test data; use functional and/or performance" in str(err.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,9 +25,11 @@ from typing import Any
 import pytest
 
 from pytest_llamadeploy.sandbox.physics import FUNCTION_ERROR_HEADER, THROTTLED_HEADER
+from pytest_llamadeploy.sandbox.provision import subscribe_queue_to_topic
 from pytest_llamadeploy.sandbox.service import auth
 from pytest_llamadeploy.sandbox.service.faults import KNOBS, defaults, parse_faults, validate_faults
 from pytest_llamadeploy.sandbox.state import SANDBOX_CREDENTIALS, SandboxState
+from tests.support.botocalls import allowed_actions, not_allowed, recorded
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -193,6 +196,18 @@ def moto_endpoint() -> Iterator[str]:
         _stop(proc)
 
 
+class _Aws:
+    """Clients of the module's moto (what provision's helpers take)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1", **SANDBOX_CREDENTIALS)
+
+
 def _sqs(endpoint: str) -> Any:
     import boto3
 
@@ -203,8 +218,10 @@ def _sqs(endpoint: str) -> Any:
 def state_dir(postgres_dsn: str, redis_url: str, moto_endpoint: str) -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="svc-state-"))
     queue = _sqs(moto_endpoint).create_queue(QueueName=f"onchain-alerts-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    # As `sandbox up` provisions it: the service publishes alerts to the topic, the alerts queue is subscribed.
+    topic_arn = subscribe_queue_to_topic(_Aws(moto_endpoint), "onchain-alerts", queue)
     SandboxState(directory=directory, aws_endpoint=moto_endpoint, postgres_dsn=postgres_dsn, redis_url=redis_url,
-                 sqs_queue_url=queue).save()
+                 sqs_queue_url=queue, extra={"alerts_topic_arn": topic_arn}).save()
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -598,27 +615,89 @@ import os
 import pytest
 from pytest_llamadeploy.context import StageContext
 
+if os.environ.get("BOTOCALLS"):  # every AWS call of the suite, recorded
+    from tests.support.botocalls import install
+    install(os.environ["BOTOCALLS"], stage="functional")
+
 @pytest.fixture(scope="session")
 def llama():
     return StageContext(**__import__("json").loads(open(os.environ["SVC_TEST_CONTEXT"]).read()))
 '''
 
 
-def test_functional_suite_passes_on_a_good_release(services: tuple[Running, Running], svc: Running,
-                                                    state_dir: Path, tmp_path: Path) -> None:
-    state = SandboxState.load(state_dir)
+def _leftovers(state: SandboxState) -> dict[str, Any]:
+    """What a functional run could leave behind: test rows, Redis keys, queues, subscriptions, production messages."""
+    import psycopg
+    import redis
+
+    with psycopg.connect(state.postgres_dsn, autocommit=True, connect_timeout=10) as conn:
+        rules = conn.execute("SELECT count(*) FROM alert_rules WHERE chain LIKE 'llamadeploy-%'").fetchone()[0]
+        alerts = conn.execute("SELECT count(*) FROM alerts WHERE rule_id IN (SELECT id FROM alert_rules "
+                              "WHERE chain LIKE 'llamadeploy-%')").fetchone()[0]
+    keys = redis.Redis.from_url(state.redis_url)
+    try:
+        tvl_keys = sorted(keys.scan_iter(match="llama:last_tvl:llamadeploy-*"))
+    finally:
+        keys.close()
+    aws = _Aws(state.aws_endpoint)
+    sqs = aws.client("sqs")
+    production = sqs.get_queue_attributes(QueueUrl=state.sqs_queue_url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return {"alert_rules": rules, "alerts": alerts, "redis_keys": tvl_keys,
+            "queues": sorted(sqs.list_queues().get("QueueUrls", [])),
+            "subscriptions": len(aws.client("sns").list_subscriptions()["Subscriptions"]),
+            "production_messages": production}
+
+
+def _run_functional(svc: Running, state: SandboxState, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The functional suite as a gate session runs it, every botocore call recorded to tmp_path/calls.jsonl."""
     context = {
         "env": "sandbox", "stage": "verify", "release": "r1", "policy_dir": str(REPO / "policies"),
+        "run_id": f"svc{uuid.uuid4().hex[:8]}",
         "aws": {"region": "us-east-1", "endpoint_url": state.aws_endpoint, "credentials": dict(SANDBOX_CREDENTIALS)},
         "targets": {"api_url": svc.url, "ws_url": svc.ws_url, "postgres_dsn": state.postgres_dsn,
                     "redis_url": state.redis_url, "sqs_queue_url": state.sqs_queue_url, "source": "sandbox"},
     }
     (tmp_path / "ctx.json").write_text(json.dumps(context))
     (tmp_path / "svc_llama_plugin.py").write_text(_LLAMA_PLUGIN)
-    env = {**os.environ, "SVC_TEST_CONTEXT": str(tmp_path / "ctx.json"),
+    env = {**os.environ, "SVC_TEST_CONTEXT": str(tmp_path / "ctx.json"), "BOTOCALLS": str(tmp_path / "calls.jsonl"),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = subprocess.run([PY, "-m", "pytest", "suites/functional", "-q", "-p", "no:cacheprovider",
-                             "-p", "no:llamadeploy", "-p", "svc_llama_plugin", "-p", "no:xdist", "-p", "no:randomly"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([PY, "-m", "pytest", "suites/functional", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:llamadeploy", "-p", "svc_llama_plugin", "-p", "no:xdist", "-p", "no:randomly", "-s", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_functional_suite_passes_on_a_good_release(services: tuple[Running, Running], svc: Running,
+                                                    state_dir: Path, tmp_path: Path) -> None:
+    state = SandboxState.load(state_dir)
+    before = _leftovers(state)
+    result = _run_functional(svc, state, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+    # Issue 13: safe on production. It wrote (alert rules, alerts, last TVLs) and removed all of it; its
+    # alert came through a queue of its own subscribed to the alert topic, gone afterwards; the production
+    # queue was never received from and holds no test alert (its subscription filters them out).
+    assert re.search(r"removed the test data of llamadeploy-svc\w+: [1-9]\d* alert rule\(s\), [1-9]\d* alert\(s\), "
+                     r"[1-9]\d* Redis key\(s\)", result.stdout), result.stdout[-2000:]  # it did write
+    assert _leftovers(state) == before
+    calls = recorded(tmp_path / "calls.jsonl")
+    receives = [c["queue_url"] for c in calls if c["action"] == "sqs:ReceiveMessage"]
+    assert receives and state.sqs_queue_url not in receives, receives
+    assert {"sqs:CreateQueue", "sns:Subscribe", "sns:Unsubscribe", "sqs:DeleteQueue"} <= {c["action"] for c in calls}
+    # docs/iam-policy.json lets every stage that runs the functional suite make these calls (issue 13 part 7).
+    document = json.loads((REPO / "docs" / "iam-policy.json").read_text())
+    for stage in ("Deploy", "Promote", "Verify"):
+        sids = {s["Sid"] for s in document["Statement"] if s["Sid"].startswith(("EveryStage", f"Stage{stage}"))}
+        assert not_allowed([c["action"] for c in calls], allowed_actions(document, sids)) == [], stage
+
+
+def test_functional_suite_removes_its_data_when_a_test_fails(services: tuple[Running, Running], svc: Running,
+                                                             state_dir: Path, tmp_path: Path) -> None:
+    state = SandboxState.load(state_dir)
+    before = _leftovers(state)
+    for running in services:  # alerts are stored and queued but never reach a WebSocket: the alert test fails
+        _faults(running.url, event_drop_rate=1.0)
+    result = _run_functional(svc, state, tmp_path, "-k", "alert_fires_once")
+    assert result.returncode == 1 and "did not arrive" in result.stdout, result.stdout[-4000:]
+    assert re.search(r"removed the test data of llamadeploy-svc\w+: 1 alert rule\(s\), 1 alert\(s\)", result.stdout)
+    assert _leftovers(state) == before

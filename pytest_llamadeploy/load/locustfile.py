@@ -14,7 +14,8 @@ Environment (all optional):
                               (e.g. ``{"x-llama-version": "4"}`` to target one version in the sandbox)
 ``LLAMA_LOAD_CHAINS``         comma-separated chains to query (default: ``GET /chains``)
 ``LLAMA_LOAD_EVENT_CHAIN``    chain the load publishes TVL events for (default ``llamadeploy-load``,
-                              a chain no alert rule of real users watches)
+                              a chain no alert rule of real users watches); empty: publish none
+                              (a read-only load, where the policy does not let the suite write)
 ``LLAMA_LOAD_EVENT_DEADLINE`` seconds after which a published event that never arrived counts as lost (default 5)
 
 Stats names (the gates select on them): HTTP requests by method and path;
@@ -251,6 +252,8 @@ class EventsUser(_Authenticated):
 
     @task
     def publish_event(self) -> None:
+        if not self.chain:  # a read-only load: no event is published, none is timed
+            return
         self._account_lost()
         if self.ws is None:
             # Back off after a failed handshake, as real clients do: retrying on every task would turn a

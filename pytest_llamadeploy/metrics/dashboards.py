@@ -41,7 +41,10 @@ def dashboard_series(name: str, body: dict[str, Any], period: int) -> list[Serie
                 parts = previous[:len(previous) - len(tail)] + tail
             if "..." in parts:
                 raise DashboardError(f"dashboard {name}: widget {w} metric row {r} {row!r}: '...' only starts a row")
-            resolved = [previous[i] if p == "." and i < len(previous) else p for i, p in enumerate(parts)]
+            if any(p == "." for p in parts[len(previous):]):
+                raise DashboardError(f"dashboard {name}: widget {w} metric row {r} {row!r}: '.' at a position the "
+                                     "previous row does not have")
+            resolved = [previous[i] if p == "." else p for i, p in enumerate(parts)]
             if len(resolved) < 2 or len(resolved) % 2 != 0:
                 raise DashboardError(
                     f"dashboard {name}: widget {w} metric row {r} {row!r} is not "

@@ -18,8 +18,8 @@ from ..units import format_duration
 from .results import CheckResult, Ledger, OpsError
 
 #: Names in checklist order; the suite has one test per name.
-CHECKS = ("tests_passing", "migrations_prepared", "env_vars_updated", "backup_created",
-          "deployment_window", "stakeholders_notified", "approval_recorded")
+CHECKS = ("aws_names_exist", "metric_series_exist", "tests_passing", "migrations_prepared", "env_vars_updated",
+          "backup_created", "deployment_window", "stakeholders_notified", "approval_recorded")
 TOPIC = "llamadeploy-deployments"
 _TRUE = {"1", "true", "yes", "passed", "success"}
 _WINDOW = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
@@ -66,6 +66,8 @@ def run_preflight(ctx: Any, ledger: Ledger, *, emergency_reason: str | None,
         raise OpsError("--emergency needs --reason TEXT saying why the deployment cannot wait for the window")
     prod = is_production(ctx)
     checks: list[tuple[str, Callable[[], CheckResult]]] = [
+        ("aws_names_exist", lambda: _proven(ctx, "aws_names")),
+        ("metric_series_exist", lambda: _proven(ctx, "metric_series")),
         ("tests_passing", lambda: _tests_passing(ctx, ledger)),
         ("migrations_prepared", lambda: _migrations_prepared(ctx)),
         ("env_vars_updated", lambda: _env_vars(ctx)),
@@ -87,6 +89,18 @@ def run_preflight(ctx: Any, ledger: Ledger, *, emergency_reason: str | None,
         "ok": all(r.ok for r in results), "checks": [r.to_json() for r in results],
     })
     return results
+
+
+def _proven(ctx: Any, what: str) -> CheckResult:
+    """The doctor's proof that every name of ``resources:`` and every series of the rules exists (ops/proven.py)."""
+    from .proven import check_names, check_series
+
+    name = {"aws_names": "aws_names_exist", "metric_series": "metric_series_exist"}[what]
+    if not ctx.policy.preflight.prove_names:
+        return CheckResult(name, True, "not checked: preflight.prove_names is false for this env "
+                           "(`llamadeploy doctor --env ENV` still checks)")
+    finding = (check_names if what == "aws_names" else check_series)(ctx.aws_config, ctx.policy)
+    return CheckResult(name, finding.ok, finding.detail)
 
 
 def _tests_passing(ctx: Any, ledger: Ledger) -> CheckResult:

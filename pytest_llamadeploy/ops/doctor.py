@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from ..redact import redact
+from .proven import check_names, check_series
 from .results import Finding
 
 # Quoted from RUNBOOK.md, "Troubleshooting".
@@ -153,10 +154,14 @@ def check_redis(url: str) -> Finding:
 
 
 def run_doctor(policy: Any, aws_config: Any, targets: Any) -> list[Finding]:
-    """Every troubleshooting check, in the runbook's order (deployment, then health)."""
+    """Every troubleshooting check, in the runbook's order (deployment, then health).
+
+    After the stack and the functions: every name under ``resources:`` and every
+    series the rules read, proven to exist (ops/proven.py)."""
     findings = [check_credentials(aws_config)]
     if findings[0].ok:
-        findings += [check_stack(aws_config, policy.resources.stack), check_lambda_env(aws_config, policy)]
+        findings += [check_stack(aws_config, policy.resources.stack), check_lambda_env(aws_config, policy),
+                     check_names(aws_config, policy), check_series(aws_config, policy)]
     findings += [check_postgres(targets.postgres_dsn), check_redis(targets.redis_url)]
     return findings
 

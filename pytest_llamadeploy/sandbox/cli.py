@@ -222,6 +222,7 @@ def _start_all(state: SandboxState, traffic_rate: float, timeout: float, say: Sa
     aws = sandbox_aws(state)
     provided = provision(aws, state)
     state.sqs_queue_url = provided["sqs_queue_url"]
+    state.extra["alerts_topic_arn"] = provided["alerts_topic_arn"]
     state.save()
     step("AWS resources provisioned in moto")
     if provision_observability(aws, state):

@@ -28,7 +28,7 @@ NAMES = {
     "rest_api": "onchain-api", "rest_stage": "live", "preview_stage": "preview",
     "ws_api": "onchain-ws", "ws_stage": "live", "cache_group": "onchain-redis",
     "dynamodb_table": "onchain-alerts", "alerts_queue": "onchain-alerts", "rds_instance": "defillama",
-    "stack": "onchain-services", "sns_topic": "onchain-deployments",
+    "stack": "onchain-services", "sns_topic": "onchain-deployments", "alerts_topic": "onchain-alerts",
 }
 BASELINE_RELEASE = "v0"
 RUNTIME = "python3.11"
@@ -103,6 +103,7 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
         logs.create_log_group(logGroupName=f"/aws/lambda/{function}")
 
     queue_url = clients.client("sqs").create_queue(QueueName=NAMES["alerts_queue"])["QueueUrl"]
+    topic_arn = subscribe_queue_to_topic(clients, NAMES["alerts_topic"], queue_url)
     subscribe_stakeholders(clients)
 
     clients.client("dynamodb").create_table(
@@ -121,7 +122,23 @@ def provision(aws: AwsConfig, state: SandboxState) -> dict[str, Any]:
 
     clients.client("cloudformation").create_stack(StackName=NAMES["stack"],
                                               TemplateBody=json.dumps(_STACK_TEMPLATE))
-    return {"sqs_queue_url": queue_url, "role_arn": role_arn}
+    return {"sqs_queue_url": queue_url, "role_arn": role_arn, "alerts_topic_arn": topic_arn}
+
+
+#: The alerts queue's subscription filter: the gate's test alerts (chains tagged ``llamadeploy-<run>``,
+#: pytest_llamadeploy/testdata.py) never reach the real consumer (README, "Use it on your AWS account").
+ALERTS_FILTER_POLICY = {"chain": [{"anything-but": {"prefix": "llamadeploy-"}}]}
+
+
+def subscribe_queue_to_topic(aws: Any, topic: str, queue_url: str) -> str:
+    """The alerts topic with the alerts queue subscribed (raw delivery: the body stays the alert JSON),
+    test alerts filtered out."""
+    sns, sqs = aws.client("sns"), aws.client("sqs")
+    topic_arn = str(sns.create_topic(Name=topic)["TopicArn"])
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
+                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps(ALERTS_FILTER_POLICY)})
+    return topic_arn
 
 
 #: The stakeholders' inbox in the sandbox: a queue subscribed to the preflight's deployment topic.

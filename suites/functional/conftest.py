@@ -5,6 +5,12 @@ traffic, so every request and WebSocket connection goes through the preview
 stage (``targets.preview_api_url`` / ``preview_ws_url``), whose integrations call
 the preview alias: the release under test, reached exactly as on AWS. At later
 stages they go through the live stage, as users do.
+
+What the suite writes is test data of this run (pytest_llamadeploy/testdata.py):
+allowed by the policy's ``test_data.write``, on chains tagged with the run id,
+removed at the end of the session even when a test fails; alerts are read from
+a queue of the run's own subscribed to the alert topic, never from the
+production alerts queue.
 """
 
 from __future__ import annotations
@@ -152,8 +158,50 @@ def subscribed(ws_connect: Callable[[], WsSession], where: str) -> Callable[...,
     return make
 
 
+@pytest.fixture(scope="session")
+def test_data(llama: Any) -> Iterator[str]:
+    """The run's tag (the prefix of every chain the suite writes for); its rows and keys are removed at the end.
+
+    Skips the writing tests where the policy does not allow the suite to write; fails them where the
+    data could not be removed (no database target).
+    """
+    from pytest_llamadeploy.testdata import remove_keys, remove_rows, run_tag, write_refusal
+
+    refusal = write_refusal(llama.policy, llama.env, "functional")
+    if refusal:
+        pytest.skip(refusal)
+    targets = llama.resolved_targets
+    if not targets.postgres_dsn:
+        pytest.fail(f"env {llama.env}: the functional suite writes alert rules and removes them afterwards, which "
+                    "needs targets.postgres_dsn; set it, or remove functional from test_data.write", pytrace=False)
+    tag = run_tag(llama.run_id or uuid.uuid4().hex)
+    try:
+        yield tag
+    finally:  # whatever the tests' outcome
+        removed = remove_rows(targets.postgres_dsn, tag)
+        keys = remove_keys(targets.redis_url, tag) if targets.redis_url else 0
+        print(f"functional: removed the test data of {tag}: {removed['alert_rules']} alert rule(s), "
+              f"{removed['alerts']} alert(s), {keys} Redis key(s)")
+
+
 @pytest.fixture
-def fresh_chain() -> str:
-    """A chain name no one else uses: events and alerts of this test cannot mix with other traffic."""
-    return f"functional-{uuid.uuid4().hex[:12]}"
+def fresh_chain(test_data: str) -> str:
+    """A chain name no one else uses, tagged with the run: its events and alerts cannot mix with other traffic."""
+    return f"{test_data}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def alert_inbox(llama: Any, test_data: str) -> Iterator[Any]:
+    """A queue of the run's own subscribed to the alert topic (resources.alerts_topic); deleted afterwards."""
+    from pytest_llamadeploy.testdata import AlertInbox
+
+    try:
+        inbox = AlertInbox.open(llama.client("sqs"), llama.client("sns"), llama.policy.resources.alerts_topic,
+                                test_data)
+    except LookupError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield inbox
+    finally:
+        inbox.close()
 

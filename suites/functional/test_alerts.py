@@ -1,4 +1,4 @@
-"""Functional gate: an alert fires exactly once for a crossing, never without one, and lands in SQS."""
+"""Functional gate: an alert fires exactly once for a crossing, never without one, and is published to the alert topic."""
 
 from __future__ import annotations
 
@@ -18,16 +18,12 @@ def _post(api: Any, api_url: str, path: str, body: dict[str, Any], auth: dict[st
     return response.json()
 
 
-def _sqs_alerts(llama: Any, queue_url: str, rule_id: int, timeout: float) -> list[dict[str, Any]]:
-    """Alerts of ``rule_id`` found in the queue within ``timeout`` (ours deleted, others left visible)."""
-    sqs = llama.client("sqs")
+def _queued_alerts(inbox: Any, rule_id: int, timeout: float) -> list[dict[str, Any]]:
+    """Alerts of ``rule_id`` that reached the run's queue (subscribed to the alert topic) within ``timeout``."""
     found: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        wait = max(0, min(1, int(deadline - time.monotonic())))
-        # VisibilityTimeout=0: messages that are not ours go straight back for their real consumers.
-        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
-                                    VisibilityTimeout=0).get("Messages", [])
+        batch = inbox.receive(wait=max(0, min(1, int(deadline - time.monotonic()))))
         for message in batch:
             try:
                 body = json.loads(message["Body"])
@@ -35,16 +31,14 @@ def _sqs_alerts(llama: Any, queue_url: str, rule_id: int, timeout: float) -> lis
                 continue
             if body.get("rule_id") == rule_id:
                 found[message["MessageId"]] = body
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         if found and not batch:
             break
     return list(found.values())
 
 
 def test_alert_fires_once_for_a_crossing(llama: Any, api: Any, api_url: str, auth: dict[str, str],
-                                         subscribed: Any, fresh_chain: str, where: str) -> None:
+                                         subscribed: Any, fresh_chain: str, where: str, alert_inbox: Any) -> None:
     deadline = float(llama.policy.functional.alert_deadline)
-    queue_url = llama.resolved_targets.require("sqs_queue_url")
     session = subscribed("alerts")
     rule = _post(api, api_url, "/alerts", {"chain": fresh_chain, "above": 150.0}, auth, where, 201)
     below = _post(api, api_url, "/events/tvl", {"chain": fresh_chain, "tvl": 100.0}, auth, where)
@@ -69,10 +63,11 @@ def test_alert_fires_once_for_a_crossing(llama: Any, api: Any, api_url: str, aut
         f"got {len(delivered)}: {delivered}")
     assert delivered[0].get("id") and delivered[0].get("ts"), f"alert without id or timestamp: {delivered[0]}"
 
-    queued = _sqs_alerts(llama, queue_url, rule["id"], deadline)
+    queued = _queued_alerts(alert_inbox, rule["id"], deadline)
     assert len(queued) == 1 and queued[0].get("event_id") == crossing["id"], (
-        f"SQS {queue_url}: expected exactly one alert of rule {rule['id']} for event {crossing['id']} within "
-        f"{deadline:g}s, found {len(queued)}: {queued}")
+        f"SNS topic {alert_inbox.topic_arn} (policy resources.alerts_topic), read through the run's queue "
+        f"{alert_inbox.queue_url}: expected exactly one alert of rule {rule['id']} for event {crossing['id']} "
+        f"within {deadline:g}s, found {len(queued)}: {queued}")
 
 
 def test_no_alert_without_a_crossing(llama: Any, api: Any, api_url: str, auth: dict[str, str],

@@ -37,8 +37,13 @@ def performance_thresholds(llama: Any) -> Thresholds:
 def performance_run(llama: Any, request: pytest.FixtureRequest) -> PerformanceEvidence:
     from filelock import FileLock
 
+    from pytest_llamadeploy.testdata import remove_keys, run_tag, write_refusal
+
     perf = llama.policy.performance
     targets = llama.resolved_targets
+    # The load's TVL events go to a chain tagged with the run, whose Redis key is removed after the load;
+    # where the policy does not let the suite write, it publishes none (test_data.write).
+    chain = "" if write_refusal(llama.policy, llama.env, "performance") else f"{run_tag(llama.run_id)}-load"
     options = LoadOptions.from_config(request.config)
     folder = _artifacts(llama)
     with FileLock(str(folder / ".load.lock")):
@@ -58,6 +63,10 @@ def performance_run(llama: Any, request: pytest.FixtureRequest) -> PerformanceEv
                 artifacts_dir=folder,
                 options=options,
                 release=llama.release,
+                extra_env={"LLAMA_LOAD_EVENT_CHAIN": chain},
             )
         except (LocustError, ValueError) as exc:
             pytest.fail(f"{PROVIDER_ERROR} the performance load could not run: {exc}", pytrace=False)
+        finally:  # whatever the load's outcome
+            if chain and targets.redis_url:
+                remove_keys(targets.redis_url, chain)

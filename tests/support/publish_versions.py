@@ -7,6 +7,7 @@ Knobs (environment variables) for the reliability tests:
   DEPLOY_SLEEP=S       take S seconds after publishing (a slow deploy)
   FOREIGN_PUBLISH=1    after ours, someone else publishes another version (release v9) on top
   UNMARKED_PUBLISH=1   publish without naming the release (no Description, no LLAMA_RELEASE)
+  DEPLOY_ONLY=FN,...   publish only these functions (a partial release: the others are unchanged)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def _hang(ready: str) -> None:
 def main() -> int:
     release = sys.argv[1]
     functions = sys.argv[2].split(",")
+    if os.environ.get("DEPLOY_ONLY"):
+        functions = [fn for fn in functions if fn in os.environ["DEPLOY_ONLY"].split(",")]
     if os.environ.get("FAIL_DEPLOY") == release:
         print(f"deploying {release}: CloudFormation stack in UPDATE_ROLLBACK_FAILED", file=sys.stderr)
         return 3

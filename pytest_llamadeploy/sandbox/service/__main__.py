@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ServiceConfig(release=args.release, state_dir=state.directory, postgres_dsn=state.postgres_dsn,
                            redis_url=state.redis_url, aws_endpoint=state.aws_endpoint, region=state.region or "us-east-1",
-                           sqs_queue_url=state.sqs_queue_url, faults=faults)
+                           sqs_queue_url=state.sqs_queue_url,
+                           alerts_topic_arn=str(state.extra.get("alerts_topic_arn", "")), faults=faults)
     sock = bind_loopback(args.port, f"service {args.release}")
     port = sock.getsockname()[1]
 

@@ -74,6 +74,9 @@ class ServiceConfig:
     aws_endpoint: str = ""
     region: str = "us-east-1"
     sqs_queue_url: str = ""
+    #: The alerts SNS topic (resources.alerts_topic): set, each alert is published there and reaches the
+    #: alerts queue through its subscription; unset, it is sent to ``sqs_queue_url`` directly.
+    alerts_topic_arn: str = ""
     faults: dict[str, float | bool] = field(default_factory=dict)
 
 
@@ -117,8 +120,8 @@ class Service:
         self.hub.start()
         self.emf.start()
         await asyncio.wait_for(self.hub.ready.wait(), 10)
-        if self.config.sqs_queue_url:
-            self._sqs = await asyncio.to_thread(self._make_sqs)
+        if self.config.alerts_topic_arn or self.config.sqs_queue_url:
+            self._sqs = await asyncio.to_thread(self._make_client, "sns" if self.config.alerts_topic_arn else "sqs")
 
     async def stop(self) -> None:
         await self.emf.stop()
@@ -128,7 +131,7 @@ class Service:
         if self.redis is not None:
             await self.redis.aclose()
 
-    def _make_sqs(self) -> Any:
+    def _make_client(self, service: str) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -138,7 +141,7 @@ class Service:
                                   "config": Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=5)}
         if self.config.aws_endpoint:
             kwargs.update(endpoint_url=self.config.aws_endpoint, **SANDBOX_CREDENTIALS)
-        return boto3.client("sqs", **kwargs)
+        return boto3.client(service, **kwargs)
 
     # -- helpers -----------------------------------------------------------
 
@@ -313,10 +316,16 @@ class Service:
     async def _send_sqs(self, alert: dict[str, Any]) -> bool:
         if self._sqs is None:
             return False
+        # ``chain`` lets a subscription filter out the gate's test alerts (chains ``llamadeploy-...``).
+        attributes = {"release": {"DataType": "String", "StringValue": self.release},
+                      "chain": {"DataType": "String", "StringValue": str(alert["chain"])}}
         try:
-            await asyncio.to_thread(
-                self._sqs.send_message, QueueUrl=self.config.sqs_queue_url, MessageBody=json.dumps(alert),
-                MessageAttributes={"release": {"DataType": "String", "StringValue": self.release}})
+            if self.config.alerts_topic_arn:
+                await asyncio.to_thread(self._sqs.publish, TopicArn=self.config.alerts_topic_arn,
+                                        Message=json.dumps(alert), MessageAttributes=attributes)
+            else:
+                await asyncio.to_thread(self._sqs.send_message, QueueUrl=self.config.sqs_queue_url,
+                                        MessageBody=json.dumps(alert), MessageAttributes=attributes)
             return True
         except Exception as exc:  # noqa: BLE001 - the alert is stored and published; report, do not fail the event
             log.warning("alert %s not sent to SQS: %s", alert["id"], redact(str(exc)))
