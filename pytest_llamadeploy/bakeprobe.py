@@ -66,13 +66,31 @@ class BakeProbes:
         ws_new = context.new_versions.get(policy.service.ws_function)
         ws_old = context.old_versions.get(policy.service.ws_function)
         checks = list(policy.watch.checks)
-        if "event" in checks and (not ws_new or ws_new == ws_old or not self.targets.preview_ws_url):
-            # No new WebSocket version (a partial release) or no preview route to reach it.
-            checks.remove("event")
+        #: Why a check of ``watch.checks`` does not run in this bake (shown in the watch's evidence).
+        self.skipped: dict[str, str] = {}
+        if "event" in checks:
+            why = ("this release publishes no new WebSocket version" if not ws_new or ws_new == ws_old else
+                   "no preview WebSocket stage (targets.preview_ws_url)" if not self.targets.preview_ws_url else
+                   self._preview_points_elsewhere(policy, str(ws_new)))
+            if why:
+                checks.remove("event")
+                self.skipped["event"] = why
         self.checks = checks or ["path"]
         self.turn = 0
         self._token: tuple[str, float] | None = None
         self._rng = random.Random()
+
+    def _preview_points_elsewhere(self, policy: Any, ws_new: str) -> str:
+        """'' when the preview alias serves the new WebSocket version (so its subscriber tests it)."""
+        fn, alias = policy.service.ws_function, policy.service.preview_alias
+        try:
+            serving = self.lambda_client.get_alias(FunctionName=fn, Name=alias)
+        except Exception as exc:  # noqa: BLE001 - no event check rather than one of the wrong version
+            return f"could not read alias {fn}:{alias}: {type(exc).__name__}"
+        weights = (serving.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+        if str(serving.get("FunctionVersion")) != ws_new or weights:
+            return f"alias {fn}:{alias} does not serve version {ws_new} alone"
+        return ""
 
     def __call__(self) -> ProbeOutcome:
         check = self.checks[self.turn % len(self.checks)]

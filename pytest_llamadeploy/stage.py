@@ -280,12 +280,16 @@ class StageRunner:
             elif sp.action in ("shift", "promote"):
                 assert d.target is not None
                 self.step = sp.action
-                if self.record is not None and self.record.new_versions:
-                    # A shift re-run after a rollback (which points the preview alias back): the
-                    # bake's event check subscribes through the preview stage, to the release under test.
-                    self._point_preview(self.record.new_versions, "the release under test")
                 self._apply(d.target, f"{sp.action} to {self._describe_target(d.target)}")
                 moved_at = now()
+                if self.failure is None and self.record is not None and self.record.new_versions:
+                    # A shift re-run after a rollback (which points the preview alias back): the bake's
+                    # event check subscribes through the preview stage, to the release under test.
+                    # After users' traffic moved, and best effort: the probes check where it points.
+                    try:
+                        self._point_preview(self.record.new_versions, "the release under test", only_if_moved=True)
+                    except Exception as exc:  # noqa: BLE001 - the event check is then skipped, and says so
+                        self.out(f"llamadeploy: could not point the preview alias at the release: {redact(str(exc))}")
             elif sp.action == "rollback":
                 assert d.target is not None
                 self.step = "rollback"
@@ -322,9 +326,15 @@ class StageRunner:
         self.save_context()
         return self.context
 
-    def _point_preview(self, versions: dict[str, str], why: str) -> None:
-        """Point the preview alias at ``versions`` (the preview stage's integrations call it)."""
+    def _point_preview(self, versions: dict[str, str], why: str, only_if_moved: bool = False) -> None:
+        """Point the preview alias at ``versions`` (the preview stage's integrations call it).
+
+        ``only_if_moved``: read it first and leave it alone when it already points there (a
+        shift must not write an alias it does not need to).
+        """
         if not versions:
+            return
+        if only_if_moved and self.preview.read() == promote_target(versions):
             return
         started = time.time()
         after = self.preview.apply(promote_target(versions))

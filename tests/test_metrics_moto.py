@@ -121,15 +121,25 @@ def put_service(cw: Any, policy: Any, fn: str, version: str, requests: int, erro
     """What a function's EMF lines become (docs/service-contract.md): per version, high resolution."""
     dims = mn.service_dims(fn, version)
     stamp = at or datetime.now(UTC)
+    def count(name: str, value: float) -> dict[str, Any]:
+        return {"MetricName": name, "Dimensions": dims, "Value": float(value), "Timestamp": stamp, **HIGH}
+
+    def values(name: str, value: float) -> dict[str, Any]:
+        return {"MetricName": name, "Dimensions": dims, "Values": [value], "Counts": [float(requests)],
+                "Timestamp": stamp, "Unit": "Milliseconds", **HIGH}
+
+    # A healthy function's other series too (every request a cache hit plus one fresh read, every
+    # event delivered): the per-version triggers of issue 14 judge them.
     if fn == "onchain-ws":
-        data = [{"MetricName": mn.SVC_WS_CONNECTS, "Dimensions": dims, "Value": float(requests), "Timestamp": stamp,
-                 **HIGH},
-                {"MetricName": mn.SVC_WS_CONNECT_ERRORS, "Dimensions": dims, "Value": float(errors), "Timestamp": stamp,
-                 **HIGH}]
+        data = [count(mn.SVC_WS_CONNECTS, requests), count(mn.SVC_WS_CONNECT_ERRORS, errors),
+                count(mn.SVC_EVENTS_TO_DELIVER, requests), count(mn.SVC_EVENTS_DELIVERED, requests)]
+        if requests:
+            data.append(values(mn.SVC_EVENT_LATENCY, 5.0))
     else:
-        data = [{"MetricName": mn.SVC_REQUESTS, "Dimensions": dims, "Value": float(requests), "Timestamp": stamp,
-                 **HIGH},
-                {"MetricName": mn.SVC_5XX, "Dimensions": dims, "Value": float(errors), "Timestamp": stamp, **HIGH}]
+        data = [count(mn.SVC_REQUESTS, requests), count(mn.SVC_5XX, errors), count(mn.SVC_CACHE_HITS, requests),
+                count(mn.SVC_CACHE_MISSES, 0)]
+        if requests:
+            data.append(values(mn.SVC_DB_TIME, 2.0))
         if latencies:
             data.append({"MetricName": mn.SVC_LATENCY, "Dimensions": dims, "Values": latencies, "Timestamp": stamp,
                          "Unit": "Milliseconds", **HIGH})
@@ -208,8 +218,10 @@ def test_one_get_metric_data_call_per_poll(moto: Moto, policy: Any, functions: i
     assert calls[0] == 2
     series = {q for q in watch.evidence()["polls"][0]["values"]}
     # Lambda errors per version x every function, throttles per alias x every function, the service's
-    # error rate (API function) and connect errors (WS function) per version, and the API's 5xx.
-    assert len(series) == 2 * functions + functions + 2 + 2 + 1
+    # error rate (API function) and connect errors (WS function) per version, the API's 5xx, the event
+    # delivery ratio per version (WS), and one verdict (new against old) for each of the four
+    # baseline: old rules (latency, database time, cache hit rate on the API; event latency on WS).
+    assert len(series) == 2 * functions + functions + 2 + 2 + 1 + 2 + 4
 
 
 def _watch(cw: Any, policy: Any, started: float, probe: Any = None) -> tuple[BakeWatch, list[Breach], list[str]]:

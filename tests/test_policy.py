@@ -35,7 +35,8 @@ def test_runbook_numbers_live_in_prod() -> None:
     assert key == {"service.error_rate": ("<", 0.01), "lambda.error_rate": ("<", 0.01),
                    "service.latency": ("<", 500.0), "lambda.duration": ("<", 500.0), "apigw.5xx": ("<=", 0.0),
                    "service.ws_connect_error_rate": ("<", 0.001), "apigw.ws_connect_error_rate": ("<", 0.001),
-                   "cache.hit_rate": (">", 0.8), "dynamodb.throttles": ("<=", 0.0)}
+                   "cache.hit_rate": (">", 0.8), "service.cache_hit_rate": (">", 0.8),
+                   "dynamodb.throttles": ("<=", 0.0)}
     triggers = {r.signal: (r.threshold, r.window) for r in p.rollback_triggers.values()}
     assert triggers["service.error_rate"][0] == 0.05 and triggers["lambda.error_rate"][0] == 0.05
     assert triggers["lambda.throttle_rate"][0] == 0.001

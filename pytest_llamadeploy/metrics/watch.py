@@ -249,6 +249,8 @@ class BakeWatch:
         with self._lock:
             probes = {"count": self._probe_total, "failed": self._probe_failed, "throttled": self._probe_throttled,
                       "unattributed": self._probe_unattributed,
+                      # Active checks of watch.checks that did not run, and why (bakeprobe.py).
+                      "skipped": dict(getattr(self.probe, "skipped", {}) or {}),
                       "failures": list(self._probe_failures[-20:]),
                       "rule": f"per check (path, cache, event), last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} "
                               f"failed and ratio > {self.probe_bound * 100:g}%"}
