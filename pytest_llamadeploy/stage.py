@@ -282,7 +282,9 @@ class StageRunner:
             elif sp.action == "rollback":
                 assert d.target is not None
                 self.step = "rollback"
-                report = self._restore(d.target, f"--stage=rollback: {self._describe_target(d.target)}")
+                why = next((c.detail for c in d.preconditions if c.name == "rollback target" and c.ok), "")
+                report = self._restore(d.target, f"--stage=rollback: {self._describe_target(d.target)}"
+                                       + (f"; {why}" if why else ""))
                 if report is None or not report.ok:
                     self.failure = self.failure or self._restore_failure_text()
                 moved_at = now()
