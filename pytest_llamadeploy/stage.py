@@ -524,9 +524,10 @@ class StageRunner:
             return None  # a failed rollback stage is not rolled back again; its own retries are over
         if self.stage_policy.action in MOVES or self.stage_policy.action == "none":
             old = self.record.old_versions
-            # verify of a release with no deploy record sees old == new: "rolling back" to
-            # what already serves would move nothing and report a rollback that never was.
-            if not old or dict(old) == dict(self.record.new_versions or {}):
+            # verify of a release with no deploy record sees old == new, and a deploy whose command
+            # failed has no new version at all: "rolling back" would move nothing and report (and
+            # notify) a rollback that never was.
+            if not old or not self.record.new_versions or dict(old) == dict(self.record.new_versions):
                 return None
             return dict(old)
         return None
@@ -679,6 +680,8 @@ class StageRunner:
         elif status not in ("passed", "rollback_failed") and self.stage_policy.action in MOVES and not self.rolled_back \
                 and self._rollback_to() and not self.policy.rollback_on_failure:
             reason += " (rollback_on_failure is off: traffic left as it is)"
+        elif status == "failed" and self.stage_policy.action in MOVES and not self.record.new_versions:
+            reason += f" (release {self.release} has no published version: nothing was moved, nothing rolled back)"
         elif status == "failed" and self.stage_policy.action == "none" and self._rollback_to() is None:
             reason += (f" (no earlier version is recorded for release {self.release or '(none)'}: nothing to roll "
                        "back to, traffic left on what serves)")

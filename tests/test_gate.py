@@ -229,8 +229,11 @@ def test_failed_deploy_command(project: pytest.Pytester, aws: str, monkeypatch: 
     r = gate(project, "deploy")
     assert r.ret == 1
     rec = ledger(aws).get("fastprod", "v2", "deploy")
-    assert rec.status in ("failed", "rolled_back") and "deploy command exited 3" in rec.reason
-    assert "UPDATE_ROLLBACK_FAILED" in rec.reason
+    # Nothing was published, nothing moved: failed, never rolled_back, and no rollback notified (issue 15).
+    assert rec.status == "failed" and "deploy command exited 3" in rec.reason
+    assert "UPDATE_ROLLBACK_FAILED" in rec.reason and "nothing was moved, nothing rolled back" in rec.reason
+    assert "rollback" not in rec.details and rec.new_versions == {}
+    assert [e for e in events(project) if e[1] == "deploy"] == [("start", "deploy"), ("fail", "deploy")]
     assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS}
 
 
