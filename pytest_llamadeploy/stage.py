@@ -182,6 +182,8 @@ class StageRunner:
                     old_versions=decision.old_versions, new_versions=decision.new_versions,
                     details={"resumed_run": decision.resume.run_id} if decision.resume else {},
                 )
+                if self.settings.narrowed:
+                    self.record.details["narrowed"] = list(self.settings.narrowed)
                 if self.settings.emergency:
                     self.record.details["emergency_reason"] = self.settings.reason
                 elif self.settings.reason:
@@ -637,8 +639,13 @@ class StageRunner:
 
     # ------------------------------------------------------------------ verdict
 
-    def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None) -> tuple[str, str]:
-        """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises."""
+    def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None, *,
+               passed_by_suite: dict[str, int] | None = None) -> tuple[str, str]:
+        """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises.
+
+        ``passed_by_suite``: gate tests passed per suite; a suite of the stage without one
+        (not collected, deselected, every test skipped) makes the stage inconclusive.
+        """
         assert self.record is not None
         self.step = "verdict"
         if self.watch is not None:
@@ -656,6 +663,12 @@ class StageRunner:
         if not reason and self.stage_policy.suites and ran_tests == 0:
             reason = (f"inconclusive: no gate test of suites {', '.join(self.stage_policy.suites)} ran "
                       "(check -k/-m filters and the test paths)")
+        elif not reason and self.stage_policy.suites and passed_by_suite is not None:
+            missing = [s for s in self.stage_policy.suites if not passed_by_suite.get(s)]
+            if missing:
+                reason = (f"inconclusive: suite{'s' if len(missing) > 1 else ''} {', '.join(missing)} of stage "
+                          f"{self.stage} passed no test (not collected, deselected or every test skipped); each "
+                          f"suite the policy lists ({', '.join(self.stage_policy.suites)}) must pass at least one")
         after: dict[str, AliasState] | None = None
         if not reason:
             try:

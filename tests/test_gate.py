@@ -38,6 +38,7 @@ targets:
   redis_url: ""
   sqs_queue_url: ""
 stages:
+  deploy: {{suites: [health]}}  # the stand-in project has no functional suite: every listed suite must pass a test
   shift10: {{bake: 0s, watch: false, suites: [health, monitoring]}}
   shift50: {{bake: 0s, watch: false, suites: [health, monitoring]}}
   shift100: {{bake: 0s, watch: false, suites: [health, monitoring]}}

@@ -79,3 +79,45 @@ def test_a_rollback_never_targets_a_version_that_failed_its_gate(project: pytest
     assert "version 2 was release v2's new version and its shift10 stage ended rolled_back" in out(r)
     assert alias_state(aws) == AT["3"]
 
+
+# ------------------------------------------------------------------ every suite of the stage runs
+
+
+def test_a_stage_whose_suite_was_deselected_is_inconclusive_naming_it(project: pytest.Pytester, aws: str) -> None:  # noqa: F811
+    seed_deployed(aws, ledger(aws))
+    r = run(project, "shift10", "-k", "stage_context")  # health only: monitoring deselected
+    assert r.ret == 1, out(r)
+    rec = ledger(aws).get("fastprod", "v2", "shift10")
+    assert rec.status == "rolled_back"
+    assert rec.reason.startswith("inconclusive: suite monitoring of stage shift10 passed no test"), rec.reason
+    assert rec.details["narrowed"] == ["-k 'stage_context'"]  # recorded in any env
+    assert alias_state(aws) == AT["1"]
+
+
+@pytest.mark.parametrize("selection", [["-k", "health"], ["-m", "not slow"], ["suites/health"],
+                                       ["suites/health/test_health.py::test_x"]])
+def test_narrowing_a_guarded_env_is_refused_before_anything_changes(
+        pytester: pytest.Pytester, aws: str, selection: list[str]) -> None:
+    from tests.test_guard import _prod_project
+
+    _prod_project(pytester, {})
+    (pytester.path / "suites" / "health").mkdir(parents=True)
+    before = alias_state(aws)
+    r = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--env=prod", "--stage=shift50", "--release=v2",
+                                     "--approved-by=alice", *selection)
+    assert r.ret == 4, out(r)
+    assert "prod is guarded: shift50 runs every test of its suites (health, monitoring, compare)" in out(r)
+    assert "--emergency --reason TEXT" in out(r)
+    assert alias_state(aws) == before and not (pytester.path / ".llamadeploy").exists()
+
+
+def test_an_emergency_may_narrow_a_guarded_env(pytester: pytest.Pytester, aws: str) -> None:
+    from tests.test_guard import _prod_project
+
+    _prod_project(pytester, {})
+    r = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--env=prod", "--stage=shift50", "--release=v2",
+                                     "--approved-by=alice", "-k", "health", "--emergency", "--reason=monitoring is down")
+    # Past the narrowing check: refused further on, by shift50's own preconditions (shift10 never ran).
+    assert r.ret == 4 and "is guarded" not in out(r), out(r)
+    assert "shift10 has not run for release v2 in prod" in out(r)
+
