@@ -584,9 +584,9 @@ def _describe(chain: list[tuple[Path, dict[str, Any]]], exc: ValidationError) ->
     for error in exc.errors():
         located = (error.get("ctx") or {}).get("error")
         if isinstance(located, LocatedProblems):  # a whole-policy check: each problem named at its key
-            for loc, value, message in located.problems:
-                groups.setdefault((loc, "located", message), []).append(
-                    clip(f"{_origin(chain, loc)}: {'.'.join(loc)} = {clip(repr(value), 120)}: {message}"))
+            for key, value, text in located.problems:
+                groups.setdefault((key, "located", text), []).append(
+                    clip(f"{_origin(chain, key)}: {'.'.join(key)} = {clip(repr(value), 120)}: {text}"))
             continue
         loc = tuple(error["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
