@@ -501,7 +501,8 @@ class StageRunner:
         kind = getattr(breach, "kind", "threshold")
         prefix = {"threshold": "rollback triggered", "probe": "probe failed", "provider": "provider error",
                   "inconclusive": "inconclusive"}.get(kind, "rollback triggered")
-        return f"{prefix}: {getattr(breach, 'message', breach)}"
+        message = str(getattr(breach, "message", breach))
+        return message if message.startswith(f"{prefix}:") else f"{prefix}: {message}"
 
     def _on_breach(self, breach: Any) -> None:
         """Called from the watch thread at the first breach: roll back now, not at the end of the bake."""
@@ -573,6 +574,9 @@ class StageRunner:
 
     def _restore(self, target: dict[str, AliasState], reason: str) -> RestoreReport | None:
         """Move traffic back function by function, retried until the policy's rollback_deadline; record it all."""
+        taken = self._lock_taken()
+        if taken is not None:
+            self._on_lease_lost(taken)
         if self._lease_problem() is not None:
             self.rollback_detail = {"ok": False, "skipped": f"this run lost the lock: {self.lease_lost}",
                                     "reason": reason, "at": iso(time.time())}
@@ -619,6 +623,16 @@ class StageRunner:
                     self.out(f"llamadeploy: could not record the rollback yet: {exc}")
             self._notify("rollback" if report.ok else "rollback_failed")
         return report
+
+    def _lock_taken(self) -> str | None:
+        """Another run's lock, read before traffic moves back (the heartbeat sees a takeover only when it renews)."""
+        try:
+            lock = self.ledger.current_lock(self.env)
+        except Exception:  # unknown: the rollback goes on, and its fenced record write still tells
+            return None
+        if lock is not None and lock.run_id != self.run_id:
+            return f"the lock of {self.env} is now {lock.describe()}"
+        return None
 
     def _restore_failure_text(self) -> str:
         detail = self.rollback_detail or {}

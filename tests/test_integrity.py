@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.aws_setup import FUNCTIONS, alias_state
-from tests.support.reliability import publish, record, seed_deployed, set_alias
+from tests.support.reliability import publish, record, seed_deployed, set_alias, set_policy
 from tests.test_gate import events, ledger, project, statuses  # noqa: F401 - the gate project fixture
 
 pytest_plugins = ["pytester"]
@@ -121,3 +121,100 @@ def test_an_emergency_may_narrow_a_guarded_env(pytester: pytest.Pytester, aws: s
     assert r.ret == 4 and "is guarded" not in out(r), out(r)
     assert "shift10 has not run for release v2 in prod" in out(r)
 
+
+# ------------------------------------------------------------------ second-order failures, in-process
+#
+# The rollback's UpdateAlias failing on the second function is proved by
+# tests/test_reliability.py::test_a_failed_rollback_is_rollback_failed_and_the_env_needs_attention and the
+# ("rollback", "lambda.UpdateAlias", 2, ...) site of tests/test_chaos.py: not repeated here.
+
+WATCHED = {"stages": {"shift10": {"bake": "30s", "watch": True}}}
+
+
+def _set_bake_probe(monkeypatch: pytest.MonkeyPatch, factory: object) -> None:
+    # The module as sys.modules has it now: an in-process run before this one left a stale
+    # `bakeprobe` attribute on the package (pytester restores sys.modules, not the attribute).
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("pytest_llamadeploy.bakeprobe"), "bake_probe", factory)
+
+
+def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_bake_probe(monkeypatch, lambda context, policy: None)
+
+
+def test_a_watch_thread_that_raises_fails_the_stage_and_rolls_back(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from pytest_llamadeploy.metrics.watch import BakeWatch
+
+    set_policy(project, WATCHED)
+    seed_deployed(aws, ledger(aws))
+    _no_probe(monkeypatch)
+
+    def broken(self: BakeWatch, final: bool = False) -> str:
+        raise RuntimeError("a bug in the watch")
+
+    monkeypatch.setattr(BakeWatch, "poll", broken)
+    r = run(project, "shift10")
+    assert r.ret == 1, out(r)
+    rec = ledger(aws).get("fastprod", "v2", "shift10")
+    assert rec.status == "rolled_back"
+    assert rec.reason.startswith("inconclusive: the metrics watch failed: RuntimeError: a bug in the watch\n"), rec.reason
+    assert alias_state(aws) == AT["1"]
+
+
+def test_a_probe_that_raises_is_a_failed_probe_and_on_breach_raising_still_rolls_back(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from pytest_llamadeploy.stage import StageRunner
+
+    set_policy(project, WATCHED)
+    seed_deployed(aws, ledger(aws))
+
+    def exploding_probe(context: object, policy: object) -> object:
+        def probe() -> tuple[bool | None, str]:
+            raise ConnectionError("probe exploded")
+        return probe
+
+    def on_breach(self: StageRunner, breach: object) -> None:
+        raise RuntimeError("on_breach is broken")
+
+    _set_bake_probe(monkeypatch, exploding_probe)
+    monkeypatch.setattr(StageRunner, "_on_breach", on_breach)
+    r = run(project, "shift10")
+    assert r.ret == 1, out(r)
+    assert "on_breach failed: RuntimeError: on_breach is broken" in out(r)
+    rec = ledger(aws).get("fastprod", "v2", "shift10")
+    assert rec.status == "rolled_back" and rec.reason.startswith("probe failed: rollback trigger probe_failure_ratio")
+    assert "ConnectionError: probe exploded" in rec.reason
+    assert alias_state(aws) == AT["1"]  # rolled back by the verdict, since on_breach could not
+
+
+def test_a_run_that_loses_its_lock_after_the_bake_does_not_roll_back(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The heartbeat renews every third of the lease: a takeover right after the bake is not seen by it yet."""
+    import json
+    import time
+
+    from pytest_llamadeploy.stage import StageRunner
+    from tests.support.reliability import dynamodb
+
+    lg = ledger(aws)
+    seed_deployed(aws, lg)
+    bake = StageRunner.bake
+
+    def bake_then_lose_the_lock(self: StageRunner, probe: object = None) -> None:
+        bake(self, probe)  # type: ignore[arg-type]
+        theirs = {"env": "fastprod", "owner": "bob@elsewhere:7", "run_id": "run-intruder", "acquired_at": time.time(),
+                  "expires_at": time.time() + 600, "stage": "shift10", "release": "v2"}
+        dynamodb(aws).put_item(TableName=lg.table, Item={
+            "pk": {"S": "env#fastprod"}, "sk": {"S": "lock"}, "run_id": {"S": "run-intruder"},
+            "expires_at": {"N": repr(theirs["expires_at"])}, "counter": {"N": "0"}, "doc": {"S": json.dumps(theirs)}})
+
+    monkeypatch.setattr(StageRunner, "bake", bake_then_lose_the_lock)
+    monkeypatch.setenv("FAIL_GATE_AT", "shift10")  # the stage fails: it would roll back, were the env still its
+    r = run(project, "shift10")
+    assert r.ret == 3, out(r)
+    assert "LOST THE LOCK of fastprod" in out(r) and "run-intruder" in out(r)
+    assert alias_state(aws) == {fn: ("1", {"2": 0.1}) for fn in FUNCTIONS}  # left to the lock's holder
+    assert lg.get("fastprod", "v2", "shift10").status == "started"  # no verdict written without the lock
+    assert lg.current_lock("fastprod").run_id == "run-intruder"
