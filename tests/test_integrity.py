@@ -218,3 +218,28 @@ def test_a_run_that_loses_its_lock_after_the_bake_does_not_roll_back(
     assert alias_state(aws) == {fn: ("1", {"2": 0.1}) for fn in FUNCTIONS}  # left to the lock's holder
     assert lg.get("fastprod", "v2", "shift10").status == "started"  # no verdict written without the lock
     assert lg.current_lock("fastprod").run_id == "run-intruder"
+
+
+# ------------------------------------------------------------------ the sandbox reset clears the ledger
+
+
+def test_the_sandbox_reset_clears_the_sandbox_envs_records_and_lock(aws: str) -> None:
+    """A stage a watchdog killed leaves `started` and its lock: the reset between test modules clears both."""
+    import boto3
+
+    from pytest_llamadeploy.ledger import DynamoLedger, StageRecord
+    from tests.sandbox_fixtures import clear_ledger
+
+    client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=aws)
+    assert clear_ledger(client, "llamadeploy-ledger") == 0  # no table yet: nothing to clear, no error
+    lg = DynamoLedger(client, "llamadeploy-ledger")
+    for env in ("sandbox", "sandbox-aws", "prod"):
+        lg.put(StageRecord(env=env, release="v2", stage="shift10", status="started", run_id=f"killed-{env}",
+                           owner="ci@runner:1", started_at=1.0))
+        lg.acquire_lock(env, f"killed-{env}", 600, stage="shift10", release="v2")
+        lg.put_artifact(env, "v2", "backup", {"id": f"b-{env}"})
+    assert clear_ledger(client, "llamadeploy-ledger") == 4
+    for env in ("sandbox", "sandbox-aws"):
+        assert lg.records(env) == [] and lg.current_lock(env) is None
+        assert lg.get_artifacts(env, "backup")  # a backup stays: a restore test may need it
+    assert [r.run_id for r in lg.records("prod")] == ["killed-prod"] and lg.current_lock("prod") is not None
