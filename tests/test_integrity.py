@@ -143,8 +143,9 @@ def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     _set_bake_probe(monkeypatch, lambda context, policy: None)
 
 
-def test_a_watch_thread_that_raises_fails_the_stage_and_rolls_back(
-        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_watch_thread_that_raises_or_dies_fails_the_stage_and_rolls_back(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch, how: str) -> None:  # noqa: F811
     from pytest_llamadeploy.metrics.watch import BakeWatch
 
     set_policy(project, WATCHED)
@@ -154,12 +155,20 @@ def test_a_watch_thread_that_raises_fails_the_stage_and_rolls_back(
     def broken(self: BakeWatch, final: bool = False) -> str:
         raise RuntimeError("a bug in the watch")
 
-    monkeypatch.setattr(BakeWatch, "poll", broken)
+    def gone(self: BakeWatch) -> None:  # the thread ends without a verdict (killed, a BaseException)
+        return None
+
+    if how == "raises":
+        monkeypatch.setattr(BakeWatch, "poll", broken)
+    else:
+        monkeypatch.setattr(BakeWatch, "_run", gone)
     r = run(project, "shift10")
     assert r.ret == 1, out(r)
     rec = ledger(aws).get("fastprod", "v2", "shift10")
     assert rec.status == "rolled_back"
-    assert rec.reason.startswith("inconclusive: the metrics watch failed: RuntimeError: a bug in the watch\n"), rec.reason
+    expected = {"raises": "inconclusive: the metrics watch failed: RuntimeError: a bug in the watch\n",
+                "dies": "inconclusive: the metrics watch stopped without a verdict"}[how]
+    assert rec.reason.startswith(expected), rec.reason
     assert alias_state(aws) == AT["1"]
 
 
