@@ -216,8 +216,14 @@ class Decider:
                     new = to
                 except TrafficError as exc:
                     checks.append(Precondition("rollback target", False, f"{exc} (from {why})"))
-                if self.settings.to_version is not None:
+                if to != _versions(current):  # a target that moves traffic: never back onto a known-bad version
                     checks.extend(self._known_bad(to))
+                else:
+                    # Nothing to move: the record keeps what the rollback that put traffic here rolled back
+                    # from (records are one per release and stage: this one may overwrite that one).
+                    undone = self._rolled_back_to(to)
+                    if undone is not None:
+                        old = dict(undone.old_versions)
         else:
             deploy_rec = self._deploy_record()
             if deploy_rec and deploy_rec.new_versions:
@@ -244,31 +250,66 @@ class Decider:
     def _deploy_record(self) -> StageRecord | None:
         return self.ledger.get(self.env, self.release, "deploy") if self.release else None
 
+    def _tainted(self) -> dict[tuple[str, str], str]:
+        """(function, version) -> why a rollback must not target it: it failed its gate, or was rolled back from.
+
+        Read in the ledger's order: a version a rollback moved away from is tainted; one a
+        (passed) rollback moved onto is cleared, since that run chose it (with ``--emergency``
+        if it was tainted then).
+        """
+        bad: dict[tuple[str, str], str] = {}
+        for rec in self.ledger.records(self.env):
+            if rec.stage == "rollback":
+                if rec.status != "passed":
+                    continue
+                for fn, old in rec.old_versions.items():
+                    new = str(rec.new_versions.get(fn))
+                    if str(old) != new:
+                        bad[(fn, str(old))] = (f"{fn} version {old} was rolled back from by rollback run "
+                                               f"{rec.run_id} of release {rec.release or '(none)'}")
+                        bad.pop((fn, new), None)
+                continue
+            if rec.status not in ("rolled_back", "failed") or not rec.new_versions:
+                continue
+            for fn, version in rec.new_versions.items():
+                if str(rec.old_versions.get(fn)) != str(version):
+                    bad[(fn, str(version))] = (f"{fn} version {version} was release {rec.release}'s new version "
+                                               f"and its {rec.stage} stage ended {rec.status} (run {rec.run_id})")
+        return bad
+
     def _known_bad(self, to: dict[str, str]) -> list[Precondition]:
-        """Refuse a hand-picked rollback target that was a release's new version and failed its gate.
+        """Refuse a rollback target that failed its gate or was rolled back from (:meth:`_tainted`).
 
         At 3 a.m. a version number is easy to mistype, and "roll back to 7" where 7
-        is what was rolled back an hour ago re-ships the incident. ``--emergency
+        is what was rolled back an hour ago re-ships the incident; a rollback job that
+        CI retries must not roll forward again. ``--to-version`` with ``--emergency
         --reason`` overrides (recorded), for when that version really is the way out.
         """
-        bad: list[str] = []
-        for rec in self.ledger.records(self.env):
-            if rec.status not in ("rolled_back", "failed") or not rec.new_versions or rec.stage == "rollback":
-                continue
-            for fn, version in to.items():
-                if str(rec.new_versions.get(fn)) == str(version) and str(rec.old_versions.get(fn)) != str(version):
-                    bad.append(f"{fn} version {version} was release {rec.release}'s new version and its "
-                               f"{rec.stage} stage ended {rec.status} (run {rec.run_id})")
+        tainted = self._tainted()
+        bad = [tainted[(fn, str(v))] for fn, v in to.items() if (fn, str(v)) in tainted]
         if not bad:
             return []
         history = "; ".join(sorted(set(bad)))
+        if self.settings.to_version is None:
+            return [Precondition("rollback target gate history", False,
+                                 f"{history}: rolling back onto it would re-ship that failure. Name a target with "
+                                 "--to-version (with --emergency --reason TEXT if it is that version)")]
         if self.settings.emergency:
             return [Precondition("rollback target gate history", True,
                                  f"{history} - accepted with --emergency: {self.settings.reason}")]
         return [Precondition("rollback target gate history", False,
-                             f"{history}: rolling back to a version that failed its gate re-ships that failure. "
+                             f"{history}: rolling back to a version that failed its gate or was rolled back from re-ships "
+                             "that failure. "
                              "Pick another --to-version, or pass --emergency --reason TEXT if this version really "
                              "is the way out")]
+
+    def _rolled_back_to(self, served: dict[str, str]) -> StageRecord | None:
+        """The latest passed rollback that moved traffic onto ``served``, if that is how it got there."""
+        for rec in reversed(self.ledger.records(self.env)):
+            if rec.new_versions == served and rec.stage == "rollback" and rec.status == "passed" \
+                    and rec.old_versions and rec.old_versions != served:
+                return rec
+        return None
 
     def _rollback_versions(self, current: dict[str, AliasState]) -> tuple[dict[str, str] | None, str]:
         to = self.settings.to_version
@@ -288,7 +329,14 @@ class Decider:
             return _versions(current), "mid-shift: every function back to its primary (old) version"
         served = _versions(current)
         for rec in reversed(self.ledger.records(self.env)):
-            if rec.new_versions == served and rec.old_versions and rec.old_versions != served:
+            if rec.new_versions != served:
+                continue
+            if rec.stage == "rollback" and rec.status == "passed":
+                # What serves was put there by a rollback: a second one (a retried CI job) has nothing to
+                # undo, and must not move traffic back onto the version the first one rolled back from.
+                return served, (f"what serves ({served}) was put there by rollback run {rec.run_id} at "
+                                f"{iso(rec.ended_at or rec.started_at)}: nothing to undo, nothing to move")
+            if rec.old_versions and rec.old_versions != served:
                 return dict(rec.old_versions), f"previous version before release {rec.release} ({rec.stage} record)"
         return None, (f"no previous version is recorded for what serves now ({served}); "
                       "pass --to-version N (or fn=N,fn=N)")

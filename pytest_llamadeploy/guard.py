@@ -289,11 +289,29 @@ def _thresholds(policy: Policy) -> list[Violation]:
                 if r.no_data == "pass" and signal not in NO_DATA_MAY_PASS:
                     out.append(Violation(f"{section}.{signal} never passes on missing data", f"{section}.{n}.no_data",
                                          "pass", "wait or fail", source))
+    out += _min_samples(policy)
     for attr, (family, floor) in PERFORMANCE.items():
         value = getattr(policy.performance, attr)
         if (family == "max" and not value <= floor) or (family == "min" and not value >= floor):
             out.append(Violation(f"performance.{attr} no looser than the runbook", f"performance.{attr}", value,
                                  f"{'<=' if family == 'max' else '>='} {floor:g}", "RUNBOOK.md:230-235"))
+    return out
+
+
+def _min_samples(policy: Policy) -> list[Violation]:
+    """A rule whose signal rests on traffic (requests, connects, lookups) must see some: with
+    ``min_samples: 0`` a window without a single request reads as healthy."""
+    from .metrics.signals import SIGNALS
+
+    out: list[Violation] = []
+    for section in ("key_metrics", "rollback_triggers"):
+        rules: dict[str, MetricRule] = getattr(policy, section)
+        for n, r in rules.items():
+            signal = SIGNALS.get(r.signal)
+            if signal is not None and signal.samples and r.min_samples < 1:
+                out.append(Violation(f"{section}.{r.signal} is judged on traffic", f"{section}.{n}.min_samples",
+                                     r.min_samples, f">= 1 ({signal.samples_noun}; a window without any must not "
+                                     "read as healthy)", "RUNBOOK.md:124-149"))
     return out
 
 

@@ -167,6 +167,12 @@ class Ledger(Protocol):
     def describe(self) -> str: ...
 
 
+def _overwrite_refused(record: StageRecord, theirs: StageRecord | None) -> str:
+    held = f"run {theirs.run_id} ({theirs.status})" if theirs is not None else "another run"
+    return (f"not written: {record.stage} of {record.release or '(no release)'} in {record.env} is {held}'s record, "
+            f"and run {record.run_id} does not hold the lock of {record.env}; only the lock's holder may overwrite it")
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
@@ -300,11 +306,14 @@ class FileLedger:
     def put(self, record: StageRecord, *, fence: str | None = None) -> None:
         with self._mutex(record.env):
             doc = self._read(record.env)
+            key = f"{record.release}/{record.stage}"
             if fence is not None:
                 lock = doc.get("lock")
                 if not lock or lock.get("run_id") != fence:
                     raise LeaseLost(record.env, fence, LockInfo.from_json(lock) if lock else None)
-            doc["records"][f"{record.release}/{record.stage}"] = record.to_json()
+            elif key in doc["records"] and doc["records"][key].get("run_id") != record.run_id:
+                raise LedgerConflict(_overwrite_refused(record, StageRecord.from_json(doc["records"][key])))
+            doc["records"][key] = record.to_json()
             self._write(record.env, doc)
 
     def records(self, env: str) -> list[StageRecord]:
@@ -447,7 +456,15 @@ class DynamoLedger:
             "doc": {"S": json.dumps(record.to_json(), sort_keys=True)},
         }
         if fence is None:
-            self.client.put_item(TableName=self.table, Item=item)
+            # Conditional as well: a write without the lock may create a record or update its own run's,
+            # never overwrite another run's (two writers racing on one stage: the second is told).
+            try:
+                self.client.put_item(TableName=self.table, Item=item,
+                                     ConditionExpression="attribute_not_exists(sk) OR run_id = :run",
+                                     ExpressionAttributeValues={":run": {"S": record.run_id}})
+            except self.client.exceptions.ConditionalCheckFailedException:
+                theirs = self.get(record.env, record.release, record.stage)
+                raise LedgerConflict(_overwrite_refused(record, theirs)) from None
             return
         try:
             self.client.transact_write_items(TransactItems=[

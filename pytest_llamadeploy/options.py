@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from .narrowing import narrowing
+
 # Matched with fullmatch: ``$`` also matches before a trailing newline, so "v1\n" passed as a release.
 _RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _VERSION = re.compile(r"\d+")
@@ -23,7 +25,8 @@ _VERSION = re.compile(r"\d+")
 #: ``--to-version``: the rollback target (stage.py ``_rollback_versions``); ``--rds``/``--all``: what a
 #: backup copies (ops/__init__.py); ``--backup-id``: what a restore restores (ops/restore.py);
 #: ``--emergency``: overrides the deployment window (ops/checklist.py) and a rollback target that failed its
-#: gate (stage.py ``_known_bad``), nothing else. ``--reason`` is recorded with any stage, so any stage takes it.
+#: gate (decide.py ``_known_bad``) and, at any stage, a run narrowed below its suites in a guarded env
+#: (narrowing.py), nothing else. ``--reason`` is recorded with any stage, so any stage takes it.
 STAGE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--to-version": ("to_version", ("rollback",)),
     "--rds": ("backup_rds", ("backup",)),
@@ -94,6 +97,8 @@ class Settings:
     backup_rds: bool = False
     backup_all: bool = False
     backup_id: str | None = None
+    #: What narrows the run below the stage's suites (-k, -m, a path; narrowing.py).
+    narrowed: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -153,6 +158,7 @@ def get_settings(config: pytest.Config) -> Settings:
         backup_rds=bool(config.getoption("llamadeploy_backup_rds") or config.getini("llamadeploy_rds")),
         backup_all=bool(config.getoption("llamadeploy_backup_all") or config.getini("llamadeploy_all")),
         backup_id=_get(config, "backup-id"),
+        narrowed=narrowing(config),
     )
 
 
@@ -162,10 +168,13 @@ def misplaced_options(settings: Settings, stage: str, actions: Mapping[str, str]
     for option, (attribute, uses) in STAGE_OPTIONS.items():
         if not getattr(settings, attribute) or actions.get(stage) in uses:
             continue
+        if option == "--emergency" and settings.narrowed:
+            continue  # it allows a narrowed run in a guarded env (plugin.py), at any stage
         where = [name for name, action in actions.items() if action in uses]
         problems.append(f"{option} does not apply to --stage={stage} (action {actions.get(stage)}); it applies to "
                         f"{', '.join(where) or 'no stage of this env'} (action {' or '.join(uses)})")
-    if settings.emergency and actions.get(stage) == "rollback" and settings.to_version is None:
+    if settings.emergency and actions.get(stage) == "rollback" and settings.to_version is None \
+            and not settings.narrowed:
         problems.append("--emergency on a rollback overrides only a --to-version target that failed its gate; "
                         "without --to-version it changes nothing: leave it out")
     return problems

@@ -34,6 +34,10 @@ RUNNER_KEY = pytest.StashKey[Any]()  # stage.StageRunner (imported lazily: it pu
 INTERRUPTS_KEY = pytest.StashKey[Any]()  # interrupt.Interrupts of the controller
 FAILURES_KEY = pytest.StashKey[list[str]]()
 RAN_KEY = pytest.StashKey[list[int]]()
+#: Gate tests passed per suite (every suite the stage lists must pass at least one).
+PASSED_KEY = pytest.StashKey[dict[str, int]]()
+#: The user property a gate test's reports carry its suite in (xdist forwards it to the controller).
+SUITE_PROPERTY = "llamadeploy_suite"
 VERDICT_KEY = pytest.StashKey[tuple[str, str]]()
 
 
@@ -86,6 +90,14 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
     misplaced = misplaced_options(settings, settings.stage, {name: s.action for name, s in policy.stages.items()})
     if misplaced:
         raise pytest.UsageError("options that this stage would ignore; nothing was changed:\n  " + "\n  ".join(misplaced))
+    from .guard import GUARDED_ENVS
+
+    if settings.narrowed and policy.name in GUARDED_ENVS and not settings.emergency:
+        suites = ", ".join(policy.stages[settings.stage].suites)
+        raise pytest.UsageError(
+            f"{settings.env} is guarded: {settings.stage} runs every test of its suites ({suites}), and this run "
+            f"would select fewer: {'; '.join(settings.narrowed)}. Nothing was changed. Drop the selection, or, if "
+            "this really is an emergency, add --emergency --reason TEXT (recorded with the stage)")
     return loaded
 
 
@@ -163,6 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     config.stash[FAILURES_KEY] = []
     config.stash[RAN_KEY] = [0]
+    config.stash[PASSED_KEY] = {}
     if not settings.active or _is_worker(config):
         return
     loaded = _gate_setup(config, settings)
@@ -289,8 +302,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             import json
 
             versions = json.loads(ctx_file.read_text()).get("new_versions", {})
+    suite = item.stash.get(_SUITE_KEY, None)
+    if suite:
+        item.user_properties.append((SUITE_PROPERTY, suite))
     apply_labels(item, env=settings.env or "", stage=settings.stage or "", release=settings.release or "",
-                 suite=item.stash.get(_SUITE_KEY, None) or "other", versions=versions)
+                 suite=suite or "other", versions=versions)
 
 
 _SUITE_KEY = pytest.StashKey[str | None]()
@@ -326,6 +342,11 @@ class _GateObserver:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.failed):
             self.config.stash[RAN_KEY][0] += 1
+        if report.when == "call" and report.passed:
+            suite = str(dict(report.user_properties).get(SUITE_PROPERTY) or "")
+            if suite:
+                passed = self.config.stash[PASSED_KEY]
+                passed[suite] = passed.get(suite, 0) + 1
         if report.failed:
             crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
             message = crash.message.splitlines()[0] if crash is not None and crash.message else f"{report.when} failed"
@@ -349,7 +370,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     with interrupts.shield(raise_after=False):
         try:
             status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0],
-                                           interrupted)
+                                           interrupted, passed_by_suite=session.config.stash[PASSED_KEY])
         finally:
             interrupts.disarm()
         session.config.stash[VERDICT_KEY] = (status, reason)
@@ -404,7 +425,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     interrupts = config.stash.get(INTERRUPTS_KEY, None)
     if interrupts is not None:
         interrupts.uninstall()
-    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, VERDICT_KEY, INTERRUPTS_KEY):
+    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, PASSED_KEY, VERDICT_KEY, INTERRUPTS_KEY):
         if key in config.stash:
             del config.stash[key]
 

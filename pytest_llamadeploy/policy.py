@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .policy_yaml import PolicyYamlError, clip, read_policy_yaml
 from .suitenames import KNOWN_SUITES
-from .units import Duration, Rate, Threshold, duration_within, number_within
+from .units import Duration, Rate, Threshold, duration_within, format_duration, number_within
 
 ACTIONS = ("none", "deploy", "shift", "promote", "rollback", "preflight", "backup", "migrate", "restore")
 _SECRET_IN_URL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
@@ -473,29 +473,31 @@ class Policy(_Model):
         the window can hold."""
         from .metrics.signals import UnknownSignal, get_signal
 
-        problems = []
+        problems: list[tuple[tuple[str, ...], Any, str]] = []
         for section in ("key_metrics", "rollback_triggers"):
             for name, rule in getattr(self, section).items():
                 try:
                     signal = get_signal(rule.signal)
                 except UnknownSignal as exc:
-                    problems.append(f"{section}.{name}.signal: {exc}")
+                    problems.append(((section, name, "signal"), rule.signal, str(exc)))
                     continue
                 source = self.metrics.source(signal.source)
-                where = f"{section}.{name}"
                 if rule.baseline and not signal.versioned:
-                    problems.append(f"{where}.baseline = old: signal {signal.name} has no per-version series "
-                                    "to compare; use a per-version signal or drop baseline")
+                    problems.append(((section, name, "baseline"), rule.baseline,
+                                     f"signal {signal.name} has no per-version series to compare: use a "
+                                     "per-version signal or drop baseline"))
                 if rule.window < source.resolution:
-                    problems.append(f"{where}.window = {rule.window:g}s is shorter than one datapoint of its "
-                                    f"signal {signal.name} (metrics.{signal.source}.resolution = "
-                                    f"{source.resolution:g}s): lengthen the window")
+                    problems.append(((section, name, "window"), format_duration(rule.window),
+                                     f"shorter than one datapoint of its signal {signal.name} (metrics."
+                                     f"{signal.source}.resolution = {source.resolution:g}s): lengthen the window"))
                 elif not signal.samples and rule.min_samples > rule.window // source.resolution:
-                    problems.append(f"{where}.min_samples = {rule.min_samples} datapoints cannot fit its window of "
-                                    f"{rule.window:g}s at {source.resolution:g}s per datapoint "
-                                    f"(at most {int(rule.window // source.resolution)})")
+                    most = int(rule.window // source.resolution)
+                    problems.append(((section, name, "min_samples"), rule.min_samples,
+                                     f"{rule.min_samples} datapoints cannot fit its window of {rule.window:g}s at "
+                                     f"{source.resolution:g}s per datapoint: set min_samples to at most {most}, or "
+                                     "lengthen the window"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise LocatedProblems(problems)
         return self
 
     def previous_stage(self, stage: str) -> str | None:
@@ -627,11 +629,25 @@ def _origin(chain: Sequence[tuple[Path, Mapping[str, Any]]], loc: tuple[Any, ...
     return best
 
 
+class LocatedProblems(ValueError):
+    """Problems a whole-policy check found, each at its own key: (key path, value, what to do)."""
+
+    def __init__(self, problems: list[tuple[tuple[str, ...], Any, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(loc)} = {value!r}: {message}" for loc, value, message in problems))
+
+
 def _describe(chain: list[tuple[Path, dict[str, Any]]], exc: ValidationError) -> list[str]:
     # One line per distinct mistake: the same problem in 1,000 items of a list is one line that
     # says so, and at most MAX_PROBLEMS lines in all.
     groups: dict[tuple[Any, ...], list[str]] = {}
     for error in exc.errors():
+        located = (error.get("ctx") or {}).get("error")
+        if isinstance(located, LocatedProblems):  # a whole-policy check: each problem named at its key
+            for key, value, text in located.problems:
+                groups.setdefault((key, "located", text), []).append(
+                    clip(f"{_origin(chain, key)}: {'.'.join(key)} = {clip(repr(value), 120)}: {text}"))
+            continue
         loc = tuple(error["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")

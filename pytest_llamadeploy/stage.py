@@ -185,6 +185,8 @@ class StageRunner:
                     old_versions=decision.old_versions, new_versions=decision.new_versions,
                     details={"resumed_run": decision.resume.run_id} if decision.resume else {},
                 )
+                if self.settings.narrowed:
+                    self.record.details["narrowed"] = list(self.settings.narrowed)
                 if self.settings.emergency:
                     self.record.details["emergency_reason"] = self.settings.reason
                 elif self.settings.reason:
@@ -293,7 +295,9 @@ class StageRunner:
             elif sp.action == "rollback":
                 assert d.target is not None
                 self.step = "rollback"
-                report = self._restore(d.target, f"--stage=rollback: {self._describe_target(d.target)}")
+                why = next((c.detail for c in d.preconditions if c.name == "rollback target" and c.ok), "")
+                report = self._restore(d.target, f"--stage=rollback: {self._describe_target(d.target)}"
+                                       + (f"; {why}" if why else ""))
                 if report is None or not report.ok:
                     self.failure = self.failure or self._restore_failure_text()
                 moved_at = now()
@@ -528,7 +532,8 @@ class StageRunner:
         kind = getattr(breach, "kind", "threshold")
         prefix = {"threshold": "rollback triggered", "probe": "probe failed", "provider": "provider error",
                   "inconclusive": "inconclusive"}.get(kind, "rollback triggered")
-        return f"{prefix}: {getattr(breach, 'message', breach)}"
+        message = str(getattr(breach, "message", breach))
+        return message if message.startswith(f"{prefix}:") else f"{prefix}: {message}"
 
     def _on_breach(self, breach: Any) -> None:
         """Called from the watch thread at the first breach: roll back now, not at the end of the bake."""
@@ -553,9 +558,10 @@ class StageRunner:
             return None  # a failed rollback stage is not rolled back again; its own retries are over
         if self.stage_policy.action in MOVES or self.stage_policy.action == "none":
             old = self.record.old_versions
-            # verify of a release with no deploy record sees old == new: "rolling back" to
-            # what already serves would move nothing and report a rollback that never was.
-            if not old or dict(old) == dict(self.record.new_versions or {}):
+            # verify of a release with no deploy record sees old == new, and a deploy whose command
+            # failed has no new version at all: "rolling back" would move nothing and report (and
+            # notify) a rollback that never was.
+            if not old or not self.record.new_versions or dict(old) == dict(self.record.new_versions):
                 return None
             return dict(old)
         return None
@@ -599,6 +605,9 @@ class StageRunner:
 
     def _restore(self, target: dict[str, AliasState], reason: str) -> RestoreReport | None:
         """Move traffic back function by function, retried until the policy's rollback_deadline; record it all."""
+        taken = self._lock_taken()
+        if taken is not None:
+            self._on_lease_lost(taken)
         if self._lease_problem() is not None:
             self.rollback_detail = {"ok": False, "skipped": f"this run lost the lock: {self.lease_lost}",
                                     "reason": reason, "at": iso(time.time())}
@@ -646,6 +655,16 @@ class StageRunner:
             self._notify("rollback" if report.ok else "rollback_failed")
         return report
 
+    def _lock_taken(self) -> str | None:
+        """Another run's lock, read before traffic moves back (the heartbeat sees a takeover only when it renews)."""
+        try:
+            lock = self.ledger.current_lock(self.env)
+        except Exception:  # unknown: the rollback goes on, and its fenced record write still tells
+            return None
+        if lock is not None and lock.run_id != self.run_id:
+            return f"the lock of {self.env} is now {lock.describe()}"
+        return None
+
     def _restore_failure_text(self) -> str:
         detail = self.rollback_detail or {}
         if detail.get("skipped"):
@@ -665,8 +684,13 @@ class StageRunner:
 
     # ------------------------------------------------------------------ verdict
 
-    def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None) -> tuple[str, str]:
-        """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises."""
+    def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None, *,
+               passed_by_suite: dict[str, int] | None = None) -> tuple[str, str]:
+        """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises.
+
+        ``passed_by_suite``: gate tests passed per suite; a suite of the stage without one
+        (not collected, deselected, every test skipped) makes the stage inconclusive.
+        """
         assert self.record is not None
         self.step = "verdict"
         if self.watch is not None:
@@ -684,6 +708,12 @@ class StageRunner:
         if not reason and self.stage_policy.suites and ran_tests == 0:
             reason = (f"inconclusive: no gate test of suites {', '.join(self.stage_policy.suites)} ran "
                       "(check -k/-m filters and the test paths)")
+        elif not reason and self.stage_policy.suites and passed_by_suite is not None:
+            missing = [s for s in self.stage_policy.suites if not passed_by_suite.get(s)]
+            if missing:
+                reason = (f"inconclusive: suite{'s' if len(missing) > 1 else ''} {', '.join(missing)} of stage "
+                          f"{self.stage} passed no test (not collected, deselected or every test skipped); each "
+                          f"suite the policy lists ({', '.join(self.stage_policy.suites)}) must pass at least one")
         after: dict[str, AliasState] | None = None
         if not reason:
             try:
@@ -708,6 +738,8 @@ class StageRunner:
         elif status not in ("passed", "rollback_failed") and self.stage_policy.action in MOVES and not self.rolled_back \
                 and self._rollback_to() and not self.policy.rollback_on_failure:
             reason += " (rollback_on_failure is off: traffic left as it is)"
+        elif status == "failed" and self.stage_policy.action in MOVES and not self.record.new_versions:
+            reason += f" (release {self.release} has no published version: nothing was moved, nothing rolled back)"
         elif status == "failed" and self.stage_policy.action == "none" and self._rollback_to() is None:
             reason += (f" (no earlier version is recorded for release {self.release or '(none)'}: nothing to roll "
                        "back to, traffic left on what serves)")

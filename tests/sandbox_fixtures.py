@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,13 +52,47 @@ def _adjust_users(counter: Path, delta: int) -> int:
     return users
 
 
+#: The envs whose stages run against the shared sandbox (policies/sandbox*.yaml).
+SANDBOX_ENVS = ("sandbox", "sandbox-aws")
+
+
+def clear_ledger(dynamodb: Any, table: str, envs: tuple[str, ...] = SANDBOX_ENVS) -> int:
+    """Delete the stage records and the lock of ``envs`` (artifacts, e.g. backups, stay); returns how many.
+
+    A stage a watchdog killed leaves its ``started`` record and its lock: without this every later
+    sandbox stage of the run is refused ("never finished", "locked") and fails for a reason not its own.
+    """
+    deleted = 0
+    for env in envs:
+        for prefix in ("rec#", "lock"):
+            kwargs: dict[str, Any] = {"TableName": table, "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+                                      "ExpressionAttributeValues": {":pk": {"S": f"env#{env}"}, ":p": {"S": prefix}},
+                                      "ProjectionExpression": "pk, sk", "ConsistentRead": True}
+            while True:
+                try:
+                    page = dynamodb.query(**kwargs)
+                except dynamodb.exceptions.ResourceNotFoundException:
+                    return deleted  # no stage has run yet: no ledger table
+                for item in page.get("Items", []):
+                    dynamodb.delete_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
+                    deleted += 1
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return deleted
+
+
 def reset_sandbox(state: SandboxState) -> SandboxState:
-    """Aliases ``live`` and ``preview`` back on the baseline version of each function (no weights), no faults."""
+    """Aliases ``live`` and ``preview`` back on the baseline version of each function (no weights), no faults,
+    and the sandbox envs' ledger records and lock cleared (a stage killed by a watchdog leaves both)."""
+    from pytest_llamadeploy.policy import load_policy
     from pytest_llamadeploy.sandbox.deploy import clear_faults, release_running, state_lock
     from pytest_llamadeploy.sandbox.provision import ALIAS, PREVIEW_ALIAS, sandbox_aws
 
     with state_lock(state.directory):
         fresh = SandboxState.load(state.directory)
+        table = load_policy(Path(__file__).resolve().parents[1] / "policies", "sandbox").policy.ledger.table
+        clear_ledger(sandbox_aws(fresh).client("dynamodb"), table)
         baseline = fresh.extra["baseline"]["lambda_versions"]
         lam = sandbox_aws(fresh).client("lambda")
         for function, version in baseline.items():

@@ -368,6 +368,42 @@ def test_lambda_invoke_api_runs_a_version_as_lambda_does(rig: Rig) -> None:
     assert lam.get_alias(FunctionName=API, Name="live")["FunctionVersion"] == rig.versions["r1"][API]
 
 
+
+@pytest.mark.parametrize("path", ["/too-many", "/throttle"])
+def test_the_bake_counts_only_a_lambda_throttle_as_a_throttle_an_apps_429_fails_its_probe(rig: Rig, path: str) -> None:
+    """Issue 15: a release answering 429 everywhere must not pass shift10 as "throttled, not failed"."""
+    from pytest_llamadeploy.bakeprobe import attribute_probe
+    from pytest_llamadeploy.metrics.watch import BakeWatch
+    from pytest_llamadeploy.policy import load_policy
+    from pytest_llamadeploy.probe import probe_http
+    from tests.test_metrics_unit import StubCloudWatch
+
+    lam = rig.invoker()
+    v1, v2 = rig.versions["r1"][API], rig.versions["r2"][API]
+
+    def probe() -> tuple[bool | None, str]:  # what bakeprobe.bake_probe does, on the path under test
+        return attribute_probe(probe_http(None, path, version=v2, function=API, lambda_client=lam), None)  # type: ignore[arg-type]
+
+    app_429 = path == "/too-many"
+    one = probe_http(None, path, version=v2, function=API, lambda_client=lam)  # type: ignore[arg-type]
+    assert (one.ok, one.status, one.throttled) == ((False, 429, False) if app_429 else (False, None, True))
+    policy = load_policy(ROOT / "policies", "sandbox").policy
+    breaches: list[Any] = []
+    watch = BakeWatch(StubCloudWatch(), policy, [API, WS], "live", {API: v1}, {API: v2}, time.time(), probe,
+                      breaches.append)
+    watch.start()
+    try:
+        wait_for(lambda: breaches or watch.evidence()["probes"]["count"] >= 3, 10, "three probes or a breach")
+    finally:
+        watch.stop()
+    probes = watch.evidence()["probes"]
+    if app_429:  # the application's answer: failed probes, and the probe rule rolls back
+        assert probes["failed"] == probes["count"] >= 2 and probes["throttled"] == 0
+        assert [b.kind for b in breaches] == ["probe"] and "HTTP 429" in breaches[0].message
+    else:  # Lambda refused the invocation: the throttle-rate trigger's to judge, not a failed probe
+        assert probes["throttled"] == probes["count"] >= 3 and probes["failed"] == 0 and breaches == []
+
+
 def test_weight_change_reaches_traffic_within_a_second(rig: Rig, client: Any) -> None:
     v1, v2 = rig.versions["r1"][API], rig.versions["r2"][API]
     set_alias(rig.lam, API, v1)

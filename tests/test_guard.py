@@ -86,6 +86,10 @@ LOOSENED: list[tuple[str, dict[str, Any], str]] = [
     ("migrate_suites", {"stages": {"migrate": {"suites": ["health"]}}}, "stages.migrate.suites = ['health']: breaks guard rule \"migrate runs the runbook's suites\" (RUNBOOK.md:187-191): must include migration, health (missing migration)"),
     ("restore_unchecked", {"stages": {"restore": {"action": "none", "suites": []}}}, "stages.restore.action = 'none': breaks guard rule 'restore is a restore'"),
     ("backup_age", {"preflight": {"backup_max_age": "7d"}}, "preflight.backup_max_age = '168h': breaks guard rule 'prod deploys after a fresh backup'"),
+    # Issue 15: a rule on a traffic-counted signal with min_samples 0 passes a window without a single request.
+    ("min_samples_zero", {"rollback_triggers": {"error_rate": {"min_samples": 0}}},
+     "rollback_triggers.error_rate.min_samples = 0: breaks guard rule 'rollback_triggers.service.error_rate is judged "
+     "on traffic' (RUNBOOK.md:124-149): >= 1 (requests; a window without any must not read as healthy)"),
 ]
 
 
@@ -125,6 +129,10 @@ EVERY_ENV: list[tuple[str, str, str]] = [
     ("min_samples_huge", "compare:\n  min_samples: 10000000000\n", "compare.min_samples = 10000000000: 1e+10 is outside the allowed range: 1 .. 100000"),
     ("users_inf", "performance:\n  users: .inf\n", "performance.users = inf: inf is not a finite number"),
     ("window_zero", "key_metrics:\n  lambda_error_rate:\n    window: 0s\n", "key_metrics.lambda_error_rate.window = '0s': 0s is outside the allowed range: 1s .. 24h"),
+    # Issue 15: more datapoints than the window holds would read "no data" forever (named at its key, with the fix).
+    ("min_samples_over_window", "key_metrics:\n  dynamodb_throttles:\n    min_samples: 1000000\n",
+     "key_metrics.dynamodb_throttles.min_samples = 1000000: 1000000 datapoints cannot fit its window of 300s at 60s "
+     "per datapoint: set min_samples to at most 5, or lengthen the window"),
 ]
 
 

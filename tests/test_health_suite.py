@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -129,7 +130,9 @@ def test_health_suite_passes_on_healthy_parts(live, tmp_path: Path) -> None:
         **{f"test_websocket_first_message[{route}]": "passed" for route in ("live", "preview", "new-version")},
         "test_postgres_select_1": "passed", "test_redis_ping": "passed",
     }, output
-    assert "latency" in output or "ms" in output
+    # Each probe says where it went, what came back and how long it took (issue 15: was `"ms" in output`).
+    for where in ("(through the live stage)", "(through the preview stage)", f"lambda:Invoke {API}:"):
+        assert re.search(rf"{re.escape(where)}.* -> HTTP 200\b.*\(\d+\.\d ms", output), (where, output)
 
 
 def test_failing_new_version_health_is_named_precisely(live, tmp_path: Path) -> None:

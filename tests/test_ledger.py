@@ -114,6 +114,24 @@ def test_record_writes_are_fenced_on_the_lock(ledger) -> None:
         ledger.renew_lock("prod", "run-a", 60)
 
 
+
+def test_a_write_without_the_lock_never_overwrites_another_runs_record(ledger) -> None:
+    """Issue 15: the DynamoDB record write was unconditional; two writers racing on a stage lost one silently."""
+    mine = _record("shift10")
+    ledger.put(mine)
+    mine.status = "passed"
+    ledger.put(mine)  # a run may update its own record
+    racer = _record("shift10", status="rolled_back")  # another run, holding no lock
+    with pytest.raises(LedgerConflict, match=rf"shift10 of v1 in prod is run {mine.run_id} \(passed\)'s record, "
+                                             rf"and run {racer.run_id} does not hold the lock"):
+        ledger.put(racer)
+    got = ledger.get("prod", "v1", "shift10")
+    assert (got.run_id, got.status) == (mine.run_id, "passed")
+    ledger.acquire_lock("prod", racer.run_id, 60)
+    ledger.put(racer, fence=racer.run_id)  # the lock's holder may (a rollback resolving a killed run does)
+    assert ledger.get("prod", "v1", "shift10").run_id == racer.run_id
+
+
 def test_renewals_count_and_store_the_lease(ledger) -> None:
     ledger.acquire_lock("prod", "run-a", 60)
     first = ledger.current_lock("prod")

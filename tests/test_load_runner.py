@@ -283,7 +283,9 @@ def test_master_with_two_workers_on_loopback(app_url: str, locustfile: Path, tmp
     log = result.log_path.read_text()
     assert "2 workers" in result.load_description
     assert re.search(r"worker.*connected|Sending spawn jobs|All users spawned", log, re.IGNORECASE), log[-1500:]
-    assert any((tmp_path / "workers" / f"worker-{i}.log").stat().st_size >= 0 for i in range(2))
+    for i in range(2):  # each worker ran under this master and quit with it (issue 15: was `st_size >= 0`)
+        text = (tmp_path / "workers" / f"worker-{i}.log").read_text()
+        assert "Starting Locust" in text and "Got quit message from master" in text, f"worker-{i}.log: {text[-800:]}"
 
 
 def test_master_without_workers_gives_up_with_the_worker_command(locustfile: Path, tmp_path: Path) -> None:

@@ -118,6 +118,27 @@ def test_a_sum_with_no_datapoint_is_no_data_never_zero(policy: Any) -> None:
     assert value is None and samples == 0.0
 
 
+
+def test_a_count_over_its_bound_fails_however_few_samples_it_rests_on(policy: Any) -> None:
+    """Issue 15: min_samples of a million must not turn 500 API Gateway 5xx into "no data" (or a pass)."""
+    greedy = policy.rollback_triggers["apigw_5xx"].model_copy(update={"min_samples": 1_000_000, "no_data": "pass"})
+    [target] = plan_targets({"apigw_5xx": greedy}, policy, {"new": {"onchain-api": "4"}}, 0.0, 60.0)
+    plan = plan_poll([target], 60.0)
+    metric = {spec.metric: spec for spec in plan.specs}
+    data = {spec: [] for spec in plan.specs}
+    data[metric["5XXError"]] = [(10.0, 500.0)]
+    data[metric["Count"]] = [(10.0, 1000.0)]
+    [result] = evaluate_plan(plan, data, now=60.0, grace=5, final=True)
+    assert (result.verdict, result.value, result.samples) == ("fail", 500.0, 1000.0)
+    assert "must be <= 10 (breaks" in result.message
+    # Under its bound the same count is still short of min_samples: the rule's no_data decides (here: pass).
+    data[metric["5XXError"]] = [(10.0, 3.0)]
+    [result] = evaluate_plan(plan, data, now=60.0, grace=5, final=True)
+    assert result.verdict == "pass" and "passes by policy (no_data: pass)" in result.message
+    # A rate is never judged short of its samples: 1 error in 2 invocations is no data, not 50 %.
+    assert judge(rule(), 0.5, 2, waited=0, grace=5, final=True, count=False) == "inconclusive"
+
+
 def test_one_query_per_distinct_series_and_ids(policy: Any) -> None:
     targets = plan_targets(policy.rollback_triggers, policy, {"new": {"onchain-api": "4", "onchain-ws": "4"},
                            "old": {"onchain-api": "3", "onchain-ws": "3"}}, 0.0, 10.0)

@@ -28,7 +28,6 @@ from pytest_llamadeploy.ledger import FileLedger
 from pytest_llamadeploy.sandbox.state import SANDBOX_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[1]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 # moto cannot reach UPDATE_ROLLBACK_FAILED through its API (a failed update leaves the old
 # status). This launcher makes an update whose template Description carries the marker fail
@@ -113,19 +112,22 @@ def _as_postgres(*argv: str) -> list[str]:
 @pytest.fixture(scope="module")
 def ops_pg() -> Iterator[str]:
     """A PostgreSQL cluster on a free port; yields a DSN template without dbname."""
+    from pytest_llamadeploy.sandbox.postgres import find_bin_dir
+
+    pg_bin = find_bin_dir()  # any installed major version
     data = Path(tempfile.mkdtemp(prefix="ops-pg-"))
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
     port = free_port()
-    subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-N", "-U", "postgres"),
+    subprocess.run(_as_postgres(str(pg_bin / "initdb"), "-D", str(data), "--auth=trust", "-N", "-U", "postgres"),
                    check=True, capture_output=True, timeout=60)
-    subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-w", "-t", "30", "-D", str(data), "-l", str(data / "log"),
+    subprocess.run(_as_postgres(str(pg_bin / "pg_ctl"), "-w", "-t", "30", "-D", str(data), "-l", str(data / "log"),
                                 "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"),
                    check=True, capture_output=True, timeout=60)
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
-        subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"),
+        subprocess.run(_as_postgres(str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"),
                        capture_output=True, timeout=60)
         shutil.rmtree(data, ignore_errors=True)
 

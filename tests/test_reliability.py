@@ -125,7 +125,7 @@ def test_a_run_that_lost_its_lock_stops_acting(project: pytest.Pytester, aws: st
         "expires_at": {"N": repr(theirs["expires_at"])}, "counter": {"N": "0"}, "doc": {"S": json.dumps(theirs)}})
     intruder = lg.get("fastprod", "v2", "shift10")
     intruder.run_id, intruder.owner, intruder.reason = "run-intruder", "bob@elsewhere:7", "taken over"
-    lg.put(intruder)
+    lg.put(intruder, fence="run-intruder")  # the intruder holds the lock: its writes are fenced on it
     sent = time.monotonic()
     code, out = finish(proc)
     assert code == 3, out

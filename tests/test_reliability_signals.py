@@ -88,7 +88,9 @@ def test_sigterm_during_the_deploy_command_kills_it_and_exits_2(project: pytest.
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     rec = ledger(aws).get("fastprod", "v2", "deploy")
-    assert rec.status == "rolled_back" and rec.reason.startswith("interrupted: SIGTERM received during the deploy command")
+    # Killed before it published anything: nothing moved, so failed, never rolled_back (issue 15).
+    assert rec.status == "failed" and rec.reason.startswith("interrupted: SIGTERM received during the deploy command")
+    assert "nothing was moved, nothing rolled back" in rec.reason and "rollback" not in rec.details
     assert alias_state(aws) == AT_OLD and ledger(aws).current_lock("fastprod") is None
 
 

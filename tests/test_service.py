@@ -33,7 +33,6 @@ from tests.support.botocalls import allowed_actions, not_allowed, recorded
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT = 60.0
 
 
@@ -123,8 +122,9 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture(scope="module")
 def postgres_dsn() -> Iterator[str]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 server binaries not found in {PG_BIN}")
+    from pytest_llamadeploy.sandbox.postgres import find_bin_dir
+
+    pg_bin = find_bin_dir()  # any installed major version; not found is an error naming the install command
     root = Path(tempfile.mkdtemp(prefix="svc-pg-"))
     data = root / "data"
     data.mkdir()
@@ -132,9 +132,9 @@ def postgres_dsn() -> Iterator[str]:
         shutil.chown(root, "postgres")
         shutil.chown(data, "postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-N", "-U", "postgres"]),
+    subprocess.run(_as_postgres([str(pg_bin / "initdb"), "-D", str(data), "--auth=trust", "-N", "-U", "postgres"]),
                    check=True, capture_output=True, timeout=60)
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-w", "-t", "30", "-D", str(data), "-l", str(root / "log"),
+    subprocess.run(_as_postgres([str(pg_bin / "pg_ctl"), "-w", "-t", "30", "-D", str(data), "-l", str(root / "log"),
                                  "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
                    check=True, capture_output=True, timeout=60)
     try:
@@ -144,7 +144,7 @@ def postgres_dsn() -> Iterator[str]:
             conn.execute("CREATE DATABASE defillama")
         yield f"postgresql://postgres@127.0.0.1:{port}/defillama"
     finally:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+        subprocess.run(_as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -26,3 +26,23 @@ def test_mypy_finds_nothing() -> None:
     out = _run("mypy", "-p", "pytest_llamadeploy")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Success" in out.stdout
+
+
+def test_no_test_names_a_postgresql_major_version() -> None:
+    """Issue 15: tests pinned PostgreSQL 15's bin folder and skipped on every other PostgreSQL."""
+    import re
+
+    pinned = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "tests").rglob("*.py"))
+              for n, line in enumerate(path.read_text().splitlines(), 1)
+              if re.search(r"/usr/lib/postgresql/\d+", line)]
+    assert pinned == [], f"use pytest_llamadeploy.sandbox.postgres.find_bin_dir(): {pinned}"
+
+
+def test_postgresql_is_found_whatever_its_major_version(tmp_path: Path) -> None:
+    from pytest_llamadeploy.sandbox.postgres import find_bin_dir
+
+    for version, server in (("9.6", True), ("14", True), ("17", True), ("18", False)):  # 18: client only
+        (tmp_path / version / "bin").mkdir(parents=True)
+        if server:
+            (tmp_path / version / "bin" / "pg_ctl").touch()
+    assert find_bin_dir(str(tmp_path)) == tmp_path / "17" / "bin"

@@ -307,8 +307,16 @@ def _clock(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(epoch))
 
 
-def judge(rule: Any, value: float | None, samples: float, *, waited: float, grace: float, final: bool) -> Verdict:
-    """The verdict of one value under the rule's op, min_samples and no_data policy."""
+def judge(rule: Any, value: float | None, samples: float, *, waited: float, grace: float, final: bool,
+          count: bool = False) -> Verdict:
+    """The verdict of one value under the rule's op, min_samples and no_data policy.
+
+    ``count``: the value is a count (a ``sum`` signal: 5xx answers, throttle events), which more
+    samples can only raise. A count already over an upper bound is a breach however few samples
+    it rests on: 500 5xx errors fail ``<= 10`` whatever ``min_samples`` asks.
+    """
+    if count and value is not None and _over_upper_bound(rule, value):
+        return "fail"  # more samples can only raise a count
     if value is None or samples < rule.min_samples:
         if rule.no_data == "pass":
             return "pass"
@@ -316,6 +324,11 @@ def judge(rule: Any, value: float | None, samples: float, *, waited: float, grac
             return "fail"
         return "inconclusive" if final or waited >= grace else "no_data"
     return "pass" if _OPS[rule.op](value, rule.threshold) else "fail"
+
+
+def _over_upper_bound(rule: Any, value: float) -> bool:
+    """``value`` breaks the rule's upper bound (``<``, ``<=``); a count that does is a breach (see judge)."""
+    return rule.op in ("<", "<=") and not _OPS[rule.op](value, rule.threshold)
 
 
 def describe(result_kind: str, target: Target, value: float | None, samples: float, verdict: Verdict,
@@ -334,7 +347,7 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
     origin = f"{source}: {s.source} metrics, {target.namespace}"
     head = (f"{result_kind} {target.rule_name}:{stat} {format_value(s, value)} on {where} over "
             f"{format_duration(round(window))} ending {_clock(target.end)} UTC")
-    if value is None or samples < rule.min_samples:
+    if value is None or (samples < rule.min_samples and not (s.kind == "sum" and _over_upper_bound(rule, value))):
         need = f"needs >= {rule.min_samples} {s.samples_noun if s.samples else 'datapoints'}"
         tail = {
             "pass": "passes by policy (no_data: pass)",
@@ -411,7 +424,8 @@ def evaluate_plan(plan: PollPlan, data: Mapping[SeriesSpec, Points], *, now: flo
             continue
         value, samples = compute(target, data, plan.span_start)
         window = max(0.0, target.end - target.start)
-        verdict = judge(target.rule, value, samples, waited=now - target.data_from, grace=grace, final=final)
+        verdict = judge(target.rule, value, samples, waited=now - target.data_from, grace=grace, final=final,
+                        count=target.signal.kind == "sum")
         message = describe(result_kind, target, value, samples, verdict, window)
         results.append(RuleResult(
             rule=target.rule_name, signal=target.signal.name, version=target.label,

@@ -49,9 +49,10 @@ class PostgresInfo:
         }
 
 
-def find_bin_dir() -> Path:
-    """The newest installed PostgreSQL server's bin directory."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
+def find_bin_dir(root: str = "/usr/lib/postgresql") -> Path:
+    """The newest installed PostgreSQL server's bin directory, whatever its major version (Debian's layout
+    ``root/N/bin``, then ``pg_ctl`` on PATH)."""
+    candidates = sorted(glob.glob(f"{root}/*/bin"), key=lambda p: int(Path(p).parent.name)
                         if Path(p).parent.name.isdigit() else 0)
     for candidate in reversed(candidates):
         if (Path(candidate) / "pg_ctl").exists():
