@@ -36,7 +36,21 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_url
 
 
+#: Every test that holds the shared sandbox alone runs on ONE xdist worker, one after another: spread
+#: over two workers, the second waited on the cross-worker lock, idle (setups of 80-220 s measured),
+#: while the other worker's queue could have used it. The rest is spread over every worker.
+SANDBOX_EXCLUSIVE_GROUP = "sandbox-exclusive"
+#: Modules whose module-scoped fixtures hold the sandbox alone (``exclusive(...)``), so every test in them.
+_EXCLUSIVE_MODULES = {"test_adopt_wheel", "test_ops_sandbox", "test_report_browser", "test_watch_sandbox"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if "sandbox_exclusive" in getattr(item, "fixturenames", ()) or (
+                module is not None and module.__name__.rpartition(".")[2] in _EXCLUSIVE_MODULES):
+            item.add_marker(pytest.mark.xdist_group(SANDBOX_EXCLUSIVE_GROUP))
     # STYLE.md: warnings are errors in the project's own tests (not in the gate suites users run,
     # which share pyproject's [tool.pytest.ini_options]): a deprecation fails here, not in production.
     # Except the two the garbage collector raises: an unclosed file or an exception in a __del__

@@ -27,7 +27,7 @@ import pytest
 from pytest_llamadeploy.ops import pg
 from tests.sandbox_fixtures import exclusive
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("ops_sandbox")]
+pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("sandbox-exclusive")]
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_TIMEOUT = 240.0

@@ -43,7 +43,7 @@ STAGE_TIMEOUT_S = 240
 
 pytestmark = [
     pytest.mark.sandbox,
-    pytest.mark.xdist_group("report_browser"),  # one bad release per module, on one worker
+    pytest.mark.xdist_group("sandbox-exclusive"),  # one bad release per module, on one worker
     pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed and could not be: run "
                                                 "`bash scripts/install-report-tools.sh` (needs apt)"),
     pytest.mark.skipif(not (TOOLS_DIR / "node_modules" / "allure" / "cli.js").is_file(),

@@ -30,7 +30,7 @@ import pytest
 from pytest_llamadeploy.policy import load_policy
 from tests.sandbox_fixtures import exclusive
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("watch_sandbox")]
+pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("sandbox-exclusive")]
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMADEPLOY = [sys.executable, "-m", "pytest_llamadeploy.cli"]
