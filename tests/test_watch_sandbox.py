@@ -288,7 +288,12 @@ def test_every_fault_kind_is_stopped_at_shift10(fault_kind_breaches: Any, policy
     assert breach is not None, f"{fault}: the whole bake passed at 10 %"
     assert breach.kind in ("threshold", "probe"), breach.message  # a verdict on the data, never "inconclusive"
     assert breach.rule in FAULT_KINDS[fault], breach.message
-    assert seconds < float(policy.stages["shift10"].bake), (seconds, breach.message)  # mid-bake
+    # Within shift10's watch: mid-bake, or at its final decision, which waits at most the longest lag for
+    # the bake's last data (a 120 ms query sampled ~1.7/s needs most of the 15 s under load).
+    from pytest_llamadeploy.metrics.evaluate import max_lag
+
+    assert seconds < float(policy.stages["shift10"].bake) + max_lag(policy, policy.rollback_triggers) + 2.0, (
+        seconds, breach.message)
     if breach.rule in ALIAS_WIDE:
         assert breach.label == "all", breach.message
     else:  # the trigger names the new version and its own value, threshold and window

@@ -470,10 +470,13 @@ class Service:
         try:
             while True:
                 message = await client.queue.get()
+                event = message.get("type") == "event"
+                if event:
+                    metrics.count("EventsToDeliver", who=client.who)  # taken to write (hub.py counts the lost)
                 await websocket.send_text(json.dumps(message))
-                if message.get("type") == "event":
-                    # Counted once written to the client's socket: what EventsToDeliver (counted when the
-                    # event came in for this client) minus this says was lost on the way.
+                if event:
+                    # Counted once written to the client's socket: EventsToDeliver minus this is what
+                    # was lost on the way (dropped, overflowed, or failed to write).
                     metrics.count("EventsDelivered", who=client.who)
                     if isinstance(message.get("ts"), int | float):
                         metrics.value("EventDeliveryLatency", max(0.0, (time.time() - message["ts"]) * 1000.0),
