@@ -244,6 +244,7 @@ def fault_kind_breaches(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
     from pytest_llamadeploy.aws import aws_config
     from pytest_llamadeploy.bakeprobe import bake_probe
     from pytest_llamadeploy.metrics.watch import BakeWatch
+    from pytest_llamadeploy.sandbox.deploy import set_faults
     from pytest_llamadeploy.targets import resolve_targets
     from pytest_llamadeploy.traffic import LambdaAliasDriver, promote_target, shift_target
 
@@ -261,8 +262,9 @@ def fault_kind_breaches(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
     try:
         for fault in FAULT_KINDS:
             knob = fault.split("=")[0]
-            done = _cli("sandbox", "fault", "--release", release, fault)
-            assert done.returncode == 0, done.stdout + done.stderr
+            # In process (the CLI's own code, without an interpreter start per call); the CLI itself is
+            # what the trigger case above uses.
+            set_faults(deployed[2].directory, release, [fault])
             driver.apply(shift_target(driver.read(), old, new, 0.1))
             started = time.time()
             watch = BakeWatch(aws.client("cloudwatch"), policy, policy.service.functions, policy.service.alias,
@@ -273,8 +275,7 @@ def fault_kind_breaches(deployed: tuple[str, StageRun, Any], trigger_runs: Any,
             finally:
                 watch.stop()
                 driver.apply(promote_target(old))
-                cleared = _cli("sandbox", "fault", "--release", release, f"{knob}=0")
-                assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+                set_faults(deployed[2].directory, release, [f"{knob}=0"])
             out[fault] = (breach, (breach.at if breach else time.time()) - started)
     finally:
         driver.apply(promote_target(old))
