@@ -360,6 +360,20 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
     return f"{head}, must be {rule.op} {bound} ({verb}; source: {origin}; {sample_text})"
 
 
+def worse_by_chance(op: str, new: float, new_n: float, old: float, old_n: float) -> float:
+    """One-sided p-value that the new version's proportion is this much worse than the old one's by
+    chance alone (a two-proportion z-test with the pooled proportion; "worse" is lower for ``>=``/``>``
+    rules, higher for ``<=``/``<``). 0.0 when the counts leave no doubt (a pooled rate of 0 or 1)."""
+    if new_n <= 0 or old_n <= 0:
+        return 1.0
+    pooled = (new * new_n + old * old_n) / (new_n + old_n)
+    spread = math.sqrt(pooled * (1.0 - pooled) * (1.0 / new_n + 1.0 / old_n))
+    if spread == 0.0:
+        return 0.0 if new != old else 1.0
+    z = (old - new) / spread if op in (">", ">=") else (new - old) / spread
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
 def baseline_bound(rule: Any, old: float) -> float:
     """The new version's bound under a ``baseline: old`` rule, given the old version's value."""
     if rule.op in ("<", "<="):
@@ -378,11 +392,17 @@ def _judge_against_old(plan: PollPlan, target: Target, old_target: Target, data:
     samples = min(new_samples, old_samples)
     bound = baseline_bound(rule, old_value) if old_value is not None else None
     value = new_value if bound is not None else None
+    chance = ""
     if value is None or samples < rule.min_samples:
         verdict = judge(rule, None, 0.0, waited=now - target.data_from, grace=grace, final=final)
     else:
-        assert bound is not None
+        assert bound is not None and old_value is not None
         verdict = "pass" if _OPS[rule.op](value, bound) else "fail"
+        if verdict == "fail" and signal.kind == "ratio":
+            p = worse_by_chance(rule.op, value, new_samples, old_value, old_samples)
+            if p >= rule.alpha:
+                verdict = "pass"
+                chance = f"; chance explains it (p = {p:.3g} >= alpha {rule.alpha:g} on these counts)"
     stat = f" {target.statistic}" if signal.kind == "percentile" else ""
     noun = signal.samples_noun if signal.samples else "datapoints"
     head = (f"{result_kind} {target.rule_name}:{stat} {format_value(signal, new_value)} on {target.function} "
@@ -402,8 +422,8 @@ def _judge_against_old(plan: PollPlan, target: Target, old_target: Target, data:
         if rule.max_ratio is not None:
             allowed += f" or x{rule.max_ratio:g}"
         message = (f"{head}, must be {rule.op} {format_value(signal, bound)} ({allowed}; "
-                   f"{'within' if verdict == 'pass' else 'breaks: ' + worse + ' the old version by more than allowed'};"
-                   f" source: cloudwatch: {origin}; {counts})")
+                   f"{'within' if verdict == 'pass' else 'breaks: ' + worse + ' the old version by more than allowed'}"
+                   f"{chance}; source: cloudwatch: {origin}; {counts})")
     return RuleResult(
         rule=target.rule_name, signal=signal.name, version="new", version_number=target.versions[0],
         function=target.function or "", value=value, threshold=bound if bound is not None else rule.threshold,
