@@ -91,11 +91,20 @@ def _broken(url: str, policy: Any) -> None:
     cw = _client(url, "cloudwatch")
     cw.delete_dashboards(DashboardNames=["Main"])
     # The alarms watch Lambda Errors > 1 a minute: errors happen, and the sandbox's moto evaluates them as AWS does.
-    cw.put_metric_data(Namespace="AWS/Lambda", MetricData=[{"MetricName": "Errors", "Value": 7.0,
-                                                            "Timestamp": time.time() - 5}])
+    # In the minute before, this one, and at the call: an alarm evaluates whole periods, and a single
+    # datum 5 s back fell on the wrong side of a minute boundary once in CI (the alarm stayed OK).
+    now = time.time()
+    cw.put_metric_data(Namespace="AWS/Lambda", MetricData=[{"MetricName": "Errors", "Value": 7.0, "Timestamp": at}
+                                                           for at in (now - 65, now - 5, now)])
     logs = _client(url, "logs")
     for fn in FUNCTIONS:
         logs.delete_log_group(logGroupName=policy.resources.log_group(fn))
+    # The sandbox's moto evaluates alarms once a second in the background (a loaded CI runner: later):
+    # the broken run starts once an alarm is in ALARM, as on AWS it would be when someone looks.
+    deadline = time.monotonic() + 30.0
+    while not cw.describe_alarms(StateValue="ALARM")["MetricAlarms"]:
+        assert time.monotonic() < deadline, "no alarm went to ALARM within 30 s of Lambda Errors > 1"
+        time.sleep(0.2)  # polling the condition itself, bounded above
 
 
 def _run_suite(pytester: pytest.Pytester, url: str, moved_at: float, ended_at: float) -> dict[str, str]:
