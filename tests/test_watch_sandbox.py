@@ -221,7 +221,8 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "cache_bypass=true": ("cache_probe_failure_ratio", "cache_hit_rate_vs_old"),
     "event_drop_rate=0.5": ("event_probe_failure_ratio", "event_delivery_ratio"),
     "ws_connect_error_rate=0.5": ("event_probe_failure_ratio", "ws_connect_error_rate"),
-    "throttle_rate=0.3": ("lambda_throttle_rate",),
+    # A throttled function refuses WebSocket $connect invocations too: the connect error rate may see it first.
+    "throttle_rate=0.3": ("lambda_throttle_rate", "ws_connect_error_rate"),
     "crash=true": ("probe_failure_ratio",),
     # The query and publish paths (the active checks' cache read and event publish) answer 500 / raise.
     "error_rate=0.3": ("error_rate", "cache_probe_failure_ratio", "probe_failure_ratio"),
