@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .tasks import cancel_and_wait
+
 # Local: write to stdout, never probe for an agent or the instance metadata endpoint. Set
 # before the library reads its configuration (at import).
 os.environ.setdefault("AWS_EMF_ENVIRONMENT", "Local")
@@ -101,12 +103,7 @@ class Emf:
         self._task = asyncio.create_task(self._loop(), name="emf-flush")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down anyway
-                pass
+        await cancel_and_wait(self._task)
         self.flush()
 
     async def _loop(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .emf import Emf, Invocation
 from .faults import Faults
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("llamadeploy.service")
 
@@ -46,12 +47,7 @@ class Hub:
         self._task = asyncio.create_task(self._listen(), name="pubsub-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down anyway
-                pass
+        await cancel_and_wait(self._task)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         await self._redis.publish(PUBSUB_PREFIX + channel, json.dumps(message))
@@ -64,11 +60,11 @@ class Hub:
             # client's writer takes it to write (app.py): an event still queued when its client leaves
             # was never due (the client went first), and counting it made churning clients look like
             # losses (a healthy release read 92 % under load).
-            tvl = self._metrics is not None and channel == "tvl"
+            metrics = self._metrics if channel == "tvl" else None
             if self._faults.roll("event_drop_rate"):
                 self.counters["dropped"] += 1
-                if tvl:
-                    self._metrics.count("EventsToDeliver", who=client.who)  # type: ignore[union-attr]
+                if metrics is not None:
+                    metrics.count("EventsToDeliver", who=client.who)
                 continue
             try:
                 client.queue.put_nowait(message)
@@ -76,8 +72,8 @@ class Hub:
             except asyncio.QueueFull:
                 # A client that does not read must not grow our memory without bound.
                 self.counters["overflow"] += 1
-                if tvl:
-                    self._metrics.count("EventsToDeliver", who=client.who)  # type: ignore[union-attr]
+                if metrics is not None:
+                    metrics.count("EventsToDeliver", who=client.who)
 
     async def _listen(self) -> None:
         backoff = 0.1
