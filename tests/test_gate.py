@@ -22,6 +22,7 @@ import pytest
 from pytest_llamadeploy.ledger import DynamoLedger
 from tests.support.aws_setup import FUNCTIONS, alias_state
 from tests.support.botocalls import allowed_actions, not_allowed, recorded
+from tests.support.forked import run_forked
 
 REPO = Path(__file__).parent.parent
 pytest_plugins = ["pytester"]
@@ -106,7 +107,7 @@ def gate(p: pytest.Pytester, stage: str, *args: str, release: str = "v2", approv
         argv.append(f"--release={release}")
     if approve:
         argv.append("--approved-by=alice")
-    return p.runpytest_subprocess(*argv, timeout=120)
+    return run_forked(p, *argv, timeout=120)
 
 
 def ledger(url: str) -> DynamoLedger:
@@ -372,7 +373,7 @@ def test_xdist_acts_once_on_the_controller(project: pytest.Pytester, aws: str) -
     (["--env=fastprod", "--stage=deploy", "--release=v2", "--emergency"], "*--emergency needs --reason TEXT*"),
 ])
 def test_bad_input_is_a_usage_error_and_changes_nothing(project: pytest.Pytester, aws: str, args: list[str], message: str) -> None:
-    r = project.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=60)
+    r = run_forked(project, "-p", "no:cacheprovider", *args, timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines([message])
     assert alias_state(aws) == {fn: ("1", {}) for fn in FUNCTIONS} and statuses(aws) == {}
@@ -380,7 +381,7 @@ def test_bad_input_is_a_usage_error_and_changes_nothing(project: pytest.Pytester
 
 def test_stage_missing_from_dev_plan(pytester: pytest.Pytester, aws: str) -> None:
     shutil.copytree(REPO / "policies", pytester.path / "policies")
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--env=dev", "--stage=shift10", "--release=v2", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", "--env=dev", "--stage=shift10", "--release=v2", timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines(["*--stage=shift10 is not a stage of dev*allowed: deploy, verify (plan)*"])
 

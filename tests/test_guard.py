@@ -18,6 +18,7 @@ from pytest_llamadeploy.cli import main as cli
 from pytest_llamadeploy.guard import check_guard, guard_problems, longest_step
 from pytest_llamadeploy.policy import load_policy
 from tests.support.aws_setup import FUNCTIONS, alias_state, lambda_client
+from tests.support.forked import run_forked
 from tests.test_policy import pdir  # noqa: F401  (a copy of policies/ to edit)
 
 REPO = Path(__file__).parent.parent
@@ -209,7 +210,7 @@ def test_pytest_refuses_every_stage_of_a_loosened_prod_and_changes_nothing(
     _prod_project(pytester, {"stages": {"shift10": {"action": "promote", "weight": None}}, "watch": {"probe_rate": 0},
                              "ledger": {"backend": "file"}})
     before = (alias_state(aws), _versions(aws))
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--env=prod", f"--stage={stage}", "--release=v2",
+    r = run_forked(pytester, "-p", "no:cacheprovider", "--env=prod", f"--stage={stage}", "--release=v2",
                                       "--approved-by=alice", timeout=60)
     assert r.ret == 4
     prod = pytester.path / "policies" / "prod.yaml"
@@ -228,7 +229,7 @@ def test_pytest_refuses_every_stage_of_a_loosened_prod_and_changes_nothing(
 def test_pytest_plan_runs_on_the_shipped_prod(pytester: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     _prod_project(pytester, {})
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--env=prod", "--stage=deploy", "--release=v2",
+    r = run_forked(pytester, "-p", "no:cacheprovider", "--env=prod", "--stage=deploy", "--release=v2",
                                       "--approved-by=alice", "--plan", timeout=60)
     out = r.stdout.str()
     assert "llamadeploy plan: deploy of release v2 in prod" in out and "looser than the runbook" not in r.stderr.str()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forked import run_forked
 from tests.test_gate import project  # noqa: F401  (the stand-in gate project fixture)
 
 pytest_plugins = ["pytester"]
@@ -26,10 +27,10 @@ def test_ini_twins_and_command_line_precedence(project: pytest.Pytester) -> None
         llamadeploy_policy_dir = policies
         llamadeploy_plan = true
     """)
-    r = project.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    r = run_forked(project, "-p", "no:cacheprovider", timeout=60)
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
     r.stdout.fnmatch_lines(["llamadeploy plan: deploy of release v7 in fastprod", "*approved by ini-approver*"])
-    r = project.runpytest_subprocess("-p", "no:cacheprovider", "--release=v8", "--approved-by=cli", timeout=60)
+    r = run_forked(project, "-p", "no:cacheprovider", "--release=v8", "--approved-by=cli", timeout=60)
     r.stdout.fnmatch_lines(["llamadeploy plan: deploy of release v8 in fastprod", "*approved by cli*"])
 
 
@@ -44,7 +45,7 @@ def test_importing_the_plugin_loads_nothing_heavy() -> None:
 
 def test_project_tests_need_no_option(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_ok():\n    assert 1 + 1 == 2\n")
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", timeout=60)
     assert r.ret == 0
     r.assert_outcomes(passed=1)
 
@@ -70,7 +71,7 @@ def no_aws(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest
 @pytest.mark.parametrize("env", ["./prod", "prod/", "../policies/prod", "PROD", "defaults"])
 def test_env_that_is_not_a_policy_file_name_is_refused(no_aws: pytest.Pytester, env: str) -> None:
     # Finding 6: `--env=./prod` ran prod's stages under the ledger key `./prod` (another lock, another history).
-    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", f"--env={env}", "--stage=deploy", "--release=v1",
+    r = run_forked(no_aws, "-p", "no:cacheprovider", f"--env={env}", "--stage=deploy", "--release=v1",
                                     "--plan", timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines([f"*env {env!r}*allowed: dev, prod, sandbox, sandbox-aws, staging"])
@@ -79,7 +80,7 @@ def test_env_that_is_not_a_policy_file_name_is_refused(no_aws: pytest.Pytester, 
 
 def test_release_with_a_trailing_newline_is_refused(no_aws: pytest.Pytester) -> None:
     # `match` with `$` accepted "v1\n" (`$` matches before a final newline).
-    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1\n",
+    r = run_forked(no_aws, "-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1\n",
                                     "--plan", timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines(["*--release 'v1\\n': use 1-64 letters*"])
@@ -102,14 +103,14 @@ def test_release_with_a_trailing_newline_is_refused(no_aws: pytest.Pytester) -> 
 ])
 def test_options_the_stage_does_not_use_are_refused(no_aws: pytest.Pytester, args: list[str], lines: list[str]) -> None:
     # Before, `--to-version`, `--rds` or `--backup-id` on verify were silently ignored.
-    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", *args, timeout=60)
+    r = run_forked(no_aws, "-p", "no:cacheprovider", "--env=staging", *args, timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines(lines)
 
 
 def test_plan_without_aws_credentials_is_a_usage_error(no_aws: pytest.Pytester) -> None:
     # Before: exit 1 and botocore's NoCredentialsError traceback.
-    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1",
+    r = run_forked(no_aws, "-p", "no:cacheprovider", "--env=staging", "--stage=deploy", "--release=v1",
                                     "--plan", timeout=60)
     assert r.ret == 4
     r.stderr.fnmatch_lines(["*--plan for deploy in staging needs to read the alias and the ledger, and AWS could not be "
@@ -126,7 +127,7 @@ def test_show(request):
 
 def test_backup_options_have_ini_twins(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_show=SHOW_BACKUP_SETTINGS)
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", "-s", timeout=60)
     r.stdout.fnmatch_lines(["*BACKUP rds=False all=False id=None*"])
     pytester.makeini("""
         [pytest]
@@ -134,9 +135,9 @@ def test_backup_options_have_ini_twins(pytester: pytest.Pytester) -> None:
         llamadeploy_all = true
         llamadeploy_backup_id = b-from-ini
     """)
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", "-s", timeout=60)
     r.stdout.fnmatch_lines(["*BACKUP rds=True all=True id=b-from-ini*"])
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--backup-id=b-from-cli", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", "-s", "--backup-id=b-from-cli", timeout=60)
     r.stdout.fnmatch_lines(["*BACKUP rds=True all=True id=b-from-cli*"])
 
 

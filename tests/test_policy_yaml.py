@@ -15,6 +15,7 @@ import pytest
 from pytest_llamadeploy.cli import main as cli
 from pytest_llamadeploy.policy import PolicyError, load_policy
 from pytest_llamadeploy.policy_yaml import MAX_BYTES, PolicyYamlError, read_policy_yaml
+from tests.support.forked import run_forked
 from tests.test_policy import pdir  # noqa: F401  (a copy of policies/ to edit)
 
 REPO = Path(__file__).parent.parent
@@ -117,7 +118,7 @@ def test_non_utf8_policy_is_a_usage_error_in_pytest_not_internalerror(pytester: 
     shutil.copytree(REPO / "policies", pytester.path / "policies")
     path = pytester.path / "policies" / "staging.yaml"
     path.write_bytes(path.read_bytes() + b"\n# caf\xe9\n")
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--env=staging", "--stage=verify", timeout=60)
+    r = run_forked(pytester, "-p", "no:cacheprovider", "--env=staging", "--stage=verify", timeout=60)
     assert r.ret == 4
     err = r.stderr.str()
     assert "staging.yaml: not UTF-8: byte 0xe9 at byte offset" in err

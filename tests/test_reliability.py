@@ -17,6 +17,7 @@ import pytest
 from pytest_llamadeploy.ledger import FileLedger, LockHeld
 from tests.support.aws_setup import FUNCTIONS, alias_state
 from tests.support.faultproxy import FaultProxy
+from tests.support.forked import run_forked
 from tests.support.reliability import (
     add_checkpoint_plugin,
     dynamodb,
@@ -213,7 +214,7 @@ def test_a_corrupt_ledger_file_is_refused_with_exit_4_and_a_recovery_command(
     path.write_bytes(truncated)
     for args in (["--stage=shift50", "--release=v2", "--plan"], ["--stage=shift50", "--release=v2"],
                  ["--stage=rollback", "--to-version=1"]):
-        r = project.runpytest_subprocess("-p", "no:cacheprovider", "--env=fastprod", "--approved-by=alice", *args,
+        r = run_forked(project, "-p", "no:cacheprovider", "--env=fastprod", "--approved-by=alice", *args,
                                          timeout=120)
         assert r.ret == 4, (args, r.stdout.str(), r.stderr.str())
         r.stderr.fnmatch_lines([f"*the ledger file {path} is unreadable (JSONDecodeError*nothing was changed. "
@@ -221,7 +222,7 @@ def test_a_corrupt_ledger_file_is_refused_with_exit_4_and_a_recovery_command(
         assert "Traceback" not in r.stderr.str() + r.stdout.str()
     assert path.read_bytes() == truncated and alias_state(aws) == AT_OLD
     subprocess.run(["cp", f"{path}.prev", str(path)], check=True)  # the recovery command it printed
-    r = project.runpytest_subprocess("-p", "no:cacheprovider", "--env=fastprod", "--approved-by=alice",
+    r = run_forked(project, "-p", "no:cacheprovider", "--env=fastprod", "--approved-by=alice",
                                      "--stage=shift10", "--release=v2", "--plan", timeout=120)
     assert r.ret == 0, r.stdout.str()
 

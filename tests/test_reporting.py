@@ -22,6 +22,7 @@ from pytest_llamadeploy.reporting import (
     write_environment,
 )
 from pytest_llamadeploy.reporting.categories import PREFIXES, allure_rules
+from tests.support.forked import run_forked
 
 pytest_plugins = ["pytester"]
 
@@ -229,7 +230,7 @@ def test_apply_labels_from_collection_and_from_setup(pytester: pytest.Pytester,
     pytester.makepyfile(test_gate="def test_labelled_at_collect(): pass\n"
                                   "def test_labelled_at_setup(): assert False, 'probe failed: /health 502'\n")
     alluredir = pytester.path / "allure-results"
-    result = pytester.runpytest_subprocess(f"--alluredir={alluredir}", "-p", "no:cacheprovider")
+    result = run_forked(pytester, f"--alluredir={alluredir}", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     results = _results(alluredir)
     for name, stage, suite in (("test_labelled_at_collect", "shift10", "health"),
@@ -264,7 +265,7 @@ def _gate_results(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *r
     alluredir = pytester.path / "allure-results"
     for release in releases:
         monkeypatch.setenv("RELEASE", release)
-        pytester.runpytest_subprocess(f"--alluredir={alluredir}", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+        run_forked(pytester, f"--alluredir={alluredir}", "-p", "no:cacheprovider").assert_outcomes(passed=2)
     return alluredir
 
 
@@ -287,7 +288,7 @@ def test_apply_labels_is_a_no_op_without_alluredir(pytester: pytest.Pytester,
     pytester.makeconftest(LABELLING_CONFTEST)
     pytester.makepyfile(test_gate="def test_labelled_at_collect(request):\n"
                                   "    assert not list(request.node.iter_markers('allure_label'))\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run_forked(pytester, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "allure-results").exists()
 
