@@ -564,8 +564,16 @@ class BakeWatch:
             self._probe_unattributed += 1
             self._probe_failures.append({"t": round(self.clock(), 3), "detail": detail, "counted": False})
 
-    def _probe_result(self, probe: _Probe, check: str = "path") -> None:
+    def _probe_rule(self, check: str) -> tuple[str, str]:
+        """(trigger, function) of an active check: a built-in one, or a plugin's (bakeprobe.ProbeCheck)."""
+        contributed = (getattr(self.probe, "plugin_rules", None) or {}).get(check)
+        if contributed:
+            return contributed
         rule, scope = PROBE_RULES.get(check, PROBE_RULES["path"])
+        return rule, self.policy.service.ws_function if scope == "ws" else self.policy.service.api_function
+
+    def _probe_result(self, probe: _Probe, check: str = "path") -> None:
+        rule, function = self._probe_rule(check)
         with self._lock:
             window_of = self._probes.setdefault(rule, deque(maxlen=PROBE_WINDOW))
             window_of.append(probe)
@@ -577,7 +585,6 @@ class BakeWatch:
         failed = [p for p in recent if not p.ok]
         ratio = len(failed) / len(recent)
         if len(failed) >= PROBE_MIN_FAILURES and ratio > self.probe_bound:
-            function = self.policy.service.ws_function if scope == "ws" else self.policy.service.api_function
             version = self.versions["new"].get(function, "?")
             window = recent[-1].at - recent[0].at
             what = "probes" if check == "path" else f"{check} checks"
