@@ -126,6 +126,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not settings.active:
         raise pytest.UsageError("--plan needs --env and --stage")
     loaded = _gate_setup(config, settings)
+    _refuse_unassigned(config, settings, loaded)
     from .plan import render_plan
     from .stage import StageRunner
 
@@ -172,7 +173,8 @@ def _unreadable(runner: Any, exc: Exception) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "llamadeploy_suite(name): the gate suite a test belongs to")
+    config.addinivalue_line("markers", "llamadeploy_suite(name): the gate suite a test belongs to (a built-in "
+                                       "suite or one the policy declares under suites:)")
     settings = get_settings(config)
     config.stash[SETTINGS_KEY] = settings
     config.stash[FAILURES_KEY] = []
@@ -261,7 +263,11 @@ def _suite_of(item: pytest.Item, catalogue: tuple[str, ...] | None = None) -> tu
     from .suitenames import KNOWN_SUITES
 
     marker = item.get_closest_marker(MARKER)
-    parts = Path(str(item.path)).parts
+    path = Path(str(item.path))
+    try:  # below the rootdir only: a folder named `suites` or `health` above the repository says nothing
+        parts = path.relative_to(item.config.rootpath).parts
+    except ValueError:
+        parts = path.parts
     under_suites = SUITES_DIR in parts
     if marker is not None and marker.args:
         return str(marker.args[0]), under_suites
@@ -272,7 +278,7 @@ def _refuse_unassigned(config: pytest.Config, settings: Settings, loaded: Any) -
     """A test under suites/ in no suite of the env would run in every stage: refused before anything changes."""
     from .suiteassign import suite_roots, unassigned
 
-    roots = suite_roots(config.args, config.invocation_params.dir, config.rootpath)
+    roots = suite_roots(config.args, config.invocation_params.dir)
     problems = unassigned(roots, loaded.policy.suite_catalogue(), config.getini("python_files"), loaded.files[-1],
                           settings.env or "")
     if problems:

@@ -36,11 +36,10 @@ def suite_of_parts(parts: Sequence[str], catalogue: Iterable[str]) -> str | None
     return next((part for part in reversed(below) if part in names), None)
 
 
-def suite_roots(args: Iterable[str], cwd: Path, rootdir: Path) -> list[Path]:
-    """The ``suites/`` folders a run collects from: one an argument is in or holds, and the rootdir's own."""
+def suite_roots(args: Iterable[str], cwd: Path) -> list[Path]:
+    """The ``suites/`` folders a run collects from: each one an argument is in or holds."""
     roots: list[Path] = []
-    candidates = [(cwd / arg.split("::")[0]).resolve() for arg in args] + [rootdir.resolve()]
-    for path in candidates:
+    for path in [(cwd / arg.split("::")[0]).resolve() for arg in args]:
         parts = path.parts
         if SUITES_DIR in parts:
             root = Path(*parts[:len(parts) - parts[::-1].index(SUITES_DIR)])
@@ -74,16 +73,22 @@ def read_marks(source: str) -> tuple[list[str], list[str]]:
     ``test_*`` function and ``Test*`` class needs its own decorator.
     """
     tree = ast.parse(source)
-    every = _marks_in(tree)
-    for stmt in tree.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets) and _marks_in(stmt):
-            return every, []
+    if _pytestmark_in(tree.body):
+        return _marks_in(tree), []
     unmarked = [stmt.name for stmt in tree.body
                 if (isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name.startswith("test"))
-                or (isinstance(stmt, ast.ClassDef) and stmt.name.startswith("Test"))
+                or (isinstance(stmt, ast.ClassDef) and stmt.name.startswith("Test") and not _pytestmark_in(stmt.body))
                 if not any(_marks_in(d) for d in stmt.decorator_list)]
-    return every, unmarked
+    return _marks_in(tree), unmarked
+
+
+def _pytestmark_in(body: list[ast.stmt]) -> bool:
+    """Does a module's (or class's) body assign ``pytestmark`` a suite marker?"""
+    for stmt in body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets) and _marks_in(stmt):
+            return True
+    return False
 
 
 def _test_files(root: Path, patterns: Sequence[str]) -> list[Path]:

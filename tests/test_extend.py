@@ -58,7 +58,9 @@ def test_a_stage_may_list_only_a_built_in_or_declared_suite(tmp_path: Path, caps
 
 MARKED_MODULE = 'import pytest\npytestmark = pytest.mark.llamadeploy_suite("{suite}")\n\ndef test_a():\n    pass\n'
 MARKED_TESTS = ('import pytest\n\n@pytest.mark.llamadeploy_suite("health")\ndef test_a():\n    pass\n\n'
-                '@pytest.mark.llamadeploy_suite("health")\nclass TestB:\n    def test_c(self):\n        pass\n')
+                '@pytest.mark.llamadeploy_suite("health")\nclass TestB:\n    def test_c(self):\n        pass\n\n'
+                'class TestD:\n    pytestmark = [pytest.mark.llamadeploy_suite("health")]\n\n'
+                '    def test_e(self):\n        pass\n')
 PLAIN = "def test_a():\n    pass\n"
 
 
@@ -84,6 +86,14 @@ def test_a_test_under_suites_in_no_suite_is_found_with_the_fix(tmp_path: Path) -
     # Without smoke in the env's suites, its folder is refused too, and so is the marker naming it.
     problems = unassigned([root], KNOWN_SUITES, ["test_*.py"], Path("policies/team.yaml"), "team")
     assert sum("smoke" in p for p in problems) == 2
+
+
+def test_a_custom_suites_folder_narrows_a_run(tmp_path: Path) -> None:
+    from pytest_llamadeploy.narrowing import _narrowing_path
+
+    (tmp_path / "suites" / "smoke").mkdir(parents=True)
+    assert _narrowing_path("suites/smoke", tmp_path, tmp_path) == "suites/smoke (one suite's folder)"
+    assert _narrowing_path("suites", tmp_path, tmp_path) is None  # every suite: not narrowed
 
 
 SMOKE_GATE = """\
