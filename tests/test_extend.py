@@ -172,6 +172,8 @@ def test_a_plugins_probe_check_breaches_the_bake_and_rolls_back(project: pytest.
     assert rec.reason.startswith("probe failed: rollback trigger quote_probe_failure_ratio: 2 of the last 2 quote "
                                  "checks of onchain-api version 2 (new) failed"), rec.reason
     assert "quote check: onchain-api version 2 (old 1) quoted no price" in rec.reason
+    probes = json.loads(next((project.path / ".llamadeploy/runs").glob("*/context.json")).read_text())
+    assert probes["watch"]["bake"]["probes"]["rule"].startswith("per check (quote), last 10")
     assert alias_state(aws) == AT_ONE
 
 
