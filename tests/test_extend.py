@@ -156,6 +156,28 @@ def pytest_llamadeploy_probe_checks(policy):
 """
 
 
+def test_a_plugins_probe_checks_are_checked_before_anything_changes() -> None:
+    from pytest_llamadeploy.bakeprobe import ProbeCheck, plugin_checks
+
+    prod = load_policy(POLICIES, "prod").policy
+    policy = prod.model_copy(update={"watch": prod.watch.model_copy(update={"checks": ["path", "quote"]})})
+    ok = ProbeCheck("quote", lambda target: (True, "ok"), function="onchain-ws")
+    assert plugin_checks([[ok], None], policy) == {"quote": ok}
+    bad = [[ProbeCheck("path", ok.run), ProbeCheck("Quote!", ok.run), "quote"],
+           [ProbeCheck("depth", ok.run, function="onchain-db")]]
+    with pytest.raises(ValueError) as info:
+        plugin_checks(bad, policy)
+    problems = str(info.value).splitlines()
+    assert problems[0].startswith("probe check 'path': a name is a-z, 0-9 and '_'")  # no built-in's name
+    assert problems[1].startswith("probe check 'Quote!': a name is")
+    assert problems[2] == "a probe check must be a pytest_llamadeploy.bakeprobe.ProbeCheck, got 'quote'"
+    assert problems[3] == "probe check 'depth': function 'onchain-db' is not one of service.functions " \
+                          "(onchain-api, onchain-ws)"
+    assert problems[4].startswith("watch.checks names 'quote', which is neither built in")
+    with pytest.raises(ValueError, match="probe check 'quote' is contributed twice"):
+        plugin_checks([[ok], [ok]], policy)
+
+
 def test_a_plugins_probe_check_breaches_the_bake_and_rolls_back(project: pytest.Pytester, aws: str) -> None:  # noqa: F811
     set_policy(project, {"stages": {"shift10": {"bake": "30s", "watch": True}},
                          "watch": {"checks": ["quote"], "probe_rate": 10}})
