@@ -771,10 +771,17 @@ class StageRunner:
 
     def _judged(self, reason: str, failed_tests: list[str], passed_by_suite: dict[str, int] | None) -> str:
         """The verdict plugins' say (verdict.py), before any rollback or record: a pass may become a failure only."""
-        from .verdict import judged, make_verdict
+        from .verdict import BROKEN_PREFIX, judged, make_verdict
 
         assert self.record is not None
-        reason, said = judged(make_verdict(self, reason, failed_tests, passed_by_suite), self.hook.pytest_llamadeploy_verdict)
+        hook = self.hook.pytest_llamadeploy_verdict
+        if not hook.get_hookimpls():
+            return reason
+        try:  # finish() never raises; a verdict that cannot be put to its plugins has not been agreed to
+            reason, said = judged(make_verdict(self, reason, failed_tests, passed_by_suite), hook)
+        except Exception as exc:
+            said = [f"not asked: {type(exc).__name__}: {redact(str(exc))}"]
+            reason = reason or f"{BROKEN_PREFIX} {said[0]}"
         if said:
             self.record.details["verdict_plugins"] = said
         return reason

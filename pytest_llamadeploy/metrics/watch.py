@@ -252,8 +252,9 @@ class BakeWatch:
                       # Active checks of watch.checks that did not run, and why (bakeprobe.py).
                       "skipped": dict(getattr(self.probe, "skipped", {}) or {}),
                       "failures": list(self._probe_failures[-20:]),
-                      "rule": f"per check ({', '.join(getattr(self.probe, 'checks', None) or PROBE_RULES)}), last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} "
-                              f"failed and ratio > {self.probe_bound * 100:g}%"}
+                      "rule": f"per check ({', '.join(getattr(self.probe, 'checks', None) or PROBE_RULES)}), "
+                              f"last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} failed and ratio > "
+                              f"{self.probe_bound * 100:g}%"}
             return {
                 "started_at": self.started_at,
                 "deadline": self._deadline,
