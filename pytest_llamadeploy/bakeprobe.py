@@ -26,36 +26,109 @@ neither answered, the probe path failed, not the release.
 
 Every probe returns ``(ok, detail, check)``; the watch keeps one failure-ratio rule
 per check (metrics/watch.py).
+
+A team adds checks of its own through ``pytest_llamadeploy_probe_checks`` (newhooks.py):
+a :class:`ProbeCheck` runs where ``watch.checks`` names it, in the same rotation, and is
+its own trigger ``<name>_probe_failure_ratio`` on the new version of its function.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 ProbeOutcome = tuple[bool | None, str, str]
 
 #: The cached key the cache check reads (an endpoint of docs/service-contract.md).
 CACHE_CHECK_PATH = "/chains"
+#: The checks that ship with llamadeploy (policy ``watch.checks``).
+BUILTIN_CHECKS = ("path", "cache", "event")
+_CHECK_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
-def bake_probe(context: Any, policy: Any) -> Callable[[], ProbeOutcome] | None:
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What a plugin's check probes: the new version of one function (the old one to compare with)."""
+
+    function: str
+    version: str
+    old_version: str | None
+    #: The stage (pytest_llamadeploy.context.StageContext): ``client(...)``, ``resolved_targets``, ``release``.
+    context: Any
+    timeout: float
+    lambda_client: Any
+
+    def invoke(self, path: str, version: str | None = None, *, method: str = "GET",
+               headers: dict[str, str] | None = None, body: str | None = None) -> Any:
+        """One Lambda invoke of ``version`` (default: the new one) with an API Gateway proxy event: a ProbeResult."""
+        from .probe import probe_http
+
+        return probe_http(self.context.resolved_targets, path, version=version or self.version, timeout=self.timeout,
+                          function=self.function, lambda_client=self.lambda_client, method=method,
+                          headers=headers, body=body)
+
+
+@dataclass(frozen=True)
+class ProbeCheck:
+    """An active check a plugin contributes (``pytest_llamadeploy_probe_checks``, newhooks.py)."""
+
+    name: str
+    #: ``run(target) -> (ok, detail)``: True passed, False failed, None the probe path failed (not counted).
+    run: Callable[[ProbeTarget], tuple[bool | None, str]]
+    #: The function whose new version it checks (default ``service.api_function``).
+    function: str = ""
+    description: str = ""
+
+
+def plugin_checks(answers: Iterable[Any], policy: Any) -> dict[str, ProbeCheck]:
+    """The plugins' checks by name, validated against the policy; ValueError lists every problem."""
+    problems: list[str] = []
+    checks: dict[str, ProbeCheck] = {}
+    for answer in answers:
+        for check in answer or []:
+            if not isinstance(check, ProbeCheck):
+                problems.append(f"a probe check must be a pytest_llamadeploy.bakeprobe.ProbeCheck, got {check!r}")
+            elif not _CHECK_NAME.fullmatch(check.name) or check.name in BUILTIN_CHECKS:
+                problems.append(f"probe check {check.name!r}: a name is a-z, 0-9 and '_' (up to 40, a letter first) "
+                                f"and none of the built-in {', '.join(BUILTIN_CHECKS)}")
+            elif check.name in checks:
+                problems.append(f"probe check {check.name!r} is contributed twice (by two plugins?): rename one")
+            elif check.function and check.function not in policy.service.functions:
+                problems.append(f"probe check {check.name!r}: function {check.function!r} is not one of "
+                                f"service.functions ({', '.join(policy.service.functions)})")
+            else:
+                checks[check.name] = check
+    for name in policy.watch.checks:
+        if name not in BUILTIN_CHECKS and name not in checks:
+            problems.append(f"watch.checks names {name!r}, which is neither built in ({', '.join(BUILTIN_CHECKS)}) "
+                            f"nor contributed by a plugin (pytest_llamadeploy_probe_checks: "
+                            f"{', '.join(checks) or 'none'}): fix the name or install the plugin")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return checks
+
+
+def bake_probe(context: Any, policy: Any, plugins: Mapping[str, ProbeCheck] | None = None
+               ) -> Callable[[], ProbeOutcome] | None:
     """The watch's probe of the new version (None if no API version is new)."""
     fn = policy.service.api_function
     version = context.new_versions.get(fn)
     old = context.old_versions.get(fn)
     if not version or version == old:
         return None
-    return BakeProbes(context, policy, str(version), str(old) if old else None)
+    return BakeProbes(context, policy, str(version), str(old) if old else None, plugins)
 
 
 class BakeProbes:
     """Callable: each call runs the next check of ``watch.checks`` once (see the module docstring)."""
 
-    def __init__(self, context: Any, policy: Any, version: str, old: str | None) -> None:
+    def __init__(self, context: Any, policy: Any, version: str, old: str | None,
+                 plugins: Mapping[str, ProbeCheck] | None = None) -> None:
         self.policy = policy
         self.fn = policy.service.api_function
         self.version, self.old = version, old
@@ -75,6 +148,25 @@ class BakeProbes:
             if why:
                 checks.remove("event")
                 self.skipped["event"] = why
+        #: The plugins' checks this bake runs, and each one's (trigger, function) for the watch.
+        self.plugins: dict[str, tuple[ProbeCheck, ProbeTarget]] = {}
+        self.plugin_rules: dict[str, tuple[str, str]] = {}
+        for name, check in (plugins or {}).items():
+            if name not in checks:
+                continue
+            target_fn = check.function or self.fn
+            new, was = context.new_versions.get(target_fn), context.old_versions.get(target_fn)
+            if not new or new == was:
+                checks.remove(name)
+                self.skipped[name] = f"this release publishes no new version of {target_fn}"
+                continue
+            self.plugins[name] = (check, ProbeTarget(
+                function=target_fn, version=str(new), old_version=str(was) if was else None, context=context,
+                timeout=float(policy.watch.probe_timeout), lambda_client=self.lambda_client))
+            self.plugin_rules[name] = (f"{name}_probe_failure_ratio", target_fn)
+        for name in [c for c in checks if c not in BUILTIN_CHECKS and c not in self.plugins]:
+            checks.remove(name)
+            self.skipped.setdefault(name, "no plugin contributes it (pytest_llamadeploy_probe_checks)")
         self.checks = checks or ["path"]
         self.turn = 0
         self._token: tuple[str, float] | None = None
@@ -95,6 +187,8 @@ class BakeProbes:
     def __call__(self) -> ProbeOutcome:
         check = self.checks[self.turn % len(self.checks)]
         self.turn += 1
+        if check in self.plugins:
+            return self.plugin(check)
         try:
             if check == "event":
                 return self.event()
@@ -104,6 +198,15 @@ class BakeProbes:
         return ok, detail, check
 
     # -- the checks -----------------------------------------------------------------------
+
+    def plugin(self, name: str) -> ProbeOutcome:
+        """A plugin's check, once: what it raises is a failed check of its own (not of ``path``)."""
+        check, target = self.plugins[name]
+        try:
+            ok, detail = check.run(target)
+        except Exception as exc:  # noqa: BLE001 - a check that raises has failed
+            return False, f"{name} check: {type(exc).__name__}: {exc}", name
+        return ok, f"{name} check: {detail}", name
 
     def _invoke(self, version: str, path: str, **kwargs: Any) -> Any:
         from .probe import probe_http

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .suiteassign import SUITES_DIR
 from .suitenames import KNOWN_SUITES
 
 
@@ -45,6 +46,9 @@ def _narrowing_path(arg: str, cwd: Path, rootdir: Path) -> str | None:
         parts = path.relative_to(rootdir.resolve()).parts
     except ValueError:
         parts = path.parts
-    if set(parts) & set(KNOWN_SUITES):
+    # A folder below suites/ is one suite (or part of one), whatever its name: a team's own suites
+    # are declared in the policy, which is not read here.
+    below_suites = SUITES_DIR in parts[:-1]
+    if below_suites or set(parts) & set(KNOWN_SUITES):
         return f"{arg} (one suite's folder)"
     return None

@@ -29,9 +29,11 @@ import pytest
 
 if TYPE_CHECKING:  # the policy model (pydantic) and boto3 load only when a gate runs
     from .aws import AwsConfig
+    from .bakeprobe import ProbeCheck
     from .ledger import Ledger
     from .policy import Policy
     from .traffic import TrafficDriver
+    from .verdict import Verdict
 
 #: The events of ``pytest_llamadeploy_notify``.
 NotifyEvent = Literal["start", "pass", "fail", "rollback", "rollback_failed"]
@@ -116,4 +118,76 @@ def pytest_llamadeploy_checkpoint(name: str, run_id: str) -> None:
     For progress reporting and for fault-injection tests (the project's chaos
     tests kill the gate at each). Must return quickly; exceptions are reported
     and ignored.
+    """
+
+
+# -- A team's own probe checks and its say on the verdict (issue 16) ---------------------------------
+
+
+@pytest.hookspec
+def pytest_llamadeploy_probe_checks(policy: Policy) -> list[ProbeCheck] | None:
+    """Return active checks of your own for the bake's probes, beside ``path``, ``cache`` and ``event``.
+
+    Called once per gate run on the controller, before anything changes; every implementation's
+    list counts. A check runs in a bake only where the env's policy lists its name under
+    ``watch.checks`` (so each env chooses its checks), rotating with the built-in ones at
+    ``watch.probe_rate``; each check is its own rollback trigger ``<name>_probe_failure_ratio``
+    (at least 2 of its last 10 runs failed and more than the error-rate bound: metrics/watch.py)
+    on the new version of its function, and the bake rolls back at its first breach. A
+    ``watch.checks`` name that is neither built in nor contributed, a name used twice, a
+    malformed name (``[a-z][a-z0-9_]*``) or a function not in ``service.functions`` refuses the
+    run (exit 4, nothing changed).
+
+    :class:`pytest_llamadeploy.bakeprobe.ProbeCheck` is ``name``, ``run`` and optionally
+    ``function`` (default ``service.api_function``) and ``description``. ``run(target)`` gets a
+    :class:`pytest_llamadeploy.bakeprobe.ProbeTarget` (``function``, ``version`` under test,
+    ``old_version``, ``context``: the :class:`pytest_llamadeploy.context.StageContext`, and
+    ``invoke(path, version=None, method="GET", headers=None, body=None)``: one Lambda invoke of
+    that version with an API Gateway proxy event, a :class:`pytest_llamadeploy.probe.ProbeResult`)
+    and returns ``(ok, detail)``: ``True`` passed, ``False`` failed, ``None`` the probe path
+    failed rather than the release (counted apart, never in the trigger's window). An
+    exception is a failed check. Keep each run within ``watch.probe_timeout``.
+
+    Example (``conftest.py``; the policy's ``watch: {checks: [path, cache, event, quote]}``)::
+
+        from pytest_llamadeploy.bakeprobe import ProbeCheck
+
+        def quote_has_a_price(target):
+            answer = target.invoke("/quote/ETH")
+            ok = answer.ok and isinstance(answer.body, dict) and answer.body.get("price", 0) > 0
+            return ok, answer.describe()
+
+        def pytest_llamadeploy_probe_checks(policy):
+            return [ProbeCheck("quote", quote_has_a_price, description="ETH quote has a price")]
+    """
+
+
+@pytest.hookspec
+def pytest_llamadeploy_verdict(verdict: Verdict) -> str | None:
+    """The stage's verdict, once the gate decided it: return a reason to fail a passing stage, or None.
+
+    Called once per stage on the controller after every gate test, suite rule and the bake's
+    watch were judged and the alias read, and BEFORE anything acts on the verdict: before the
+    rollback of a failure and before the verdict is written to the ledger. So a veto is rolled
+    back (``rollback_on_failure``) and recorded like any failure; to act on the recorded
+    verdict (post it, page someone), use :func:`pytest_llamadeploy_notify`'s ``pass``/``fail``.
+    Not called for a run that lost its lock (it decides nothing).
+
+    ``verdict`` is a :class:`pytest_llamadeploy.verdict.Verdict`: ``env``, ``stage``,
+    ``release``, ``run_id``, ``status`` (``passed`` or ``failed``), ``reason``,
+    ``failed_tests``, ``passed_by_suite`` and ``evidence`` (``watch``: the bake's rules,
+    values and probes; ``record``: the stage record so far), secrets redacted.
+
+    A plugin may make the gate stricter, never kinder: a non-empty string vetoes a pass (the
+    stage fails with ``threshold breached: a verdict plugin vetoed the pass: <your text>``);
+    on a failure, whatever a plugin returns leaves it a failure with its own reason. A hook
+    that raises fails a passing stage (``inconclusive: a verdict plugin failed ...``): a
+    plugin that cannot answer has not agreed. Every answer is kept in the record's
+    ``details["verdict_plugins"]``. Keep it short: the lock is held meanwhile.
+
+    Example: no promotion while a change freeze is on::
+
+        def pytest_llamadeploy_verdict(verdict):
+            if verdict.stage == "shift100" and verdict.env == "prod" and freeze_is_on():
+                return "change freeze (freeze.example.com): promotion held"
     """

@@ -39,6 +39,8 @@ PASSED_KEY = pytest.StashKey[dict[str, int]]()
 #: The user property a gate test's reports carry its suite in (xdist forwards it to the controller).
 SUITE_PROPERTY = "llamadeploy_suite"
 VERDICT_KEY = pytest.StashKey[tuple[str, str]]()
+#: The bake's probe checks plugins contribute, by name (bakeprobe.ProbeCheck).
+PROBE_CHECKS_KEY = pytest.StashKey[dict[str, Any]]()
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -124,6 +126,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not settings.active:
         raise pytest.UsageError("--plan needs --env and --stage")
     loaded = _gate_setup(config, settings)
+    _refuse_unassigned(config, settings, loaded)
     from .plan import render_plan
     from .stage import StageRunner
 
@@ -170,7 +173,8 @@ def _unreadable(runner: Any, exc: Exception) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "llamadeploy_suite(name): the gate suite a test belongs to")
+    config.addinivalue_line("markers", "llamadeploy_suite(name): the gate suite a test belongs to (a built-in "
+                                       "suite or one the policy declares under suites:)")
     settings = get_settings(config)
     config.stash[SETTINGS_KEY] = settings
     config.stash[FAILURES_KEY] = []
@@ -179,6 +183,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if not settings.active or _is_worker(config):
         return
     loaded = _gate_setup(config, settings)
+    _refuse_unassigned(config, settings, loaded)
+    from .bakeprobe import plugin_checks
+
+    try:  # before anything changes: a check the policy names and no plugin gives is bad input
+        config.stash[PROBE_CHECKS_KEY] = plugin_checks(
+            config.pluginmanager.hook.pytest_llamadeploy_probe_checks(policy=loaded.policy), loaded.policy)
+    except ValueError as exc:
+        raise pytest.UsageError(f"probe checks of {loaded.files[-1]}; nothing was changed:\n  "
+                                + str(exc).replace("\n", "\n  ")) from None
     # Allure results from every gate run by default (allure-pytest reads this in its own configure).
     if hasattr(config.option, "allure_report_dir") and not config.option.allure_report_dir:
         config.option.allure_report_dir = str(settings.alluredir)
@@ -244,19 +257,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(_unreadable(runner, exc)) from None
 
 
-def _suite_of(item: pytest.Item) -> tuple[str | None, bool]:
-    """(suite name, lives under a ``suites/`` folder)."""
+def _suite_of(item: pytest.Item, catalogue: tuple[str, ...] | None = None) -> tuple[str | None, bool]:
+    """(suite name, lives under a ``suites/`` folder); ``catalogue``: the env's suites (default: the built-in ones)."""
+    from .suiteassign import MARKER, SUITES_DIR, suite_of_parts
     from .suitenames import KNOWN_SUITES
 
-    marker = item.get_closest_marker("llamadeploy_suite")
-    parts = Path(str(item.path)).parts
-    under_suites = "suites" in parts
+    marker = item.get_closest_marker(MARKER)
+    path = Path(str(item.path))
+    try:  # below the rootdir only: a folder named `suites` or `health` above the repository says nothing
+        parts = path.relative_to(item.config.rootpath).parts
+    except ValueError:
+        parts = path.parts
+    under_suites = SUITES_DIR in parts
     if marker is not None and marker.args:
         return str(marker.args[0]), under_suites
-    for part in reversed(parts[:-1]):
-        if part in KNOWN_SUITES:
-            return part, under_suites
-    return None, under_suites
+    return suite_of_parts(parts, catalogue or KNOWN_SUITES), under_suites
+
+
+def _refuse_unassigned(config: pytest.Config, settings: Settings, loaded: Any) -> None:
+    """A test under suites/ in no suite of the env would run in every stage: refused before anything changes."""
+    from .suiteassign import suite_roots, unassigned
+
+    roots = suite_roots(config.args, config.invocation_params.dir)
+    problems = unassigned(roots, loaded.policy.suite_catalogue(), config.getini("python_files"), loaded.files[-1],
+                          settings.env or "")
+    if problems:
+        raise pytest.UsageError("tests in no gate suite; nothing was changed:\n  " + "\n  ".join(problems))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -272,13 +298,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     from .policy import load_policy
 
-    stage = load_policy(settings.policy_dir, settings.env or "").policy.stages[settings.stage or ""]
+    policy = load_policy(settings.policy_dir, settings.env or "").policy
+    stage = policy.stages[settings.stage or ""]
+    catalogue = policy.suite_catalogue()
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        suite, _ = _suite_of(item)
+        suite, under_suites = _suite_of(item, catalogue)
         item.stash[_SUITE_KEY] = suite
-        (keep if suite is None or suite in stage.suites else drop).append(item)
+        # Under suites/ and in no suite (a marker added by a hook, past _refuse_unassigned): never in every stage.
+        runs = suite in stage.suites if suite is not None or under_suites else True
+        (keep if runs else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -323,7 +353,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if runner.failure is None:
         from .bakeprobe import bake_probe
 
-        runner.bake(probe=bake_probe(runner.context, runner.policy) if runner.stage_policy.watch else None)
+        plugins = session.config.stash.get(PROBE_CHECKS_KEY, {})
+        runner.bake(probe=bake_probe(runner.context, runner.policy, plugins) if runner.stage_policy.watch else None)
     runner.step = "gate suites"
     if runner.failure is not None:
         raise session.Failed(runner.failure)
@@ -425,7 +456,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     interrupts = config.stash.get(INTERRUPTS_KEY, None)
     if interrupts is not None:
         interrupts.uninstall()
-    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, PASSED_KEY, VERDICT_KEY, INTERRUPTS_KEY):
+    for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, PASSED_KEY, VERDICT_KEY, INTERRUPTS_KEY,
+                PROBE_CHECKS_KEY):
         if key in config.stash:
             del config.stash[key]
 

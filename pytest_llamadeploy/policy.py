@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .policy_yaml import PolicyYamlError, clip, read_policy_yaml
-from .suitenames import KNOWN_SUITES
+from .suitenames import KNOWN_SUITES, SUITE_NAME
 from .units import Duration, Rate, Threshold, duration_within, format_duration, number_within
 
 ACTIONS = ("none", "deploy", "shift", "promote", "rollback", "preflight", "backup", "migrate", "restore")
@@ -142,13 +142,7 @@ class Stage(_Model):
     watch: bool = False
     description: str = ""
 
-    @field_validator("suites")
-    @classmethod
-    def _known_suites(cls, suites: list[str]) -> list[str]:
-        for suite in suites:
-            if suite not in KNOWN_SUITES:
-                raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(KNOWN_SUITES)}")
-        return suites
+    # Each name must be a built-in suite or one the policy declares under ``suites:`` (Policy._suites_declared).
 
     @model_validator(mode="after")
     def _weight_fits_action(self) -> Stage:
@@ -210,7 +204,10 @@ class Watch(_Model):
     #: The active checks the probes rotate over (bakeprobe.py): ``path`` (GET probe_path), ``cache``
     #: (a cached key read fresh, then from the cache), ``event`` (a test event through the new API
     #: version to a subscriber on the new WebSocket version). Each has its own failure-ratio trigger.
-    checks: Annotated[list[Literal["path", "cache", "event"]], Field(min_length=1)] = ["path", "cache", "event"]
+    #: A team's own checks are named here too: those a plugin contributes (pytest_llamadeploy_probe_checks,
+    #: newhooks.py); the gate refuses (exit 4) a name that is neither built in nor contributed.
+    checks: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]], Field(min_length=1)] = [
+        "path", "cache", "event"]
     #: The chain the event check publishes to: one no alert rule and no functional test uses.
     probe_event_chain: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "llamadeploy-probe"
     #: Consecutive provider errors (throttling, 5xx, timeouts) that end a stage as inconclusive.
@@ -432,10 +429,19 @@ class Backup(_Model):
     timeout: Annotated[Duration, duration_within(0, 86400, above=True)] = 1800.0
 
 
+class SuiteSpec(_Model):
+    """A team's own gate suite: the folder ``suites/<name>/`` (or tests marked ``llamadeploy_suite("<name>")``)."""
+
+    description: str = ""
+
+
 class Policy(_Model):
     name: str
     description: str = ""
     extends: str | None = None
+    #: The team's own suites, by name (a folder under suites/), beside the built-in ones (suitenames.py):
+    #: a stage may list only a built-in or declared suite, and a folder under suites/ named neither is refused.
+    suites: dict[Annotated[str, Field(pattern=SUITE_NAME)], SuiteSpec | None] = Field(default_factory=dict)
     approval: Approval = Approval()
     rollback_on_failure: bool = True
     #: A rollback is retried with backoff (0.5 s doubling to 8 s) until this long after its first attempt.
@@ -469,6 +475,24 @@ class Policy(_Model):
                 raise ValueError(f"plan names stage {name!r}, which is not under stages: ({', '.join(self.stages)})")
         if len(set(self.plan)) != len(self.plan):
             raise ValueError(f"plan lists a stage twice: {self.plan}")
+        return self
+
+    def suite_catalogue(self) -> tuple[str, ...]:
+        """Every suite a stage of this env may list: the built-in ones, then those declared under ``suites:``."""
+        return (*KNOWN_SUITES, *(s for s in self.suites if s not in KNOWN_SUITES))
+
+    @model_validator(mode="after")
+    def _suites_declared(self) -> Policy:
+        catalogue = self.suite_catalogue()
+        problems: list[tuple[tuple[str, ...], Any, str]] = []
+        for name, stage in self.stages.items():
+            for i, suite in enumerate(stage.suites):
+                if suite not in catalogue:
+                    problems.append((("stages", name, "suites", str(i)), suite,
+                                     f"unknown suite; allowed: {', '.join(catalogue)}; declare your own at the "
+                                     f"top level: suites: {{{suite}: {{}}}}"))
+        if problems:
+            raise LocatedProblems(problems)
         return self
 
     @model_validator(mode="after")

@@ -720,6 +720,7 @@ class StageRunner:
                 after = self._read_retrying()
             except Exception as exc:  # a stage cannot pass without knowing where its traffic is
                 reason = f"provider error: could not read the alias after the stage: {type(exc).__name__}: {exc}"
+        reason = self._judged(reason, failed_tests, passed_by_suite)
         if self.rollback_failed:
             status = "rollback_failed"
         elif not reason:
@@ -767,6 +768,23 @@ class StageRunner:
         self._notify("pass" if status == "passed" else "fail")
         self._release()
         return status, self.record.reason
+
+    def _judged(self, reason: str, failed_tests: list[str], passed_by_suite: dict[str, int] | None) -> str:
+        """The verdict plugins' say (verdict.py), before any rollback or record: a pass may become a failure only."""
+        from .verdict import BROKEN_PREFIX, judged, make_verdict
+
+        assert self.record is not None
+        hook = self.hook.pytest_llamadeploy_verdict
+        if not hook.get_hookimpls():
+            return reason
+        try:  # finish() never raises; a verdict that cannot be put to its plugins has not been agreed to
+            reason, said = judged(make_verdict(self, reason, failed_tests, passed_by_suite), hook)
+        except Exception as exc:
+            said = [f"not asked: {type(exc).__name__}: {redact(str(exc))}"]
+            reason = reason or f"{BROKEN_PREFIX} {said[0]}"
+        if said:
+            self.record.details["verdict_plugins"] = said
+        return reason
 
     def _resolve_leftovers(self) -> None:
         """A passed rollback ends the unfinished runs it was told about and clears 'needs attention'."""

@@ -140,7 +140,7 @@ def _set_bake_probe(monkeypatch: pytest.MonkeyPatch, factory: object) -> None:
 
 
 def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set_bake_probe(monkeypatch, lambda context, policy: None)
+    _set_bake_probe(monkeypatch, lambda context, policy, plugins=None: None)
 
 
 @pytest.mark.parametrize("how", ["raises", "dies"])
@@ -179,7 +179,7 @@ def test_a_probe_that_raises_is_a_failed_probe_and_on_breach_raising_still_rolls
     set_policy(project, WATCHED)
     seed_deployed(aws, ledger(aws))
 
-    def exploding_probe(context: object, policy: object) -> object:
+    def exploding_probe(context: object, policy: object, plugins: object = None) -> object:
         def probe() -> tuple[bool | None, str]:
             raise ConnectionError("probe exploded")
         return probe

@@ -252,8 +252,9 @@ class BakeWatch:
                       # Active checks of watch.checks that did not run, and why (bakeprobe.py).
                       "skipped": dict(getattr(self.probe, "skipped", {}) or {}),
                       "failures": list(self._probe_failures[-20:]),
-                      "rule": f"per check (path, cache, event), last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} "
-                              f"failed and ratio > {self.probe_bound * 100:g}%"}
+                      "rule": f"per check ({', '.join(getattr(self.probe, 'checks', None) or PROBE_RULES)}), "
+                              f"last {PROBE_WINDOW}: >= {PROBE_MIN_FAILURES} failed and ratio > "
+                              f"{self.probe_bound * 100:g}%"}
             return {
                 "started_at": self.started_at,
                 "deadline": self._deadline,
@@ -564,8 +565,16 @@ class BakeWatch:
             self._probe_unattributed += 1
             self._probe_failures.append({"t": round(self.clock(), 3), "detail": detail, "counted": False})
 
-    def _probe_result(self, probe: _Probe, check: str = "path") -> None:
+    def _probe_rule(self, check: str) -> tuple[str, str]:
+        """(trigger, function) of an active check: a built-in one, or a plugin's (bakeprobe.ProbeCheck)."""
+        contributed = (getattr(self.probe, "plugin_rules", None) or {}).get(check)
+        if contributed:
+            return contributed
         rule, scope = PROBE_RULES.get(check, PROBE_RULES["path"])
+        return rule, self.policy.service.ws_function if scope == "ws" else self.policy.service.api_function
+
+    def _probe_result(self, probe: _Probe, check: str = "path") -> None:
+        rule, function = self._probe_rule(check)
         with self._lock:
             window_of = self._probes.setdefault(rule, deque(maxlen=PROBE_WINDOW))
             window_of.append(probe)
@@ -577,7 +586,6 @@ class BakeWatch:
         failed = [p for p in recent if not p.ok]
         ratio = len(failed) / len(recent)
         if len(failed) >= PROBE_MIN_FAILURES and ratio > self.probe_bound:
-            function = self.policy.service.ws_function if scope == "ws" else self.policy.service.api_function
             version = self.versions["new"].get(function, "?")
             window = recent[-1].at - recent[0].at
             what = "probes" if check == "path" else f"{check} checks"
