@@ -7,9 +7,7 @@ dies), and it is stopped by PID.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -17,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.moto import free_port
+from tests.support.moto import free_port, stop_by_pid
 
 #: Longest a test's Prometheus may live, whatever happens to the test.
 LIFETIME = 120
@@ -85,10 +83,5 @@ def prometheus_server(work: Path, targets: Sequence[str]) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)  # timeout passes it on to prometheus
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_by_pid(proc)  # timeout passes the SIGTERM on to prometheus
         log.close()
