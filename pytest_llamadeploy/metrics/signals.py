@@ -202,8 +202,8 @@ def get_signal(name: str, where: str = "", policy: Any = None) -> Signal:
     except KeyError:
         at = f"{where}: " if where else ""
         raise UnknownSignal(
-            f"{at}signal {name!r} is not known; use one of {', '.join(sorted(known))}, or declare it "
-            f"under metrics.signals (a custom signal: custom.<name> with its source and metric or query)"
+            f"{at}signal {name!r} is not known: declare it under metrics.signals (custom.<name> with its source "
+            f"and metric or query), or use one of {', '.join(sorted(known))}"
         ) from None
 
 
