@@ -19,6 +19,9 @@ from pytest_llamadeploy.metrics.providers import MetricRouter, NoProvider, metri
 from pytest_llamadeploy.metrics.query import Points, ProviderError, QueryError, SeriesSpec
 from pytest_llamadeploy.policy import Policy, load_policy
 from tests.support.moto import free_port
+from tests.test_options import no_aws  # noqa: F401  (the repository's policies, no AWS configuration)
+
+pytest_plugins = ["pytester"]
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 
@@ -118,6 +121,14 @@ def test_source_no_plugin_provides_is_refused_naming_key_and_fix(team_policy: Po
 
     with pytest.raises(NoProvider, match=r"'store': the plugin's provider object has no fetch\(specs, start, end\)"):
         metric_providers(team_policy, _no_cloudwatch, _hook(Broken()))
+
+
+def test_gate_run_without_the_provider_plugin_is_refused_before_anything(no_aws: pytest.Pytester) -> None:  # noqa: F811
+    (no_aws.path / "policies" / "team.yaml").write_text(TEAM_POLICY.replace("extends: sandbox", "extends: staging"))
+    r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=team", "--stage=verify", "--plan", timeout=60)
+    assert r.ret == 4, r.stdout.str() + r.stderr.str()
+    r.stderr.fnmatch_lines(["*team.yaml: metrics.sources.store.provider = 'teamstore': no plugin supplies it*"])
+    assert "Traceback" not in r.stderr.str()
 
 
 def test_a_plugin_may_replace_cloudwatch_for_a_built_in_source(team_policy: Policy) -> None:
