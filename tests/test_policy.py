@@ -292,3 +292,15 @@ def test_bad_custom_signal_or_source_names_file_key_and_fix(pdir: Path, old: str
         load_policy(pdir, "custom")
     line = next((p for p in info.value.problems if key in p), "\n".join(info.value.problems))
     assert str(pdir / "custom.yaml") in line and key in line and fix in line, line
+
+
+def test_readme_prometheus_example_is_a_valid_policy(pdir: Path) -> None:
+    # The README's "Extend it" example, as written, loads and passes `policy check`.
+    readme = (POLICIES.parent / "README.md").read_text()
+    section = readme.split("## Extend it", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (pdir / "withprom.yaml").write_text("extends: sandbox\n" + example)
+    policy = load_policy(pdir, "withprom").policy
+    assert policy.metrics.sources["prom"].url == "${PROMETHEUS_URL}"
+    assert policy.rollback_triggers["prom_error_rate"].signal == "custom.prom_error_rate"
+    assert cli(["policy", "check", str(pdir)]) == 0
