@@ -15,7 +15,7 @@ import pytest
 from pytest_llamadeploy import newhooks
 from pytest_llamadeploy.metrics.evaluate import evaluate_rules
 from pytest_llamadeploy.metrics.prometheus import PrometheusProvider, render
-from pytest_llamadeploy.metrics.providers import MetricRouter, NoProvider, metric_providers
+from pytest_llamadeploy.metrics.providers import MetricRouter, NoProvider, metric_providers, provider_of
 from pytest_llamadeploy.metrics.query import Points, ProviderError, QueryError, SeriesSpec
 from pytest_llamadeploy.policy import Policy, load_policy
 from tests.support.moto import free_port
@@ -114,6 +114,13 @@ def test_source_no_plugin_provides_is_refused_naming_key_and_fix(team_policy: Po
     with pytest.raises(NoProvider, match=r"metrics.sources.store.provider = 'teamstore': no plugin supplies it .*"
                                          r"install the plugin that provides it, or use provider: cloudwatch or prometheus"):
         metric_providers(team_policy, _no_cloudwatch, _hook())
+
+    # A caller holding only a CloudWatch client (a suite) still reads every other source.
+    router = provider_of(_no_cloudwatch, team_policy)
+    assert isinstance(router, MetricRouter) and set(router.providers) == {"service", "aws"}
+    spec = SeriesSpec("", "checkout.total", (("v", "8"),), "Sum", 1, "store")
+    with pytest.raises(QueryError, match="no metric provider for source 'store' here.*pytest_llamadeploy_metric_provider"):
+        router.fetch([spec], 0.0, 2.0)
 
     class Broken:
         def pytest_llamadeploy_metric_provider(self, name: str, source: Any, policy: Policy) -> Any:

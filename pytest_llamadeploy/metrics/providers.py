@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .query import Points, SeriesSpec, fetch
+from .query import Points, QueryError, SeriesSpec, fetch
 
 
 @runtime_checkable
@@ -76,7 +76,9 @@ class MetricRouter:
             source = spec.source or "service"
             provider = self.providers.get(source)
             if provider is None:
-                raise KeyError(f"no metric provider for source {source!r} (known: {', '.join(self.providers)})")
+                raise QueryError(f"no metric provider for source {source!r} here (known: {', '.join(self.providers)}): "
+                                 "a plugin's provider serves it through pytest_llamadeploy_metric_provider, which "
+                                 "this caller was not given")
             groups.setdefault(id(provider), (provider, []))[1].append(spec)
         out: dict[SeriesSpec, Points] = {}
         for provider, group in groups.values():
@@ -100,11 +102,12 @@ def builtin_provider(name: str, source: Any, cloudwatch: CloudWatchProvider) -> 
 
 
 def metric_providers(policy: Any, cloudwatch: Any | Callable[[], Any],
-                     hook: Any = None) -> MetricRouter:
+                     hook: Any = None, *, strict: bool = True) -> MetricRouter:
     """The provider of every source of ``policy``; ``hook`` (pytest's) lets a plugin supply any of them.
 
     ``cloudwatch`` is a boto3 client or a function making one. Raises :class:`NoProvider`,
-    naming the policy key and the fix, for a source no provider serves.
+    naming the policy key and the fix, for a source no provider serves (``strict``; otherwise
+    the source is left out, and only a series asked of it fails).
     """
     default = CloudWatchProvider(cloudwatch)
     providers: dict[str, MetricProvider] = {}
@@ -115,6 +118,8 @@ def metric_providers(policy: Any, cloudwatch: Any | Callable[[], Any],
             supplied = hook.pytest_llamadeploy_metric_provider(name=name, source=source, policy=policy)
         if supplied is None:
             supplied = default if name in ("service", "aws") else builtin_provider(name, source, default)
+        if supplied is None and not strict:
+            continue
         if supplied is None:
             raise NoProvider(
                 f"metrics.sources.{name}.provider = {source.provider!r}: no plugin supplies it "
@@ -134,4 +139,4 @@ def provider_of(source: Any, policy: Any = None) -> MetricProvider:
         return source
     if policy is None:
         return CloudWatchProvider(source)
-    return metric_providers(policy, source)
+    return metric_providers(policy, source, strict=False)
