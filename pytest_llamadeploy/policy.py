@@ -420,11 +420,6 @@ class CustomSignal(_Model):
             return "percentile"
         return "ratio" if (self.denominator or self.denominator_query) else "sum"
 
-    @property
-    def versioned(self) -> bool:
-        return any("version" in placeholders(v) for v in self.dimensions.values()) or (
-            not self.dimensions and self.scope != "global")
-
 
 class Metrics(_Model):
     """Where each signal comes from, at what resolution and delay (see ../shared/AWS.md).
