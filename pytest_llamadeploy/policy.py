@@ -389,7 +389,7 @@ class CustomSignal(_Model):
     source's by default), ``metric``, ``denominator`` metric names, ``dimensions`` (values may name
     ``$function``, ``$version``, ``$alias``). Prometheus: ``query`` (and ``denominator_query``) in
     PromQL; for a sum or ratio it is a counter (the provider takes the increase per datapoint), for
-    a percentile an expression of ``$quantile`` and ``$window`` (``histogram_quantile``); its
+    a percentile a histogram's bucket counters by ``le`` (``sum by (le) (x_bucket{...})``); its
     ``$name`` placeholders are the signal's dimensions (``function``, ``version`` unless declared).
     """
 

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_llamadeploy import newhooks
 from pytest_llamadeploy.metrics.evaluate import evaluate_rules
-from pytest_llamadeploy.metrics.prometheus import PrometheusProvider, render
+from pytest_llamadeploy.metrics.prometheus import PrometheusProvider, histogram_quantile, render
 from pytest_llamadeploy.metrics.providers import MetricRouter, NoProvider, metric_providers, provider_of
 from pytest_llamadeploy.metrics.query import Points, ProviderError, QueryError, SeriesSpec
 from pytest_llamadeploy.policy import Policy, load_policy
@@ -187,6 +187,29 @@ def test_counter_read_as_increases_per_bucket_born_at_zero_and_reset() -> None:
     # Bucket 99 is before the window (its increase only sets the base). Bucket 100: 3 + 4 (born at zero)
     # + 1 (restarted: counted from zero); 101: 2; 102: the 7 from 101 to 103 (no sample at 102).
     assert points == [(100.0, 8.0), (101.0, 2.0), (102.0, 7.0)]
+
+
+def test_histogram_quantile_interpolates_within_its_bucket() -> None:
+    inf = float("inf")
+    assert histogram_quantile(0.95, {10.0: 0.0, 50.0: 0.0, 100.0: 20.0, inf: 20.0}) == 97.5  # 50 + 50 x 19/20
+    assert histogram_quantile(0.5, {10.0: 4.0, 20.0: 8.0, inf: 8.0}) == 10.0
+    assert histogram_quantile(0.99, {10.0: 1.0, inf: 10.0}) == 10.0  # in the open bucket: its lower bound
+    assert histogram_quantile(0.95, {10.0: 0.0, inf: 0.0}) is None and histogram_quantile(0.95, {10.0: 3.0}) is None
+
+
+def test_percentile_from_bucket_counters_over_the_window() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        # le=50 rose by 2 (one series), le=100 and +Inf by 10; a series without le is refused below.
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {"le": "50.0"}, "values": [[59, "1"], [61, "3"]]},
+            {"metric": {"le": "100.0"}, "values": [[59, "5"], [61, "15"]]},
+            {"metric": {"le": "+Inf"}, "values": [[59, "5"], [61, "15"]]}]}})
+
+    spec = SeriesSpec("PromQL", "sum by (le) (lat_bucket)", (), "p50", 60, "prom")
+    assert _prometheus(handler).fetch([spec], 60.0, 200.0) == {spec: [(60.0, 50.0 + 50.0 * (5 - 2) / (10 - 2))]}
+    no_le = _prometheus(lambda r: httpx.Response(200, json=_matrix([(59, "1"), (61, "3")])))
+    with pytest.raises(QueryError, match="histogram buckets by le"):
+        no_le.fetch([spec], 60.0, 200.0)
 
 
 @pytest.mark.parametrize(("status", "body", "error"), [

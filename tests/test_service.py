@@ -714,7 +714,8 @@ def test_prometheus_provider_catches_the_error_fault_on_the_new_version(
         services: tuple[Running, Running], svc: Running, bearer: dict[str, str], moto_endpoint: str,
         tmp_path: Path) -> None:
     """A rule on a custom signal from a Prometheus source (the functions' own per-version counters,
-    GET /metrics) breaches on the new version with error_rate=0.5 and passes on the healthy old one,
+    GET /metrics) breaches on the new version with error_rate=0.5 (and latency_ms=100: its p95 from the
+    histogram's buckets) and passes on the healthy old one,
     through the real bake watch (its first breach; the healthy bake to its final decision) and
     evaluate_rules, with the counts exact."""
     import math
@@ -729,7 +730,7 @@ def test_prometheus_provider_catches_the_error_fault_on_the_new_version(
     from tests.support.prometheus import POLICY, prometheus_server
 
     old, new = services  # each its own process, as two Lambda versions are
-    _faults(new.url, error_rate=0.5)
+    _faults(new.url, error_rate=0.5, latency_ms=100)
     fn, versions = "onchain-api", {"old": "41", "new": "42"}  # versions no other test of the module labels
     targets = [r.url.removeprefix("http://") for r in services]
     with prometheus_server(tmp_path / "prometheus", targets) as prom_url:
@@ -792,3 +793,9 @@ def test_prometheus_provider_catches_the_error_fault_on_the_new_version(
         assert by["new"].verdict == "fail" and by["old"].verdict == "pass", [r.message for r in results]
         # Exactly what the services answered: every request counted once, in its version's series.
         assert by["new"].value == pytest.approx(errors["new"] / sent["new"]) and by["old"].value == 0.0
+        # A percentile from the histogram's buckets: every answer of the new version took > 100 ms (its
+        # bucket: 100-200 ms, interpolated), the old version's a few ms.
+        latency = {r.version: r for r in evaluate_rules(router, policy, {"prom_latency": policy.key_metrics[
+            "prom_latency"]}, {label: {fn: v} for label, v in versions.items()}, start, end)}
+        assert latency["new"].verdict == "fail" and 100.0 <= (latency["new"].value or 0) <= 200.0, latency["new"].message
+        assert latency["old"].verdict == "pass" and 0.0 < (latency["old"].value or 0) < 80.0, latency["old"].message

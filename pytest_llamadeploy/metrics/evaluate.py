@@ -244,6 +244,8 @@ def compute(target: Target, data: Mapping[SeriesSpec, Points], span_start: float
         # No datapoint at all is no data, never a zero: a series that does not exist reads as None.
         return (num if points else None), samples
     values = [v for spec in roles.get("percentile", []) for t, v in data.get(spec, []) if t < target.end]
+    if not s.samples:  # a custom percentile without a count of its own: the datapoints it rests on
+        samples = float(len(values))
     # Several versions' series (or a window split over two periods): the worst one, conservatively.
     return (max(values) if values else None), samples
 

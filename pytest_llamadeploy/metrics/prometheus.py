@@ -13,10 +13,11 @@ dimensions filled in (``$function``, ``$version``, ...), plus ``$period``, ``$wi
   appears inside the range was born at zero (a client library creates a labelled counter at its
   first increment); a counter lower than before restarted from zero. A step without a sample
   (nothing scraped yet) is absent, never a zero.
-- **Percentiles** (``p95``): the query is an expression of ``$quantile`` and ``$window``, usually
-  ``histogram_quantile($quantile, sum by (le) (increase(latency_bucket{...}[$window])))``, asked
-  once with ``/api/v1/query`` at the window's end; like CloudWatch, the window runs from the
-  minute its start rounds down to (evaluate.percentile_period).
+- **Percentiles** (``p95``): the query gives a histogram's bucket counters by ``le``
+  (``sum by (le) (latency_ms_bucket{...})``); each bucket's increase over the window is taken the
+  same way, and the quantile interpolated within its bucket as PromQL's ``histogram_quantile``
+  does. Like CloudWatch's, the window runs from the minute its start rounds down to
+  (evaluate.percentile_period).
 
 Transport failures, timeouts, HTTP 429 and 5xx are :class:`~.query.ProviderError`; a query
 Prometheus refuses (HTTP 400/422: bad PromQL) is :class:`~.query.QueryError`.
@@ -51,6 +52,49 @@ def render(spec: SeriesSpec) -> str:
         return string.Template(spec.metric).substitute(values)
     except (KeyError, ValueError) as exc:
         raise QueryError(f"PromQL {spec.metric!r}: placeholder {exc} has no value") from None
+
+
+def _deltas(values: Sequence[Sequence[Any]], base: float) -> list[tuple[float, float]]:
+    """(step, rise since the step before) of one counter series from query_range's ``values``.
+
+    A series present at ``base`` gives only the level to count from; one appearing later was born
+    at zero (its first value is its rise); a value lower than the one before means the counter
+    restarted from zero; a step without a sample (NaN, absent) is skipped, its rise going to the
+    next step that has one.
+    """
+    out: list[tuple[float, float]] = []
+    previous: float | None = None
+    for stamp, text in values:
+        t, value = float(stamp), float(text)
+        if math.isnan(value):
+            continue
+        if previous is None:
+            if t > base:
+                out.append((t, value))
+        else:
+            out.append((t, value - previous if value >= previous else value))
+        previous = value
+    return out
+
+
+def histogram_quantile(q: float, counts: dict[float, float]) -> float | None:
+    """The q-quantile of cumulative bucket counts by upper bound, interpolated within its bucket (as
+    PromQL's ``histogram_quantile``); None without observations or without the ``+Inf`` bucket."""
+    if math.inf not in counts or counts[math.inf] <= 0:
+        return None
+    bounds = sorted(counts)
+    rank = q * counts[math.inf]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        count = counts[upper]
+        if count >= rank:
+            if upper == math.inf:
+                return lower  # in the open bucket: its lower bound is all that is known
+            if upper <= 0 or count == below:
+                return upper
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
 
 
 class PrometheusProvider:
@@ -108,28 +152,30 @@ class PrometheusProvider:
                                                     "step": period})
         buckets: dict[float, float] = {}
         for series in result:
-            previous: tuple[float, float] | None = None
-            for stamp, text in series.get("values", []):
-                t, value = float(stamp), float(text)
-                if math.isnan(value):
-                    continue
-                if previous is None:
-                    # Present at the first step: the base to count from. Appearing later: born at zero.
-                    delta = None if t <= first - period else value
-                else:
-                    delta = value - previous[1] if value >= previous[1] else value
-                if delta is not None and t - period >= first - period / 2.0:
+            for t, delta in _deltas(series.get("values", []), first - period):
+                if t - period >= first - period / 2.0:
                     buckets[t - period] = buckets.get(t - period, 0.0) + delta
-                previous = (t, value)
         return sorted(buckets.items())
 
     def _quantile(self, spec: SeriesSpec, start: float, end: float) -> Points:
         bucket = math.floor(start / 60.0) * 60.0
         at = min(bucket + spec.period, end)
-        result = self._get("/api/v1/query", {"query": render(spec), "time": at})
-        values = [float(item["value"][1]) for item in result if "value" in item]
-        values = [v for v in values if not math.isnan(v) and not math.isinf(v)]
-        return [(bucket, max(values))] if values else []
+        # Only each counter's rise over the window counts: a step fine enough to see restarts, at most
+        # ~600 points a series.
+        step = max(1, math.ceil((at - bucket) / 600.0))
+        base = bucket - step
+        result = self._get("/api/v1/query_range", {"query": render(spec), "start": base, "end": at, "step": step})
+        by_le: dict[float, float] = {}
+        for series in result:
+            le = series.get("metric", {}).get("le")
+            if le is None:
+                raise QueryError(f"source {self.name}: a percentile's query must give histogram buckets by le "
+                                 f"(sum by (le) (NAME_bucket{{...}})); {render(spec)!r} gave a series without le")
+            bound = math.inf if le in ("+Inf", "Inf", "inf") else float(le)
+            rise = sum(delta for _, delta in _deltas(series.get("values", []), base))
+            by_le[bound] = by_le.get(bound, 0.0) + rise
+        value = histogram_quantile(float(spec.stat[1:]) / 100.0, by_le)
+        return [] if value is None else [(bucket, value)]
 
     def _get(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         import httpx

@@ -39,6 +39,17 @@ metrics:
       query: 'sum(llamadeploy_service_responses_5xx_total{{function="$function",version="$version"}})'
       denominator_query: 'sum(llamadeploy_service_requests_total{{function="$function",version="$version"}})'
       samples_noun: requests
+    custom.prom_latency:
+      source: prom
+      unit: ms
+      statistic: p95
+      query: 'sum by (le) (llamadeploy_service_latency_ms_bucket{{function="$function",version="$version"}})'
+key_metrics:
+  prom_latency:
+    signal: custom.prom_latency
+    op: "<"
+    threshold: 80ms
+    window: 60s
 rollback_triggers:
   prom_error_rate:
     signal: custom.prom_error_rate
