@@ -301,13 +301,14 @@ def _thresholds(policy: Policy) -> list[Violation]:
 def _min_samples(policy: Policy) -> list[Violation]:
     """A rule whose signal rests on traffic (requests, connects, lookups) must see some: with
     ``min_samples: 0`` a window without a single request reads as healthy."""
-    from .metrics.signals import SIGNALS
+    from .metrics.signals import catalog
 
+    signals = catalog(policy)  # the policy's custom signals too
     out: list[Violation] = []
     for section in ("key_metrics", "rollback_triggers"):
         rules: dict[str, MetricRule] = getattr(policy, section)
         for n, r in rules.items():
-            signal = SIGNALS.get(r.signal)
+            signal = signals.get(r.signal)
             if signal is not None and signal.samples and r.min_samples < 1:
                 out.append(Violation(f"{section}.{r.signal} is judged on traffic", f"{section}.{n}.min_samples",
                                      r.min_samples, f">= 1 ({signal.samples_noun}; a window without any must not "

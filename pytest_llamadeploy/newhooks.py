@@ -1,4 +1,4 @@
-"""Hook specifications: how a team plugs in another traffic driver, ledger or notifier without forking.
+"""Hook specifications: how a team plugs in another traffic driver, ledger, metric provider or notifier without forking.
 
 Implement a hook in a ``conftest.py`` at the repository root (next to ``suites/``)
 or in an installed plugin (a ``pytest11`` entry point). Arguments are passed by
@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the policy model (pydantic) and boto3 load only when a gate
     from .aws import AwsConfig
     from .bakeprobe import ProbeCheck
     from .ledger import Ledger
-    from .policy import Policy
+    from .metrics.providers import MetricProvider
+    from .policy import MetricSource, Policy, ServiceSource, SignalSource
     from .traffic import TrafficDriver
     from .verdict import Verdict
 
@@ -79,6 +80,44 @@ def pytest_llamadeploy_ledger_backend(policy: Policy, aws: AwsConfig, rootdir: P
     ``run_id`` and raise :class:`pytest_llamadeploy.ledger.LeaseLost` otherwise
     (the built-in backends: a DynamoDB transaction with a ConditionCheck on the
     lock item; the file ledger checks under its file lock).
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_llamadeploy_metric_provider(
+    name: str, source: SignalSource | ServiceSource | MetricSource, policy: Policy
+) -> MetricProvider | None:
+    """Return the provider of the policy's metrics source ``name``, or None for the default.
+
+    Called once per source, before the stage moves traffic: the built-in ``service`` (the
+    functions' own per-version metrics) and ``aws`` (AWS's service metrics), whose default is
+    CloudWatch, and each ``metrics.sources.<name>`` (default: its ``provider:``, ``cloudwatch``
+    or ``prometheus``; any other provider name must be answered here, or the stage is refused,
+    exit 4). ``source`` holds its ``resolution`` and ``lag`` (and ``provider``, ``url``,
+    ``timeout`` for a declared source): the watch ends every window ``lag`` before now and asks
+    datapoints of ``resolution`` seconds.
+
+    The provider implements :class:`pytest_llamadeploy.metrics.providers.MetricProvider`::
+
+        fetch(specs, start, end) -> {spec: [(bucket_start_epoch_s, value), ...]}
+
+    one call per poll with every series the rules need (:class:`~pytest_llamadeploy.metrics.query.SeriesSpec`:
+    ``namespace``, ``metric`` (a metric name, or a custom signal's query), ``dims`` (e.g.
+    ``FunctionName``/``Version`` of one Lambda version), ``stat`` (``Sum`` per bucket of ``period``
+    seconds, or a percentile such as ``p95`` over one period), ``period``, ``source``). A bucket with
+    no data is left out, never reported as 0; an outage raises
+    :class:`~pytest_llamadeploy.metrics.query.ProviderError` (``watch.provider_error_limit`` in a
+    row is "metrics unavailable"), a refused query :class:`~pytest_llamadeploy.metrics.query.QueryError`.
+
+    Example: a team on Datadog declares ``metrics.sources.dd: {provider: datadog, resolution: 10s,
+    lag: 30s}`` and custom signals with ``source: dd``, and in its ``conftest.py``::
+
+        def pytest_llamadeploy_metric_provider(name, source, policy):
+            if getattr(source, "provider", "") == "datadog":
+                return DatadogProvider(api_key=os.environ["DD_API_KEY"], step=int(source.resolution))
+
+    The Prometheus provider that ships with llamadeploy
+    (``pytest_llamadeploy/metrics/prometheus.py``) is a complete example.
     """
 
 

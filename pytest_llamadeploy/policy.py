@@ -301,15 +301,121 @@ class SignalSource(_Model):
     @field_validator("resolution")
     @classmethod
     def _period_cloudwatch_accepts(cls, value: float) -> float:
-        if value in (1, 5, 10, 20, 30) or (value >= 60 and value % 60 == 0):
-            return value
-        raise ValueError("must be 1s, 5s, 10s, 20s or 30s (high-resolution data) or a multiple of 60s "
-                         "(standard resolution: every AWS/* service metric)")
+        return cloudwatch_period(value)
+
+
+def cloudwatch_period(value: float) -> float:
+    """``value`` if CloudWatch serves datapoints at that period, else the error saying which it does."""
+    if value in (1, 5, 10, 20, 30) or (value >= 60 and value % 60 == 0):
+        return value
+    raise ValueError("must be 1s, 5s, 10s, 20s or 30s (high-resolution data) or a multiple of 60s "
+                     "(standard resolution: every AWS/* service metric)")
 
 
 class ServiceSource(SignalSource):
     #: CloudWatch namespace of the functions' Embedded Metric Format metrics (docs/service-contract.md).
     namespace: str = Field(min_length=1)
+
+
+#: The built-in metric providers (``metrics.sources.<name>.provider``); a plugin may answer any other
+#: name through ``pytest_llamadeploy_metric_provider`` (newhooks.py).
+BUILTIN_PROVIDERS = ("cloudwatch", "prometheus")
+#: What a custom signal's ``dimensions`` values may name (filled per function and version).
+DIMENSION_PLACEHOLDERS = ("function", "version", "alias")
+#: What a PromQL ``query`` may name besides its signal's dimensions: the datapoint's period, the
+#: window of a percentile and its quantile (0.95 for p95), each in PromQL's own spelling.
+QUERY_PLACEHOLDERS = ("period", "window", "quantile")
+_PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_CUSTOM_SIGNAL = re.compile(r"custom\.[a-z0-9_]{1,48}")
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``$name`` / ``${name}`` placeholders of a template (``string.Template``; ``$$`` is a dollar)."""
+    return list(dict.fromkeys(string.Template(template).get_identifiers()))
+
+
+class MetricSource(_Model):
+    """A source of metrics declared under ``metrics.sources`` and the provider that serves it.
+
+    ``provider: cloudwatch`` reads CloudWatch like the built-in sources; ``prometheus`` asks a
+    Prometheus server's HTTP API (``url``: ``http(s)://host:port``, or ``${VARIABLE}`` naming
+    an environment variable set by CI, since a URL may carry credentials); any other name must be
+    answered by a plugin (``pytest_llamadeploy_metric_provider``), or the stage is refused before
+    traffic moves.
+    """
+
+    provider: str
+    #: Seconds per datapoint. CloudWatch: its periods (1, 5, 10, 20, 30 s, n x 60 s); Prometheus:
+    #: any whole second at least its scrape interval.
+    resolution: Annotated[Duration, duration_within(1, 3600)]
+    lag: Annotated[Duration, duration_within(0, 3600)]
+    url: str = ""
+    #: How long one query may take before it counts as a provider error.
+    timeout: Annotated[Duration, duration_within(0, 120, above=True)] = 10.0
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_name(cls, value: str) -> str:
+        if not _PROVIDER_NAME.fullmatch(value):
+            raise ValueError(f"must be {' or '.join(BUILTIN_PROVIDERS)}, or a plugin's provider name "
+                             "(a-z, 0-9, '_', '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_provider(self) -> MetricSource:
+        if self.provider == "cloudwatch":
+            cloudwatch_period(self.resolution)
+        elif self.resolution != int(self.resolution):
+            raise ValueError(f"resolution {self.resolution:g}s: must be whole seconds")
+        if self.provider == "prometheus":
+            url = self.url
+            if not (re.fullmatch(r"https?://[^\s/]+(/\S*)?", url) or re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", url)):
+                raise ValueError(f"url {url!r}: a prometheus source needs url: http://HOST:PORT (or ${{VARIABLE}})")
+            if _SECRET_IN_URL.search(url):
+                raise ValueError("url carries a password: reference an environment variable instead (url: ${PROM_URL})")
+        return self
+
+
+class CustomSignal(_Model):
+    """A signal a team declares (``metrics.signals.custom.<name>``) for rules to use as ``signal:``.
+
+    Its kind follows from what is declared: a ``statistic`` such as ``p95`` is a percentile; a
+    ``denominator`` (``denominator_query``) makes a ratio of sums; otherwise a sum (a count).
+
+    CloudWatch (source ``service``, ``aws`` or a ``cloudwatch`` source): ``namespace`` (the service
+    source's by default), ``metric``, ``denominator`` metric names, ``dimensions`` (values may name
+    ``$function``, ``$version``, ``$alias``). Prometheus: ``query`` (and ``denominator_query``) in
+    PromQL; for a sum or ratio it is a counter (the provider takes the increase per datapoint), for
+    a percentile a histogram's bucket counters by ``le`` (``sum by (le) (x_bucket{...})``); its
+    ``$name`` placeholders are the signal's dimensions (``function``, ``version`` unless declared).
+    """
+
+    source: str
+    description: str = ""
+    scope: Literal["function", "api", "ws", "global"] = "api"
+    unit: Literal["rate", "ms", "count"] = "count"
+    statistic: str = "Sum"
+    namespace: str = ""
+    metric: str = ""
+    denominator: list[str] = Field(default_factory=list)
+    dimensions: dict[str, str] = Field(default_factory=dict)
+    query: str = ""
+    denominator_query: str = ""
+    #: What the samples are called in a message ("requests", "lookups").
+    samples_noun: str = "samples"
+
+    @field_validator("statistic")
+    @classmethod
+    def _statistic(cls, value: str) -> str:
+        if value == "Sum" or re.fullmatch(r"p(100|[1-9][0-9]?(\.[0-9]+)?)", value):
+            return value
+        raise ValueError("must be Sum (a count or a ratio of counts) or a percentile such as p95, p99")
+
+    @property
+    def kind(self) -> Literal["ratio", "sum", "percentile"]:
+        if self.statistic != "Sum":
+            return "percentile"
+        return "ratio" if (self.denominator or self.denominator_query) else "sum"
 
 
 class Metrics(_Model):
@@ -318,13 +424,88 @@ class Metrics(_Model):
     ``service``: the functions' own EMF metrics (per version, high resolution, seconds late).
     ``aws``: AWS's service metrics (AWS/Lambda, AWS/ApiGateway, AWS/ElastiCache, AWS/DynamoDB):
     60-s datapoints published minutes late on AWS.
+    ``sources``: more sources, each with its provider (CloudWatch, Prometheus, a plugin's).
+    ``signals``: custom signals (``custom.<name>``) for rules to use, from any source.
     """
 
     service: ServiceSource
     aws: SignalSource
+    sources: dict[str, MetricSource] = Field(default_factory=dict)
+    signals: dict[str, CustomSignal] = Field(default_factory=dict)
 
-    def source(self, name: str) -> SignalSource:
-        return self.service if name == "service" else self.aws
+    def source(self, name: str) -> SignalSource | MetricSource:
+        if name == "service":
+            return self.service
+        if name == "aws":
+            return self.aws
+        return self.sources[name]
+
+    def provider_of(self, name: str) -> str:
+        """The provider serving source ``name`` (``cloudwatch`` for the built-in sources)."""
+        return self.sources[name].provider if name in self.sources else "cloudwatch"
+
+    @model_validator(mode="after")
+    def _signals_fit_sources(self) -> Metrics:
+        problems: list[tuple[tuple[str, ...], Any, str]] = []
+        for name in self.sources:
+            if name in ("service", "aws") or not _PROVIDER_NAME.fullmatch(name):
+                problems.append((("metrics", "sources", name), name, "a source name is a-z, 0-9, '_', '-' and "
+                                 "not service or aws (those are built in): rename it"))
+        known = ["service", "aws", *self.sources]
+        for name, sig in self.signals.items():
+            at = ("metrics", "signals", name)
+            if not _CUSTOM_SIGNAL.fullmatch(name):
+                problems.append((at, name, "a custom signal is named custom.<name> (a-z, 0-9, '_'), apart from "
+                                 "the built-in signals: rename it"))
+            if sig.source not in known:
+                problems.append(((*at, "source"), sig.source, f"not a source; use one of {', '.join(known)} or "
+                                 "declare it under metrics.sources"))
+                continue
+            for dim, value in sig.dimensions.items():
+                bad = [p for p in placeholders(value) if p not in DIMENSION_PLACEHOLDERS]
+                if bad or (sig.scope == "global" and placeholders(value)):
+                    problems.append(((*at, "dimensions", dim), value, "a dimension value may name $" + ", $".join(
+                        DIMENSION_PLACEHOLDERS) + " (none in a global signal: its one series is named as is)"))
+            if self.provider_of(sig.source) == "prometheus":
+                problems += self._promql_problems(at, sig)
+            elif self.provider_of(sig.source) == "cloudwatch":
+                if not sig.metric:
+                    problems.append(((*at, "metric"), sig.metric, "a CloudWatch signal needs metric: the metric name"))
+                if not sig.namespace and sig.source != "service":
+                    problems.append(((*at, "namespace"), sig.namespace, "a CloudWatch signal needs namespace (only "
+                                     "source service has one by default)"))
+                if sig.query or sig.denominator_query:
+                    problems.append(((*at, "query"), sig.query or sig.denominator_query,
+                                     f"source {sig.source} is CloudWatch: use metric and denominator, not a query"))
+                if not sig.dimensions and sig.scope == "global":
+                    problems.append(((*at, "dimensions"), {}, "a global CloudWatch signal needs its dimensions"))
+        if problems:
+            raise LocatedProblems(problems)
+        return self
+
+    @staticmethod
+    def _promql_problems(at: tuple[str, ...], sig: CustomSignal) -> list[tuple[tuple[str, ...], Any, str]]:
+        problems: list[tuple[tuple[str, ...], Any, str]] = []
+        if not sig.query:
+            problems.append(((*at, "query"), sig.query, "a prometheus signal needs query: its PromQL"))
+        if sig.metric or sig.denominator:
+            problems.append(((*at, "metric"), sig.metric or sig.denominator,
+                             f"source {sig.source} is Prometheus: use query and denominator_query"))
+        dims = list(sig.dimensions) or (["function", "version"] if sig.scope != "global" else [])
+        allowed = [*dims, *QUERY_PLACEHOLDERS]
+        for key in ("query", "denominator_query"):
+            text = getattr(sig, key)
+            try:
+                bad = [p for p in placeholders(text) if p not in allowed]
+            except ValueError as exc:  # a lone '$': string.Template cannot read it
+                bad = [str(exc)]
+            if bad:
+                problems.append(((*at, key), text, f"unknown placeholder ${bad[0]}; it may name $"
+                                 + ", $".join(allowed) + " (write $$ for a dollar)"))
+        if sig.kind == "percentile" and sig.denominator_query:
+            problems.append(((*at, "denominator_query"), sig.denominator_query,
+                             "a percentile has no denominator: drop it or set statistic: Sum"))
+        return problems
 
 
 class Resources(_Model):
@@ -506,7 +687,7 @@ class Policy(_Model):
         for section in ("key_metrics", "rollback_triggers"):
             for name, rule in getattr(self, section).items():
                 try:
-                    signal = get_signal(rule.signal)
+                    signal = get_signal(rule.signal, policy=self)
                 except UnknownSignal as exc:
                     problems.append(((section, name, "signal"), rule.signal, str(exc)))
                     continue

@@ -96,6 +96,14 @@ class StageRunner:
         #: The preview stage's alias: the release under test at 0 %, never an untested version after.
         self.preview = LambdaAliasDriver(self.aws.client("lambda"), self.policy.service.functions,
                                          self.policy.service.preview_alias)
+        from .metrics.providers import NoProvider, metric_providers
+
+        try:  # every source's provider (plugins' too) before anything moves: a missing one is a usage error
+            self.metrics = metric_providers(self.policy, lambda: self.aws.client("cloudwatch"), hook)
+        except NoProvider as exc:
+            import pytest
+
+            raise pytest.UsageError(f"{self.loaded.files[-1]}: {exc}") from None
         self.ledger: Ledger = hook.pytest_llamadeploy_ledger_backend(
             policy=self.policy, aws=self.aws, rootdir=settings.rootdir
         ) or open_ledger(self.policy, self.aws, settings.rootdir)
@@ -500,7 +508,7 @@ class StageRunner:
 
             assert self.decision
             self.watch = BakeWatch(
-                cloudwatch=self.aws.client("cloudwatch"), policy=self.policy,
+                cloudwatch=self.metrics, policy=self.policy,
                 functions=self.policy.service.functions, alias=self.policy.service.alias,
                 old_versions=self.record.old_versions if self.record else {},
                 new_versions=self.record.new_versions if self.record else {},

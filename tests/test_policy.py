@@ -182,3 +182,125 @@ def test_which_suites_may_write_test_data(pdir: Path) -> None:
         load_policy(pdir, "qa")
     assert "qa.yaml" in str(err.value) and "test_data.write" in str(err.value)
     assert "'load': not a suite that writes test data; use functional and/or performance" in str(err.value)
+
+
+# -- custom signals and metric sources (metrics.signals, metrics.sources) ---------------------
+
+_CUSTOM = """\
+extends: sandbox
+metrics:
+  sources:
+    prom:
+      provider: prometheus
+      url: http://127.0.0.1:9090
+      resolution: 5s
+      lag: 10s
+  signals:
+    custom.search_error_rate:
+      source: service
+      unit: rate
+      metric: SearchErrors
+      denominator: [Searches]
+      samples_noun: searches
+    custom.queue_age:
+      source: aws
+      scope: global
+      unit: ms
+      namespace: AWS/SQS
+      metric: ApproximateAgeOfOldestMessage
+      statistic: p99
+      dimensions: {QueueName: onchain-alerts}
+    custom.prom_5xx:
+      source: prom
+      unit: count
+      query: 'sum(http_5xx_total{function="$function",version="$version"})'
+rollback_triggers:
+  search_error_rate:
+    signal: custom.search_error_rate
+    op: "<"
+    threshold: 2%
+    window: 15s
+    min_samples: 10
+  queue_age:
+    signal: custom.queue_age
+    op: "<"
+    threshold: 60000
+    window: 60s
+  prom_5xx:
+    signal: custom.prom_5xx
+    op: "<="
+    threshold: 3
+    window: 30s
+"""
+
+
+def test_undeclared_custom_signal_is_refused_by_policy_check(pdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 16: a made-up signal must be refused by `policy check`, before any stage moves traffic.
+    (pdir / "made.yaml").write_text("extends: sandbox\nrollback_triggers:\n  made_up:\n    signal: custom.x\n"
+                                    "    op: '<'\n    threshold: 1%\n    window: 15s\n")
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "made_up" in x)
+    assert str(pdir / "made.yaml") in line and "rollback_triggers.made_up.signal = 'custom.x'" in line
+    assert "is not known: declare it under metrics.signals" in line and "or use one of apigw.5xx" in line
+
+
+def test_custom_signals_declared_in_policy_are_read_as_declared(pdir: Path) -> None:
+    from pytest_llamadeploy.metrics.evaluate import plan_poll, plan_targets
+    from pytest_llamadeploy.metrics.signals import get_signal
+
+    (pdir / "custom.yaml").write_text(_CUSTOM)
+    policy = load_policy(pdir, "custom").policy
+    assert cli(["policy", "check", str(pdir)]) == 0
+    kinds = {n: get_signal(n, policy=policy).kind for n in policy.metrics.signals}
+    assert kinds == {"custom.search_error_rate": "ratio", "custom.queue_age": "percentile", "custom.prom_5xx": "sum"}
+    versions = {"new": {"onchain-api": "7"}, "old": {"onchain-api": "6"}}
+    plan = plan_poll(plan_targets(policy.rollback_triggers, policy, versions, 1000.0, 1100.0), 1100.0)
+    specs = {(s.source, s.namespace, s.metric, s.dims, s.stat, s.period) for s in plan.specs}
+    # The functions' own EMF namespace and dimensions, per version, at the source's resolution.
+    assert ("service", "LlamaDeploy/Service", "SearchErrors", (("FunctionName", "onchain-api"), ("Version", "7")),
+            "Sum", 1) in specs
+    assert ("service", "LlamaDeploy/Service", "Searches", (("FunctionName", "onchain-api"), ("Version", "6")),
+            "Sum", 1) in specs
+    # A global signal: its one declared series, the percentile over the window.
+    assert any(s[:4] == ("aws", "AWS/SQS", "ApproximateAgeOfOldestMessage", (("QueueName", "onchain-alerts"),))
+               and s[4] == "p99" for s in specs)
+    # Prometheus: the PromQL with the version's labels to fill in, at the source's 5-s resolution.
+    assert ("prom", "PromQL", 'sum(http_5xx_total{function="$function",version="$version"})',
+            (("function", "onchain-api"), ("version", "7")), "Sum", 5) in specs
+
+
+@pytest.mark.parametrize(("old", "new", "key", "fix"), [
+    ("      url: http://127.0.0.1:9090\n", "", "metrics.sources.prom", "needs url: http://HOST:PORT"),
+    ("url: http://127.0.0.1:9090", "url: http://admin:pw@127.0.0.1:9090", "metrics.sources.prom",
+     "reference an environment variable"),
+    ("resolution: 5s\n      lag: 10s", "resolution: 1.5s\n      lag: 10s", "metrics.sources.prom", "whole seconds"),
+    ("version=\"$version\"})'", "version=\"$ver\"})'", "metrics.signals.custom.prom_5xx.query",
+     "unknown placeholder $ver"),
+    ("      metric: SearchErrors\n", "", "metrics.signals.custom.search_error_rate.metric", "needs metric"),
+    ("      source: aws\n", "      source: datadog\n", "metrics.signals.custom.queue_age.source",
+     "declare it under metrics.sources"),
+    ("    custom.prom_5xx:", "    prom_5xx:", "metrics.signals.prom_5xx", "custom.<name>"),
+    ("dimensions: {QueueName: onchain-alerts}", "dimensions: {QueueName: $function}",
+     "metrics.signals.custom.queue_age.dimensions.QueueName", "none in a global signal"),
+])
+def test_bad_custom_signal_or_source_names_file_key_and_fix(pdir: Path, old: str, new: str, key: str,
+                                                           fix: str) -> None:
+    assert old in _CUSTOM
+    (pdir / "custom.yaml").write_text(_CUSTOM.replace(old, new))
+    with pytest.raises(PolicyError) as info:
+        load_policy(pdir, "custom")
+    line = next((p for p in info.value.problems if key in p), "\n".join(info.value.problems))
+    assert str(pdir / "custom.yaml") in line and key in line and fix in line, line
+
+
+def test_readme_prometheus_example_is_a_valid_policy(pdir: Path) -> None:
+    # The README's "Extend it" example, as written, loads and passes `policy check`.
+    readme = (POLICIES.parent / "README.md").read_text()
+    section = readme.split("## Extend it", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (pdir / "withprom.yaml").write_text("extends: sandbox\n" + example)
+    policy = load_policy(pdir, "withprom").policy
+    assert policy.metrics.sources["prom"].url == "${PROMETHEUS_URL}"
+    assert policy.rollback_triggers["prom_error_rate"].signal == "custom.prom_error_rate"
+    assert cli(["policy", "check", str(pdir)]) == 0

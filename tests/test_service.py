@@ -705,3 +705,97 @@ def test_functional_suite_removes_its_data_when_a_test_fails(services: tuple[Run
     assert result.returncode == 1 and "did not arrive" in result.stdout, result.stdout[-4000:]
     assert re.search(r"removed the test data of llamadeploy-svc\w+: 1 alert rule\(s\), 1 alert\(s\)", result.stdout)
     assert _leftovers(state) == before
+
+
+# -- the Prometheus provider against a real Prometheus scraping these services -------------
+
+
+def test_prometheus_provider_catches_the_error_fault_on_the_new_version(
+        services: tuple[Running, Running], svc: Running, bearer: dict[str, str], moto_endpoint: str,
+        tmp_path: Path) -> None:
+    """A rule on a custom signal from a Prometheus source (the functions' own per-version counters,
+    GET /metrics) breaches on the new version with error_rate=0.5 (and latency_ms=100: its p95 from the
+    histogram's buckets) and passes on the healthy old one,
+    through the real bake watch (its first breach; the healthy bake to its final decision) and
+    evaluate_rules, with the counts exact."""
+    import math
+
+    import httpx
+
+    from pytest_llamadeploy.metrics.evaluate import evaluate_rules
+    from pytest_llamadeploy.metrics.providers import metric_providers
+    from pytest_llamadeploy.metrics.watch import BakeWatch, Breach
+    from pytest_llamadeploy.policy import load_policy
+    from pytest_llamadeploy.sandbox.physics import FUNCTION_NAME_HEADER, FUNCTION_VERSION_HEADER
+    from tests.support.prometheus import POLICY, prometheus_server
+
+    old, new = services  # each its own process, as two Lambda versions are
+    _faults(new.url, error_rate=0.5, latency_ms=100)
+    fn, versions = "onchain-api", {"old": "41", "new": "42"}  # versions no other test of the module labels
+    targets = [r.url.removeprefix("http://") for r in services]
+    with prometheus_server(tmp_path / "prometheus", targets) as prom_url:
+
+        def both_scraped() -> bool:
+            up = httpx.get(f"{prom_url}/api/v1/query", params={"query": "up == 1"}, timeout=2).json()
+            return len(up["data"]["result"]) == 2
+
+        pdir = tmp_path / "policies"
+        shutil.copytree(REPO / "policies", pdir)
+        (pdir / "promtest.yaml").write_text(POLICY.format(url=prom_url))
+        policy = load_policy(pdir, "promtest").policy
+        cloudwatch = _Aws(moto_endpoint).client("cloudwatch")  # the report's plots still read the EMF
+        router = metric_providers(policy, cloudwatch)
+
+        start = float(math.floor(time.time()))
+        sent = {"old": 0, "new": 0}
+        errors = {"old": 0, "new": 0}
+        with httpx.Client(base_url=old.url, timeout=10) as to_old, httpx.Client(base_url=new.url, timeout=10) as to_new:
+            for _ in range(30):
+                for label, client in (("old", to_old), ("new", to_new)):
+                    headers = {**bearer, FUNCTION_NAME_HEADER: fn, FUNCTION_VERSION_HEADER: versions[label]}
+                    status = client.get("/chains", headers=headers).status_code
+                    sent[label] += 1
+                    errors[label] += status >= 500
+        # Prometheus 2.42 hands its targets to the scraper ~5 s after it starts (its discovery's update
+        # interval): the counters, born during the traffic, are first scraped whole, and counted from zero.
+        _wait(both_scraped, "Prometheus's first scrape of both services", timeout=20)
+        # A request's count is scraped within 1 s and lands in the bucket before that step.
+        end = time.time() + 2.0
+        assert errors["old"] == 0 and errors["new"] >= 5, errors
+
+        breaches: list[Breach] = []
+        rules = {"prom_error_rate": policy.rollback_triggers["prom_error_rate"]}
+        watched = policy.model_copy(update={"rollback_triggers": rules, "key_metrics": {}})
+        watch = BakeWatch(router, watched, [fn], "live", {fn: versions["old"]}, {fn: versions["new"]}, start, None,
+                          breaches.append, baseline=False)
+        breach = watch.simulate(end - start, lambda seconds: time.sleep(seconds))  # waits as the bake's end does
+        assert breach is not None and breaches == [breach], watch.evidence()["last_results"]
+        assert (breach.kind, breach.rule, breach.version, breach.label) == ("threshold", "prom_error_rate", "42",
+                                                                            "new"), breach.message
+        assert "source: prometheus: prom metrics" in breach.message
+        # The same bake with the healthy version as the new one runs to its end without a breach.
+        healthy = BakeWatch(router, watched, [fn], "live", {fn: versions["new"]}, {fn: versions["old"]}, start, None,
+                            breaches.append, baseline=False)
+        assert healthy.simulate(end - start, lambda seconds: time.sleep(seconds)) is None and breaches == [breach]
+        (judged,) = [r for r in healthy.evidence()["last_results"] if r["version"] == "new"]
+        assert (judged["verdict"], judged["version_number"], judged["value"]) == ("pass", "41", 0.0), judged
+
+        by: dict[str, Any] = {}
+
+        def all_counted() -> bool:  # the watch fired at its first breach; the last scrapes may still be due
+            results = evaluate_rules(router, policy, rules, {label: {fn: v} for label, v in versions.items()},
+                                     start, end)
+            by.update({r.version: r for r in results})
+            return all(by[label].samples == sent[label] for label in sent)
+
+        _wait(all_counted, f"Prometheus's counts of the {sent} requests sent", timeout=15)
+        results = list(by.values())
+        assert by["new"].verdict == "fail" and by["old"].verdict == "pass", [r.message for r in results]
+        # Exactly what the services answered: every request counted once, in its version's series.
+        assert by["new"].value == pytest.approx(errors["new"] / sent["new"]) and by["old"].value == 0.0
+        # A percentile from the histogram's buckets: every answer of the new version took > 100 ms (its
+        # bucket: 100-200 ms, interpolated), the old version's a few ms.
+        latency = {r.version: r for r in evaluate_rules(router, policy, {"prom_latency": policy.key_metrics[
+            "prom_latency"]}, {label: {fn: v} for label, v in versions.items()}, start, end)}
+        assert latency["new"].verdict == "fail" and 100.0 <= (latency["new"].value or 0) <= 200.0, latency["new"].message
+        assert latency["old"].verdict == "pass" and 0.0 < (latency["old"].value or 0) < 80.0, latency["old"].message

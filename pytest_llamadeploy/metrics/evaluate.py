@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..units import format_duration
-from .query import Points, ProviderError, SeriesSpec, fetch, valid_period
+from .providers import provider_of
+from .query import Points, ProviderError, SeriesSpec, valid_period
 from .signals import (
     DimTuple,
     Signal,
@@ -129,7 +130,7 @@ def plan_targets(rules: Mapping[str, Any], policy: Any, versions: Mapping[str, M
     """
     targets: list[Target] = []
     for name, rule in rules.items():
-        signal = get_signal(rule.signal, f"rule {name}")
+        signal = get_signal(rule.signal, f"rule {name}", policy)
         statistic = statistic_for(signal, rule.statistic)
         source = policy.metrics.source(signal.source)
         resolution = int(source.resolution)
@@ -164,7 +165,8 @@ def plan_targets(rules: Mapping[str, Any], policy: Any, versions: Mapping[str, M
                     add(label, fn, (version,), series_dims(signal, policy, fn, version))
                 continue
             every = tuple(sorted(set(present.values())))
-            if signal.source == "service":  # no function-wide EMF series: add the versions' series up
+            if signal.per_version_only or (signal.source == "service" and not signal.dims_template):
+                # no function-wide series (the EMF, a custom signal labelled by version): add the versions' up
                 dims = [d for v in every for d in series_dims(signal, policy, fn, v)]
             else:
                 dims = series_dims(signal, policy, fn, None)
@@ -179,7 +181,7 @@ def percentile_period(target: Target, span_start: float) -> int:
 
 
 def _spec(target: Target, metric: str, dims: DimTuple, stat: str, period: int) -> SeriesSpec:
-    return SeriesSpec(target.namespace, metric, dims, stat, period)
+    return SeriesSpec(target.namespace, metric, dims, stat, period, target.signal.source)
 
 
 def target_specs(target: Target, span_start: float) -> dict[str, list[SeriesSpec]]:
@@ -242,6 +244,8 @@ def compute(target: Target, data: Mapping[SeriesSpec, Points], span_start: float
         # No datapoint at all is no data, never a zero: a series that does not exist reads as None.
         return (num if points else None), samples
     values = [v for spec in roles.get("percentile", []) for t, v in data.get(spec, []) if t < target.end]
+    if not s.samples:  # a custom percentile without a count of its own: the datapoints it rests on
+        samples = float(len(values))
     # Several versions' series (or a window split over two periods): the worst one, conservatively.
     return (max(values) if values else None), samples
 
@@ -332,7 +336,7 @@ def _over_upper_bound(rule: Any, value: float) -> bool:
 
 
 def describe(result_kind: str, target: Target, value: float | None, samples: float, verdict: Verdict,
-             window: float, source: str = "cloudwatch") -> str:
+             window: float) -> str:
     """One line a human reads at 3 a.m.: rule, value, where, window, the bound, source and samples."""
     s = target.signal
     rule = target.rule
@@ -344,7 +348,7 @@ def describe(result_kind: str, target: Target, value: float | None, samples: flo
     stat = f" {target.statistic}" if s.kind == "percentile" else ""
     bound = format_value(s, rule.threshold, bound=True)
     sample_text = f"{samples:g} {s.samples_noun if s.samples else 'datapoints'}"
-    origin = f"{source}: {s.source} metrics, {target.namespace}"
+    origin = f"{s.provider}: {s.source} metrics, {target.namespace}"
     head = (f"{result_kind} {target.rule_name}:{stat} {format_value(s, value)} on {where} over "
             f"{format_duration(round(window))} ending {_clock(target.end)} UTC")
     if value is None or (samples < rule.min_samples and not (s.kind == "sum" and _over_upper_bound(rule, value))):
@@ -410,12 +414,12 @@ def _judge_against_old(plan: PollPlan, target: Target, old_target: Target, data:
             f"{old_target.versions[0]} (old) over the same {format_duration(round(window))} ending "
             f"{_clock(target.end)} UTC")
     counts = f"{new_samples:g} and {old_samples:g} {noun}"
-    origin = f"{signal.source} metrics, {target.namespace}"
+    origin = f"{signal.provider}: {signal.source} metrics, {target.namespace}"
     if bound is None or samples < rule.min_samples:
         tail = {"pass": "passes by policy (no_data: pass)", "fail": "fails by policy (no_data: fail)",
                 "no_data": "waiting for data",
                 "inconclusive": "inconclusive: not enough data to decide, which is not a pass"}[verdict]
-        message = f"{head}: {counts}, needs >= {rule.min_samples} on each; {tail} (source: cloudwatch: {origin})"
+        message = f"{head}: {counts}, needs >= {rule.min_samples} on each; {tail} (source: {origin})"
     else:
         worse = "over" if rule.op in ("<", "<=") else "under"
         allowed = f"old {'+' if rule.op in ('<', '<=') else '-'} {format_value(signal, rule.threshold, bound=True)}"
@@ -423,7 +427,7 @@ def _judge_against_old(plan: PollPlan, target: Target, old_target: Target, data:
             allowed += f" or x{rule.max_ratio:g}"
         message = (f"{head}, must be {rule.op} {format_value(signal, bound)} ({allowed}; "
                    f"{'within' if verdict == 'pass' else 'breaks: ' + worse + ' the old version by more than allowed'}"
-                   f"{chance}; source: cloudwatch: {origin}; {counts})")
+                   f"{chance}; source: {origin}; {counts})")
     return RuleResult(
         rule=target.rule_name, signal=signal.name, version="new", version_number=target.versions[0],
         function=target.function or "", value=value, threshold=bound if bound is not None else rule.threshold,
@@ -458,12 +462,17 @@ def evaluate_plan(plan: PollPlan, data: Mapping[SeriesSpec, Points], *, now: flo
 
 
 def fetch_with_retry(cloudwatch: Any, specs: list[SeriesSpec], start: float, end: float, *, attempts: int = 3,
-                     backoff: float = 0.5) -> dict[SeriesSpec, Points]:
-    """fetch(), retrying provider errors a few times; the last one is raised ('metrics unavailable')."""
+                     backoff: float = 0.5, policy: Any = None) -> dict[SeriesSpec, Points]:
+    """fetch(), retrying provider errors a few times; the last one is raised ('metrics unavailable').
+
+    ``cloudwatch``: a CloudWatch client or a metric provider (providers.py); with ``policy``, a
+    client also serves the policy's declared sources (a Prometheus source's custom signals).
+    """
+    provider = provider_of(cloudwatch, policy)
     last: ProviderError | None = None
     for attempt in range(attempts):
         try:
-            return fetch(cloudwatch, specs, start, end)
+            return provider.fetch(specs, start, end)
         except ProviderError as exc:
             last = exc
             if attempt + 1 < attempts:
@@ -473,7 +482,7 @@ def fetch_with_retry(cloudwatch: Any, specs: list[SeriesSpec], start: float, end
 
 def max_lag(policy: Any, rules: Mapping[str, Any]) -> float:
     """The longest lag among the sources of ``rules``: how long the final decision may wait."""
-    sources = {get_signal(r.signal).source for r in rules.values()}
+    sources = {get_signal(r.signal, policy=policy).source for r in rules.values()}
     return max((float(policy.metrics.source(s).lag) for s in sources), default=0.0)
 
 
@@ -497,7 +506,7 @@ def evaluate_rules(
     now = time.time() if now is None else now
     targets = plan_targets(rules, policy, versions, start, now, final_end=end)
     plan = plan_poll(targets, now)
-    data = fetch_with_retry(cloudwatch, plan.specs, plan.span_start, now)
+    data = fetch_with_retry(cloudwatch, plan.specs, plan.span_start, now, policy=policy)
     return evaluate_plan(plan, data, now=now, grace=policy.watch.no_data_grace, final=final, result_kind=result_kind)
 
 

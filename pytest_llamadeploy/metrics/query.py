@@ -44,6 +44,9 @@ class SeriesSpec:
     dims: tuple[tuple[str, str], ...]
     stat: str
     period: int
+    #: The policy's source of the series (``service``, ``aws``, a ``metrics.sources`` name): which
+    #: provider answers it (providers.py). Empty: CloudWatch.
+    source: str = ""
 
     def query(self, query_id: str) -> dict[str, Any]:
         return {

@@ -18,10 +18,16 @@ Sources (the policy's ``metrics:`` section gives each its resolution and lag):
 
 Scopes: ``function`` (every function), ``api`` (the REST API's function), ``ws``
 (the WebSocket API's function), ``global`` (one value for the service).
+
+A policy adds its own signals under ``metrics.signals`` (``custom.<name>``), from the built-in
+sources or from a source of its own (``metrics.sources``: CloudWatch, Prometheus, a plugin's
+provider): :func:`catalog` is the built-in signals plus the policy's, and every lookup that knows
+the policy goes through it, so a rule naming a signal nobody declared is refused by ``policy check``.
 """
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +37,8 @@ from .. import metricnames as mn
 Scope = Literal["function", "api", "ws", "global"]
 Kind = Literal["ratio", "sum", "percentile"]
 Unit = Literal["rate", "ms", "count"]
-Source = Literal["service", "aws"]
+#: ``service``, ``aws`` or the name of a source under the policy's ``metrics.sources``.
+Source = str
 #: A dimension set as a hashable tuple of (name, value).
 DimTuple = tuple[tuple[str, str], ...]
 
@@ -59,6 +66,13 @@ class Signal:
     #: For a global signal: its dimension sets from the policy's resources (summed).
     global_dims: Callable[[Any], list[DimTuple]] | None = None
     description: str = ""
+    #: The provider behind the source (``cloudwatch``, ``prometheus``, a plugin's), for messages.
+    provider: str = "cloudwatch"
+    #: A custom signal's dimensions, values naming ``$function``, ``$version``, ``$alias``.
+    dims_template: DimTuple = ()
+    #: Only per-version series exist (the EMF, a custom signal labelled by version): a function's
+    #: value over every version is the sum of its versions' series.
+    per_version_only: bool = False
 
 
 def _dims(items: list[dict[str, str]]) -> DimTuple:
@@ -142,15 +156,60 @@ class UnknownSignal(ValueError):
     pass
 
 
-def get_signal(name: str, where: str = "") -> Signal:
-    """The catalog entry for ``name``; the error names the policy key and the known signals."""
+def custom_signal(name: str, decl: Any, metrics: Any) -> Signal:
+    """The :class:`Signal` of a policy's ``metrics.signals`` entry (``policy.CustomSignal``)."""
+    provider = metrics.provider_of(decl.source)
+    prometheus = provider == "prometheus"
+    numerator = (decl.query if prometheus else decl.metric,)
+    denominator = tuple([decl.denominator_query] if decl.denominator_query else decl.denominator)
+    dims: DimTuple = tuple(decl.dimensions.items())
+    if not dims and decl.scope != "global":
+        dims = (("function", "$function"), ("version", "$version")) if prometheus else (
+            ("FunctionName", "$function"), ("Version", "$version"))
+    namespace = decl.namespace or (metrics.service.namespace if decl.source == "service" else "")
+    if prometheus:
+        namespace = namespace or "PromQL"
+    per_version_only = any("version" in string.Template(v).get_identifiers() for _, v in dims)
+    return Signal(
+        name, decl.kind, decl.scope, decl.unit, decl.source, numerator, denominator,
+        samples=denominator if decl.kind == "ratio" else (), samples_noun=decl.samples_noun,
+        default_statistic=decl.statistic if decl.kind == "percentile" else "Sum",
+        versioned=per_version_only, namespace=namespace,
+        global_dims=_fixed_dims(dims) if decl.scope == "global" else None,
+        description=decl.description, provider=provider, dims_template=dims, per_version_only=per_version_only)
+
+
+def _fixed_dims(dims: DimTuple) -> Callable[[Any], list[DimTuple]]:
+    """A global custom signal's one dimension set (declared in the policy, not from ``resources``)."""
+    def of(resources: Any) -> list[DimTuple]:
+        return [_render(dims, None, None, "")]
+    return of
+
+
+def catalog(policy: Any = None) -> dict[str, Signal]:
+    """The built-in signals, plus the custom ones ``policy`` declares under ``metrics.signals``."""
+    declared = getattr(getattr(policy, "metrics", None), "signals", None) or {}
+    if not declared:
+        return SIGNALS
+    return {**SIGNALS, **{name: custom_signal(name, decl, policy.metrics) for name, decl in declared.items()}}
+
+
+def get_signal(name: str, where: str = "", policy: Any = None) -> Signal:
+    """The catalog entry for ``name``; the error names the policy key, the known signals and the fix."""
+    known = catalog(policy)
     try:
-        return SIGNALS[name]
+        return known[name]
     except KeyError:
         at = f"{where}: " if where else ""
         raise UnknownSignal(
-            f"{at}signal {name!r} is not known; use one of {', '.join(sorted(SIGNALS))}"
+            f"{at}signal {name!r} is not known: declare it under metrics.signals (custom.<name> with its source "
+            f"and metric or query), or use one of {', '.join(sorted(known))}"
         ) from None
+
+
+def _render(template: DimTuple, function: str | None, version: str | None, alias: str) -> DimTuple:
+    values = {"function": function or "", "version": version or "", "alias": alias}
+    return tuple((n, string.Template(v).safe_substitute(values)) for n, v in template)
 
 
 def statistic_for(signal: Signal, statistic: str) -> str:
@@ -197,7 +256,8 @@ def functions_of(signal: Signal, service: Any) -> list[str]:
 
 
 def namespace_of(signal: Signal, policy: Any) -> str:
-    return policy.metrics.service.namespace if signal.source == "service" else signal.namespace
+    return policy.metrics.service.namespace if signal.source == "service" and not signal.namespace \
+        else signal.namespace
 
 
 def series_dims(signal: Signal, policy: Any, function: str | None, version: str | None) -> list[DimTuple]:
@@ -212,6 +272,9 @@ def series_dims(signal: Signal, policy: Any, function: str | None, version: str 
         return signal.global_dims(policy.resources)
     assert function is not None
     alias = policy.service.alias
+    if signal.dims_template:
+        assert version is not None or not signal.per_version_only, "per-version series only: sum the versions"
+        return [_render(signal.dims_template, function, version, alias)]
     if signal.source == "service":
         assert version is not None, "the service's EMF has per-version series only"
         return [_dims(mn.service_dims(function, version))]

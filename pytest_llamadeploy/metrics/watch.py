@@ -62,7 +62,8 @@ from .evaluate import (
     settle_all,
     target_specs,
 )
-from .query import ProviderError, QueryError, SeriesSpec, fetch
+from .providers import provider_of
+from .query import ProviderError, QueryError, SeriesSpec
 from .signals import format_value, get_signal
 
 BreachKind = Literal["threshold", "inconclusive", "probe", "provider"]
@@ -146,7 +147,10 @@ class BakeWatch:
         clock: Callable[[], float] = time.time,
         baseline: bool = True,
     ) -> None:
-        self.cloudwatch = cloudwatch
+        #: Who answers each source's series (providers.py): a stage passes its router (plugins' providers
+        #: included); a CloudWatch client is wrapped with the policy's declared sources.
+        self.provider = provider_of(cloudwatch, policy)
+        self.cloudwatch = getattr(self.provider, "cloudwatch", cloudwatch)
         self.policy = policy
         self.functions = list(functions)
         self.alias = alias
@@ -160,7 +164,7 @@ class BakeWatch:
         # promote or a rollback one of them has no traffic left to compare with.
         self.rules = {name: rule for name, rule in policy.rollback_triggers.items() if baseline or not rule.baseline}
         for name, rule in self.rules.items():
-            get_signal(rule.signal, f"rollback_triggers.{name}")  # a typo fails before traffic is watched
+            get_signal(rule.signal, f"rollback_triggers.{name}", policy)  # a typo fails before traffic is watched
         self.interval = float(policy.watch.interval)
         self.resolution = int(policy.metrics.service.resolution)
         #: How long past the bake's end the final decision may wait for the bake's last data.
@@ -387,7 +391,7 @@ class BakeWatch:
                       for spec in specs]
         plan = plan_poll(targets, now, extra=extra)
         try:
-            data = fetch(self.cloudwatch, plan.specs, plan.span_start, now)
+            data = self.provider.fetch(plan.specs, plan.span_start, now)
         except ProviderError as exc:
             self._provider_error(str(exc))
             return "error"
@@ -475,9 +479,9 @@ class BakeWatch:
             if version is None:
                 continue
             dims = self._plot_dims(fn, str(version))
-            specs += [SeriesSpec(namespace, mn.SVC_REQUESTS, dims, "Sum", self.resolution),
-                      SeriesSpec(namespace, mn.SVC_5XX, dims, "Sum", self.resolution),
-                      SeriesSpec(namespace, mn.SVC_LATENCY, dims, "p95", self.resolution)]
+            specs += [SeriesSpec(namespace, mn.SVC_REQUESTS, dims, "Sum", self.resolution, "service"),
+                      SeriesSpec(namespace, mn.SVC_5XX, dims, "Sum", self.resolution, "service"),
+                      SeriesSpec(namespace, mn.SVC_LATENCY, dims, "p95", self.resolution, "service")]
         return specs
 
     def _record(self, now: float, results: list[RuleResult], data: Mapping[SeriesSpec, Any], since: float) -> None:
@@ -516,7 +520,7 @@ class BakeWatch:
                                                             self.policy.service.ws_function):
                     continue
                 short = r.rule.replace("lambda_", "").replace("_rate", "")
-                shown.append(f"{short} {format_value(get_signal(r.signal), r.value)}")
+                shown.append(f"{short} {format_value(get_signal(r.signal, policy=self.policy), r.value)}")
             if shown:
                 api = self.policy.service.api_function
                 version = self.versions[label].get(api, "?")
@@ -524,7 +528,7 @@ class BakeWatch:
                 parts.append(f"{label} v{version} ({samples:g} req): " + ", ".join(shown))
         for r in results:
             if r.version == ALL:
-                parts.append(f"{r.rule} {format_value(get_signal(r.signal), r.value)}")
+                parts.append(f"{r.rule} {format_value(get_signal(r.signal, policy=self.policy), r.value)}")
         if self._probe_total:
             parts.append(f"probes {self._probe_total - self._probe_failed}/{self._probe_total} ok")
         if self._probe_unattributed:

@@ -168,7 +168,9 @@ def rule_series(cloudwatch: Any, policy: Any) -> list[RuleSeries]:
     out = []
     for section in ("key_metrics", "rollback_triggers"):
         for name, rule in getattr(policy, section).items():
-            signal = get_signal(rule.signal, f"{section}.{name}.signal")
+            signal = get_signal(rule.signal, f"{section}.{name}.signal", policy)
+            if signal.provider != "cloudwatch" or signal.dims_template:
+                continue  # ListMetrics proves CloudWatch's built-in series only; a custom source proves its own
             namespace = namespace_of(signal, policy)
             wanted, missing = [], []
             for metric, dims in wanted_series(signal, policy):

@@ -40,13 +40,18 @@ def moto_server(log_dir: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_by_pid(proc)
         log.close()
+
+
+def stop_by_pid(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then after 10 s SIGKILL to its process group (started with start_new_session)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 def reset(url: str) -> None:

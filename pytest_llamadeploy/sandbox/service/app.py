@@ -401,6 +401,12 @@ class Service:
             return JSONResponse(self.faults.reset())
         return JSONResponse(dict(self.faults.values))
 
+    async def metrics(self, request: Request) -> Response:
+        """What Prometheus scrapes: the function's own per-version counts (prom.py), loopback only."""
+        self._loopback(request)
+        body, content_type = self.emf.prom.exposition()
+        return Response(body, media_type=content_type)
+
     async def flush_cache(self, request: Request) -> Response:
         self._loopback(request)
         deleted = 0
@@ -485,6 +491,10 @@ class Service:
             return
 
 
+#: Paths that are no invocation of the function (the sandbox's admin, the metrics scrape): no fault, no count.
+NOT_INVOKED = ("/_sandbox", "/metrics")
+
+
 def invocation_of(headers: Any) -> emf.Invocation | None:
     """The function and version the runtime (the front door) says this invocation runs as."""
     function, version = headers.get(FUNCTION_NAME_HEADER), headers.get(FUNCTION_VERSION_HEADER)
@@ -529,7 +539,7 @@ class ServiceMiddleware:
         path: str = scope["path"]
         faults = self.service.faults
         try:
-            if not path.startswith("/_sandbox"):
+            if not path.startswith(NOT_INVOKED):
                 if path != "/health" and faults.roll("throttle_rate"):
                     # Lambda refused the invocation before the function ran: nothing of ours happens.
                     await _error(429, "throttled", headers={THROTTLED_HEADER: "1"})(scope, receive, send)
@@ -550,7 +560,7 @@ class ServiceMiddleware:
                 extra.append((FUNCTION_ERROR_HEADER.encode(), b"Unhandled"))
                 await _error(500, "internal", type(exc).__name__)(scope, receive, send_tagged)
         finally:
-            if who is not None and not path.startswith("/_sandbox") and status:
+            if who is not None and not path.startswith(NOT_INVOKED) and status:
                 self.service.emf.count("Requests", who=who)
                 if status >= 500:
                     self.service.emf.count("Responses5xx", who=who)
@@ -588,6 +598,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/stats", s.stats),
         Route("/_sandbox/faults", s.faults_endpoint, methods=["GET", "POST", "DELETE"]),
         Route("/_sandbox/cache", s.flush_cache, methods=["DELETE"]),
+        Route("/metrics", s.metrics),
         WebSocketRoute("/ws", s.websocket),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: _api_error})

@@ -73,7 +73,11 @@ class Emf:
     """Per-second EMF records of one service process, by (function, version)."""
 
     def __init__(self, namespace: str = NAMESPACE):
+        from .prom import PromMetrics
+
         self.namespace = namespace
+        #: The same counts and values for Prometheus (GET /metrics, prom.py).
+        self.prom = PromMetrics()
         self._records: dict[tuple[str, str], _Record] = {}
         self._task: asyncio.Task[None] | None = None
         self.documents = 0
@@ -84,12 +88,14 @@ class Emf:
         if who is None:
             return  # not an invocation (a direct call to the process, the admin paths): nothing to say
         self._record(who).counts[name] += value
+        self.prom.count(name, value, who)
 
     def value(self, name: str, value: float, who: Invocation | None = None) -> None:
         who = who or current.get()
         if who is None:
             return
         self._record(who).values[name].append(round(value, 3))
+        self.prom.value(name, value, who)
 
     def _record(self, who: Invocation) -> _Record:
         key = (who.function, who.version)
