@@ -13,17 +13,15 @@
     with the ledger telling the truth about where traffic is.
 
 Faulted and repair runs are in-process (pytester) against the one moto server; the
-killed runs are child processes forked from the test (SIGKILL must hit a process of
-their own; forking skips the interpreter's start-up). A policy with a 1 s rollback deadline,
+killed runs are child processes forked from the test (tests/support/forked.py: SIGKILL must hit a
+process of their own; forking skips the interpreter's start-up). A policy with a 1 s rollback deadline,
 1.5 s AWS read timeout and one botocore attempt keeps every case to seconds (the read
 timeout is the fault only where a site makes few calls).
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -32,6 +30,7 @@ import pytest
 from pytest_llamadeploy.ledger import FINAL
 from tests.support.aws_setup import FUNCTIONS, alias_state
 from tests.support.faultproxy import KINDS, FaultProxy
+from tests.support.forked import run_forked
 from tests.support.reliability import (
     add_checkpoint_plugin,
     record,
@@ -57,35 +56,6 @@ def run(project: pytest.Pytester, stage: str, *args: str, release: str = "v2") -
 # --------------------------------------------------------------------------- (a) SIGKILL
 
 
-def forked_gate(project: pytest.Pytester, stage: str, env: dict[str, str], seconds: float = 60) -> tuple[int, str]:  # noqa: F811
-    """The gate in a child process forked from this one (its imports already loaded: no interpreter start-up,
-    which is most of a gate run's time); returns (exit code, or minus the signal that ended it; its output)."""
-    log = project.path / f"gate-{stage}.log"
-    pid = os.fork()
-    if pid == 0:  # the child: `pytest --env=fastprod --stage=...` in the project, until a checkpoint kills it
-        code = 70
-        try:
-            os.environ.update(env)
-            os.chdir(project.path)
-            sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 - the child ends with os._exit
-            code = int(pytest.main(["-p", "no:cacheprovider", "--env=fastprod", f"--stage={stage}", "--release=v2",
-                                    "--approved-by=alice"]))
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + seconds
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:  # bounded: a gate that never reached its checkpoint
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"the gate did not end in {seconds}s:\n{log.read_text()}")
-        time.sleep(0.02)
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    return code, log.read_text() if log.exists() else ""
-
-
 KILL_POINTS = ["lock_acquired", "started", "alias_written:onchain-api", "baking", "rollback_applied"]
 
 
@@ -97,9 +67,10 @@ def test_a_gate_killed_at_any_checkpoint_is_repaired_by_the_next_run(
     lg = ledger(aws)
     seed_deployed(aws, lg)
     # The rollback checkpoints need a stage that fails, so that it rolls back.
-    code, out = forked_gate(project, "shift10", env={"KILL_AT": checkpoint,
-                                                     "FAIL_GATE_AT": "shift10" if "rollback" in checkpoint else ""})
-    assert code == -signal.SIGKILL, out  # nothing of ours ran after the checkpoint
+    r = run_forked(project, "-p", "no:cacheprovider", "--env=fastprod", "--stage=shift10", "--release=v2",
+                   "--approved-by=alice", timeout=60,
+                   env={"KILL_AT": checkpoint, "FAIL_GATE_AT": "shift10" if "rollback" in checkpoint else ""})
+    assert r.ret == -signal.SIGKILL, r.stdout.str()  # nothing of ours ran after the checkpoint
     dead = lg.current_lock("fastprod")
     assert dead is not None and dead.stage == "shift10", "the killed run left no lock: it was not killed mid-stage"
     killed = statuses(aws).get("v2/shift10")

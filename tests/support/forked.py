@@ -26,10 +26,11 @@ from _pytest.pathlib import make_numbered_dir
 _RUNS = count()
 
 
-def _child(project: pytest.Pytester, argv: list[str], out: str, err: str) -> None:
+def _child(project: pytest.Pytester, argv: list[str], out: str, err: str, env: dict[str, str]) -> None:
     """The forked child: ``pytest *argv`` in the project folder, its output in two files. Never returns."""
     code = 70  # EX_SOFTWARE: the child failed before pytest could give an exit code
     try:
+        os.environ.update(env)
         os.chdir(project.path)
         # Like `python -m pytest` run in the project folder: the folder is first on sys.path.
         sys.path.insert(0, str(project.path))
@@ -63,8 +64,10 @@ def _child(project: pytest.Pytester, argv: list[str], out: str, err: str) -> Non
         os._exit(code)
 
 
-def run_forked(project: pytest.Pytester, *args: str | os.PathLike[str], timeout: float = 120) -> pytest.RunResult:
-    """``project.runpytest_subprocess(*args, timeout=timeout)``, in a forked child."""
+def run_forked(project: pytest.Pytester, *args: str | os.PathLike[str], timeout: float = 120,
+               env: dict[str, str] | None = None) -> pytest.RunResult:
+    """``project.runpytest_subprocess(*args, timeout=timeout)``, in a forked child with ``env`` added to its
+    environment. ``ret`` is minus the signal's number when a signal ended the child (a checkpoint's SIGKILL)."""
     __tracebackhide__ = True
     basetemp = make_numbered_dir(root=project.path, prefix="runpytest-", mode=0o700)
     argv = [f"--basetemp={basetemp}", *(str(a) for a in args)]
@@ -77,7 +80,7 @@ def run_forked(project: pytest.Pytester, *args: str | os.PathLike[str], timeout:
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _child(project, argv, str(out), str(err))
+        _child(project, argv, str(out), str(err), env or {})
     pidfd = os.pidfd_open(pid)  # readable when the child has ended: no polling
     try:
         if not select.select([pidfd], [], [], timeout)[0]:  # bounded, as runpytest_subprocess: the test fails
