@@ -167,7 +167,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
             f"be read: {why}. Configure credentials and region the standard boto3 way (AWS_PROFILE, or "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION; AWS_ENDPOINT_URL for a moto server); "
             "nothing was changed") from None
-    print(render_plan(decision, loaded, runner.ledger.describe()))
+    print(render_plan(decision, loaded, runner.ledger.describe(), observe=settings.observe))
     return 0 if decision.ok else 4
 
 
