@@ -45,7 +45,8 @@ def _exploding_probe(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_observe_reports_every_breach_and_moves_no_traffic(project: pytest.Pytester, aws: str,  # noqa: F811
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     set_policy(project, WATCHED)
     seed_deployed(aws, ledger(aws))
     _exploding_probe(monkeypatch)  # without --observe this rolls back at the second probe (test_integrity.py)
@@ -72,6 +73,10 @@ def test_observe_reports_every_breach_and_moves_no_traffic(project: pytest.Pytes
     assert stage["status"] == "passed"
     assert any(s["name"].startswith("OBSERVED ONLY, not acted on: rollback trigger probe_failure_ratio")
                and s["status"] == "failed" for s in stage["steps"])
+    # And CI's job summary (`llamadeploy summary`) lists them under their own heading.
+    assert cli(["summary", "--results", str(project.path / "allure-results")]) == 0
+    summary = capsys.readouterr().out
+    assert "PASSED" in summary and f"#### Observed only, NOT acted on ({len(breaches)}; --observe: every rule)" in summary, summary
 
 
 KEY_METRIC_GATE = """\
@@ -139,6 +144,11 @@ def decide(p: pytest.Pytester, *args: str) -> int:
 def test_pause_then_decide_promote(project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
                                    capsys: pytest.CaptureFixture[str]) -> None:
     _paused(project, aws, monkeypatch)
+    capsys.readouterr()
+    assert cli(["summary", "--results", str(project.path / "allure-results")]) == 0
+    summary = capsys.readouterr().out
+    assert "fastprod shift10 v2: PAUSED" in summary and "#### Awaiting a decision" in summary, summary
+    assert "`llamadeploy decide --env fastprod --release v2 --stage shift10 --rollback --reason TEXT" in summary
     assert decide(project, "--promote", "--reason", "metrics late; checked by hand") == 4  # prod-like: an approver
     assert "requires an approval for a decision" in capsys.readouterr().err
     assert decide(project, "--promote", "--reason", "metrics late; checked by hand", "--approved-by", "carol") == 0
