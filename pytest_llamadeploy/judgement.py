@@ -126,11 +126,18 @@ def run(args: argparse.Namespace) -> int:
     from .notify import from_environment as webhook_from_environment
 
     hooks = _Hooks(webhook_from_environment(out=print, consume=True))
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         records = [r for r in open_ledger(policy, aws_config(policy), Path.cwd()).records(args.env)
                    if r.release == args.release]
     except LedgerCorrupt as exc:
         return _refuse(str(exc))
+    except (BotoCoreError, ClientError, OSError) as exc:
+        from .redact import redact
+
+        return _refuse(redact(f"the ledger could not be read ({type(exc).__name__}: {exc}); run it again once AWS "
+                              "answers"))
     waiting = [r for r in records if awaiting(r) and (args.stage is None or r.stage == args.stage)]
     if not waiting:
         have = ", ".join(f"{r.stage}={r.status}" for r in records)

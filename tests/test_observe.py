@@ -50,9 +50,11 @@ def test_observe_reports_every_breach_and_moves_no_traffic(project: pytest.Pytes
     set_policy(project, WATCHED)
     seed_deployed(aws, ledger(aws))
     _exploding_probe(monkeypatch)  # without --observe this rolls back at the second probe (test_integrity.py)
-    r = run(project, "shift10", "--observe", "--plan")
+    ini = project.makeini("[pytest]\nllamadeploy_observe = true\n")  # the ini twin, through --plan
+    r = run(project, "shift10", "--plan")
     assert r.ret == 0 and "--observe: every breach of the watch, key metrics and compare is reported and NEVER " \
         "acted on" in out(r), out(r)
+    ini.unlink()
     r = run(project, "shift10", "--observe")
     assert r.ret == 0, out(r)  # Argo's dry-run does not fail the rollout
     assert alias_state(aws) == AT_10  # nothing rolled back
