@@ -214,6 +214,11 @@ def _approval(policy: Policy) -> list[Violation]:
     return out
 
 
+# ``watch.on_inconclusive: pause`` is allowed in prod: a paused stage neither passes nor moves traffic
+# further until a human's decision is recorded (judgement.py), and a rollback job still decides it.
+# ``observe: true`` is checked with the thresholds (_thresholds): a runbook rule must keep acting.
+
+
 def _watch_and_compare(policy: Policy) -> list[Violation]:
     out: list[Violation] = []
     w, c = policy.watch, policy.compare
