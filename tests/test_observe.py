@@ -192,6 +192,11 @@ def test_observe_in_a_guarded_env_needs_an_emergency(no_aws: pytest.Pytester) ->
     assert r.ret == 4
     r.stderr.fnmatch_lines(["*prod is guarded: --observe would let a breach of the runbook's rollback triggers pass "
                             "shift10 without a rollback. Nothing was changed.*--emergency --reason TEXT*"])
+    # An emergency gets past the guard (and --emergency is not refused on a shift): --plan then needs AWS.
+    r = no_aws.runpytest_inprocess("-p", "no:cacheprovider", "--env=prod", "--stage=shift10", "--release=v1",
+                                   "--observe", "--emergency", "--reason=INC-42 tuning the new triggers", "--plan")
+    assert r.ret == 4 and "guarded" not in r.stderr.str() and "does not apply" not in r.stderr.str()
+    r.stderr.fnmatch_lines(["*--plan for shift10 in prod needs to read the alias and the ledger*"])
     r = no_aws.runpytest_inprocess("-p", "no:cacheprovider", "--env=staging", "--stage=backup", "--observe", "--plan")
     assert r.ret == 4
     r.stderr.fnmatch_lines(["*--observe does not apply to --stage=backup: it has no watch and no analysis suite*"])
