@@ -215,3 +215,16 @@ def test_guard_refuses_an_observe_only_runbook_rule_unless_one_beside_it_acts(
              "observe": True}
     edit(pdir / "prod.yaml", {"rollback_triggers": {"error_rate": {"observe": False}, "error_rate_trial": trial}})
     assert check_guard(load_policy(pdir, "prod").policy) == []
+
+
+def test_a_rollback_stage_decides_a_paused_stage(project: pytest.Pytester, aws: str,  # noqa: F811
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI's rollback job (or an operator at 3 a.m.) need not know about the pause: a rollback is a decision.
+    _paused(project, aws, monkeypatch)
+    r = run(project, "rollback")
+    assert r.ret == 0, out(r)
+    assert alias_state(aws) == AT_1
+    rec = ledger(aws).get("fastprod", "v2", "shift10")
+    assert rec.status == "rolled_back" and "decided: rolled back by rollback run" in rec.reason
+    assert rec.details["decision"]["via"] == "--stage=rollback" and rec.details["decision"]["by"] == "alice"
+    assert run(project, "shift50").ret == 4  # v2 was rolled back: its shift10 did not pass
