@@ -8,6 +8,10 @@ watch evaluates every rollback trigger to the bake's end without waiting for lat
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from pytest_llamadeploy.guard import check_guard
 from pytest_llamadeploy.policy import load_policy
 from pytest_llamadeploy.reporting.stage_result import stage_title
 from tests.support.aws_setup import FUNCTIONS, alias_state
+from tests.support.faultproxy import FaultProxy
 from tests.support.reliability import seed_deployed, set_policy
 from tests.test_gate import ledger, project  # noqa: F401 - the gate project fixture
 from tests.test_guard import edit
@@ -165,24 +170,45 @@ def test_pause_then_decide_promote(project: pytest.Pytester, aws: str, monkeypat
     assert alias_state(aws) == {fn: ("1", {"2": 0.5}) for fn in FUNCTIONS}
 
 
-def test_pause_then_decide_rollback_and_a_killed_decide_is_seen_and_finished(
+def test_pause_then_decide_rollback_killed_half_way_is_seen_and_finished(
         project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     lg = ledger(aws)
-    rec = _paused(project, aws, monkeypatch)
-    # A decide killed after recording its decision (before traffic moved): `started`, the decision pending.
-    rec.status, rec.ended_at = "started", None
-    rec.details["decision"] = {"decision": "rollback", "by": "dave", "run_id": "run-killed", "pending": "rollback"}
-    lg.put(rec)
+    _paused(project, aws, monkeypatch)
+    # A decide (a process, as an operator runs it) SIGKILLed in the middle of its rollback: onchain-api is
+    # back on v1, the UpdateAlias of onchain-ws is held by the fault proxy when the kill comes.
+    argv = [sys.executable, "-m", "pytest_llamadeploy.cli", "decide", "--env", "fastprod", "--release", "v2",
+            "--rollback", "--reason", "p95 looked wrong on the dashboard", "--policy-dir",
+            str(project.path / "policies")]
+    with FaultProxy(aws, hold=20.0).running() as proxy:
+        held = proxy.fail("lambda.UpdateAlias", "timeout", target="onchain-ws")
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "PYTHONPATH": str(REPO), "LLAMADEPLOY_APPROVED_BY": "dave"}
+        proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while held.failed == 0 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the condition itself (the held call), bounded
+            assert held.failed == 1, (proc.poll(), [str(c) for c in proxy.calls])
+        finally:
+            proc.kill()
+            output = proc.communicate(timeout=10)[0].decode()
+    assert proc.returncode == -9, output
+    rec = lg.get("fastprod", "v2", "shift10")
+    killed = rec.details["decision"]
+    assert rec.status == "started" and killed["pending"] == "rollback" and killed["by"] == "dave"
+    assert alias_state(aws) == {"onchain-api": ("1", {}), "onchain-ws": ("1", {"2": 0.1})}  # half-way
+    assert lg.current_lock("fastprod").run_id == killed["run_id"]  # its lock is left too
+    # The next run sees it and names the command that finishes it; nothing moves.
     r = run(project, "shift50")
     assert r.ret == 4, out(r)
     assert "a `llamadeploy decide` (rollback) of shift10 of release v2 was started" in out(r)
     assert "llamadeploy decide --env fastprod --release v2 --stage shift10 --rollback --reason TEXT" in out(r)
+    # Running it again takes the dead run's lock over and finishes the rollback.
     monkeypatch.setenv("LLAMADEPLOY_APPROVED_BY", "dave")  # the approvals' resolution: the policy's variable
     assert decide(project, "--rollback", "--reason", "p95 looked wrong on the dashboard") == 0
     assert alias_state(aws) == AT_1  # rolled back exactly as a failed stage would
     rec = lg.get("fastprod", "v2", "shift10")
     assert rec.status == "rolled_back" and "decided: roll back by dave: p95 looked wrong" in rec.reason
-    assert rec.details["decision"]["by"] == "dave" and rec.details["decision"]["resumed_decide"] == "run-killed"
+    assert rec.details["decision"]["by"] == "dave" and rec.details["decision"]["resumed_decide"] == killed["run_id"]
     assert rec.details["rollback"]["ok"] is True and lg.current_lock("fastprod") is None
 
 
