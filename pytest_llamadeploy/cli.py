@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pytest_llamadeploy.reporting.cli", "build the Allure HTML report"),
     "doctor": ("pytest_llamadeploy.ops.doctor", "the runbook's troubleshooting checks for an env"),
     "summary": ("pytest_llamadeploy.reporting.summary", "the stage verdict as Markdown (CI's job summary)"),
+    "decide": ("pytest_llamadeploy.judgement", "promote or roll back a stage paused for a decision (manual judgement)"),
 }
 
 

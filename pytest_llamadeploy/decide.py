@@ -51,6 +51,8 @@ class Decision:
     leftovers: list[StageRecord] = field(default_factory=list)
     #: rollback_failed records not yet repaired (the env needs attention).
     attention: list[StageRecord] = field(default_factory=list)
+    #: Stages paused awaiting a decision (``llamadeploy decide``) that this rollback stage decides.
+    paused: list[StageRecord] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,6 +60,14 @@ class Decision:
 
     def problems(self) -> list[str]:
         return [f"precondition {p.name} not met: {p.detail}" for p in self.preconditions if not p.ok]
+
+
+def decide_commands(rec: StageRecord) -> tuple[str, str]:
+    """The recorded ``llamadeploy decide`` commands of a paused stage: (promote, rollback)."""
+    commands = (rec.details.get("awaiting") or {}).get("commands") or {}
+    base = f"llamadeploy decide --env {rec.env} --release {rec.release} --stage {rec.stage}"
+    return (commands.get("promote") or f"{base} --promote --reason TEXT",
+            commands.get("rollback") or f"{base} --rollback --reason TEXT")
 
 
 def _versions(states: dict[str, AliasState]) -> dict[str, str]:
@@ -162,8 +172,31 @@ class Decider:
                     "needs attention", False,
                     f"{self.env} needs attention: the rollback of {rec.stage} of release {rec.release} failed at "
                     f"{iso(rec.ended_at)} and traffic may be split ({what}). Repair it first: `{repair}`"))
+        paused: list[StageRecord] = []
+        for rec in records:
+            if rec.status != "paused":
+                continue
+            promote, rollback = decide_commands(rec)
+            if sp.action == "rollback" and (not self.release or rec.release == self.release):
+                paused.append(rec)
+                checks.append(Precondition("awaiting decision", True,
+                                           f"{rec.stage} of {rec.release} paused awaiting a decision: this rollback "
+                                           "decides it (it ends rolled_back)"))
+            else:
+                checks.append(Precondition(
+                    "awaiting decision", False,
+                    f"{rec.stage} of release {rec.release} in {self.env} is paused awaiting a decision since "
+                    f"{iso(rec.ended_at)} ({rec.reason[:300]}). Decide first: `{promote}` or `{rollback}`"))
         for rec in records:
             if rec.status != "started" or rec.run_id == self.run_id:
+                continue
+            pending = (rec.details.get("decision") or {}).get("pending")
+            if pending and sp.action != "rollback":
+                checks.append(Precondition(
+                    "unfinished run", False,
+                    f"a `llamadeploy decide` ({pending}) of {rec.stage} of release {rec.release} was started by "
+                    f"{rec.owner} at {iso(rec.started_at)} and never finished (killed?). Finish it by running it "
+                    f"again: `{decide_commands(rec)[0 if pending == 'promote' else 1]}`"))
                 continue
             if (rec.release, rec.stage) == (self.release, self.stage):
                 resume = rec
@@ -232,7 +265,7 @@ class Decider:
                 new = _versions(current)
 
         return Decision(self.env, self.stage, self.release, sp, current, target, old, new, checks,
-                        approver, resume, leftovers, attention)
+                        approver, resume, leftovers, attention, paused)
 
     def _no_data_pass_proven(self) -> Precondition:
         """A ``no_data: pass`` rule is trusted only where CloudWatch lists its series (ops/proven.py)."""

@@ -34,6 +34,10 @@ def _decision(runner: Any) -> dict[str, Any]:
         "watch": {k: bake.get(k) for k in ("poll_count", "get_metric_data_calls", "provider_errors", "probes")
                   if k in bake},
         "failed_tests": record.get("details", {}).get("failed_tests", []),
+        # Observed only (--observe, a rule's observe: true), a pause awaiting a decision, the decision taken.
+        "observed": record.get("details", {}).get("observed"),
+        "awaiting": record.get("details", {}).get("awaiting"),
+        "decision": record.get("details", {}).get("decision"),
     }
 
 
@@ -176,7 +180,8 @@ def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
     from .reporting.stage_result import record_stage
 
     record = runner.record_json()
-    status = "passed" if record["status"] == "passed" else "failed"
+    # A pause is neither a pass nor a failure: shown as skipped, its reason naming the decide command.
+    status = {"passed": "passed", "paused": "skipped"}.get(record["status"], "failed")
     named: dict[str, Any] = {}
     deploy_log = runner.run_dir / "deploy.log"
     if deploy_log.is_file():
@@ -194,6 +199,10 @@ def write_stage_result(runner: Any, alluredir: str | Path | None) -> None:
     bake = runner.context.watch.get("bake", {}) if runner.context else {}
     steps = _steps(runner, named)
     steps += _poll_steps(bake, bake.get("started_at") or record["started_at"])
+    at = record.get("ended_at") or record["started_at"]
+    # Each breach observed only is a failed step of a stage that did not act on it: seen, never hidden.
+    steps += [{"name": f"OBSERVED ONLY, not acted on: {text}", "status": "failed", "start": at, "stop": at}
+              for text in ((record.get("details") or {}).get("observed") or {}).get("breaches") or []]
     steps.sort(key=lambda s: s.get("start") or 0)
     failure = {"message": record["reason"]} if status != "passed" and record.get("reason") else None
     record_stage(

@@ -214,6 +214,11 @@ def _approval(policy: Policy) -> list[Violation]:
     return out
 
 
+# ``watch.on_inconclusive: pause`` is allowed in prod: a paused stage neither passes nor moves traffic
+# further until a human's decision is recorded (judgement.py), and a rollback job still decides it.
+# ``observe: true`` is checked with the thresholds (_thresholds): a runbook rule must keep acting.
+
+
 def _watch_and_compare(policy: Policy) -> list[Violation]:
     out: list[Violation] = []
     w, c = policy.watch, policy.compare
@@ -281,7 +286,15 @@ def _thresholds(policy: Policy) -> list[Violation]:
             matching = [(n, r) for n, r in rules.items() if r.signal == signal]
             if not matching:
                 out.append(Violation(f"{section} keep {signal}", section, sorted(rules), f"a rule on signal {signal}", source))
-            for n, r in matching:
+            # An observe-only rule never acts (Argo's dryRun): it may sit beside the rule that enforces the
+            # runbook (to tune a stricter one), never instead of it, and its own numbers are not checked.
+            enforcing = [(n, r) for n, r in matching if not r.observe]
+            if matching and not enforcing:
+                out += [Violation(f"{section}.{signal} acts on a breach", f"{section}.{n}.observe", True,
+                                  f"must be false: the runbook requires this rule to act (roll back, fail the stage); "
+                                  f"to observe a new threshold, add a second rule on {signal} with observe: true",
+                                  source) for n, _ in matching]
+            for n, r in enforcing:
                 if _looser(r, family, floor):
                     bound = f"{'<=' if family == 'max' else '>='} {floor:g}"
                     out.append(Violation(f"{section}.{signal} no looser than the runbook", f"{section}.{n}",

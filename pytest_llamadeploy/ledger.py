@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 from .lease import holder_gone, observe_lapse, owner_identity
 
-STATUSES = ("started", "passed", "failed", "rolled_back", "rollback_failed", "aborted")
-FINAL = ("passed", "failed", "rolled_back", "rollback_failed", "aborted")
+STATUSES = ("started", "passed", "failed", "rolled_back", "rollback_failed", "aborted", "paused")
+#: ``paused``: the run ended awaiting a human's decision (``llamadeploy decide``; judgement.py).
+FINAL = ("passed", "failed", "rolled_back", "rollback_failed", "aborted", "paused")
 
 
 def now() -> float:

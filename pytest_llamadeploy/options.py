@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -26,7 +27,8 @@ _VERSION = re.compile(r"\d+")
 #: backup copies (ops/__init__.py); ``--backup-id``: what a restore restores (ops/restore.py);
 #: ``--emergency``: overrides the deployment window (ops/checklist.py) and a rollback target that failed its
 #: gate (decide.py ``_known_bad``) and, at any stage, a run narrowed below its suites in a guarded env
-#: (narrowing.py), nothing else. ``--reason`` is recorded with any stage, so any stage takes it.
+#: (narrowing.py) or an ``--observe`` run there (plugin.py), nothing else. ``--reason`` is recorded with any
+#: stage, so any stage takes it.
 STAGE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--to-version": ("to_version", ("rollback",)),
     "--rds": ("backup_rds", ("backup",)),
@@ -70,6 +72,11 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--emergency", dest="llamadeploy_emergency", action="store_true", default=None,
                     help="run outside the deployment window (requires --reason; recorded)")
     parser.addini("llamadeploy_emergency", type="bool", default=False, help="same as --emergency")
+    group.addoption("--observe", dest="llamadeploy_observe", action="store_true", default=None,
+                    help="dry-run analysis: every rule of the watch, key metrics and compare is evaluated and "
+                         "reported as observed, and none acts (no rollback, the stage does not fail on a breach); "
+                         "a guarded env (prod) needs --emergency --reason")
+    parser.addini("llamadeploy_observe", type="bool", default=False, help="same as --observe")
 
 
 def _get(config: pytest.Config, name: str) -> str | None:
@@ -99,6 +106,8 @@ class Settings:
     backup_id: str | None = None
     #: What narrows the run below the stage's suites (-k, -m, a path; narrowing.py).
     narrowed: tuple[str, ...] = ()
+    #: ``--observe``: every metric rule is evaluated and reported, none acts (observe.py).
+    observe: bool = False
 
     @property
     def active(self) -> bool:
@@ -159,6 +168,7 @@ def get_settings(config: pytest.Config) -> Settings:
         backup_all=bool(config.getoption("llamadeploy_backup_all") or config.getini("llamadeploy_all")),
         backup_id=_get(config, "backup-id"),
         narrowed=narrowing(config),
+        observe=bool(config.getoption("llamadeploy_observe") or config.getini("llamadeploy_observe")),
     )
 
 
@@ -168,19 +178,24 @@ def misplaced_options(settings: Settings, stage: str, actions: Mapping[str, str]
     for option, (attribute, uses) in STAGE_OPTIONS.items():
         if not getattr(settings, attribute) or actions.get(stage) in uses:
             continue
-        if option == "--emergency" and settings.narrowed:
-            continue  # it allows a narrowed run in a guarded env (plugin.py), at any stage
+        if option == "--emergency" and (settings.narrowed or settings.observe):
+            continue  # it allows a narrowed or an observed run in a guarded env (plugin.py), at any stage
         where = [name for name, action in actions.items() if action in uses]
         problems.append(f"{option} does not apply to --stage={stage} (action {actions.get(stage)}); it applies to "
                         f"{', '.join(where) or 'no stage of this env'} (action {' or '.join(uses)})")
     if settings.emergency and actions.get(stage) == "rollback" and settings.to_version is None \
-            and not settings.narrowed:
+            and not settings.narrowed and not settings.observe:
         problems.append("--emergency on a rollback overrides only a --to-version target that failed its gate; "
                         "without --to-version it changes nothing: leave it out")
     return problems
 
 
-def approver_from(settings: Settings, env_vars: list[str], environ: Mapping[str, str] | None = None) -> str | None:
+class _NamesApprover(Protocol):
+    @property
+    def approved_by(self) -> str | None: ...
+
+
+def approver_from(settings: _NamesApprover, env_vars: list[str], environ: Mapping[str, str] | None = None) -> str | None:
     """--approved-by, or the first non-empty of the policy's approval variables (set by CI)."""
     if settings.approved_by:
         return settings.approved_by

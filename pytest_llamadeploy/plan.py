@@ -16,14 +16,15 @@ def _rule(name: str, rule: MetricRule) -> str:
         threshold = f"{rule.threshold:g}"
     scope = "per version" if rule.per_version else "service-wide"
     return (f"    {name:<24} {rule.signal:<22} {rule.statistic:<5} {rule.op} {threshold:<10} "
-            f"window {format_duration(rule.window):<4} min {rule.min_samples:<4} no data: {rule.no_data:<4} ({scope})")
+            f"window {format_duration(rule.window):<4} min {rule.min_samples:<4} no data: {rule.no_data:<4} ({scope})"
+            + (" OBSERVED ONLY (observe: true)" if rule.observe else ""))
 
 
 def _is_rate(rule: MetricRule) -> bool:
     return rule.signal.endswith("rate")
 
 
-def render_plan(decision: Decision, loaded: LoadedPolicy, ledger_desc: str) -> str:
+def render_plan(decision: Decision, loaded: LoadedPolicy, ledger_desc: str, *, observe: bool = False) -> str:
     p, sp = loaded.policy, decision.stage_policy
     lines = [
         f"llamadeploy plan: {decision.stage} of release {decision.release or '(none)'} in {decision.env}",
@@ -65,6 +66,11 @@ def render_plan(decision: Decision, loaded: LoadedPolicy, ledger_desc: str) -> s
         lines.append(f"  compare: error rate diff <= {c.max_error_rate_diff:.1%}, p95 ratio <= {c.max_p95_ratio:g}, "
                      f"Mann-Whitney alpha {c.alpha:g} with tolerance {c.tolerance:.0%}, min samples {c.min_samples}")
     lines.append(f"  on failure: {'roll back to the old version' if p.rollback_on_failure else 'leave traffic as it is (rollback_on_failure: false)'}")
+    if sp.watch and p.watch.on_inconclusive == "pause":
+        lines.append("  on an inconclusive watch: PAUSE (exit 6), traffic left as it is, until `llamadeploy decide`")
+    if observe:
+        lines.append("  --observe: every breach of the watch, key metrics and compare is reported and NEVER acted on "
+                     "(no rollback; the stage does not fail on it)")
     lines.append(f"  approval: {'required; ' if p.approval.required else 'not required; '}"
                  f"{'approved by ' + decision.approver if decision.approver else 'no approver given'}")
     lines.append("  preconditions:")

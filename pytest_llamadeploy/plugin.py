@@ -41,6 +41,10 @@ SUITE_PROPERTY = "llamadeploy_suite"
 VERDICT_KEY = pytest.StashKey[tuple[str, str]]()
 #: The bake's probe checks plugins contribute, by name (bakeprobe.ProbeCheck).
 PROBE_CHECKS_KEY = pytest.StashKey[dict[str, Any]]()
+#: Analysis tests that failed observed only (observe.py), as "nodeid: message (why)".
+OBSERVED_KEY = pytest.StashKey[list[str]]()
+#: The env's policy, for the per-rule ``observe: true`` of key metrics (loaded once per process).
+POLICY_KEY = pytest.StashKey[Any]()
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -100,7 +104,27 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
             f"{settings.env} is guarded: {settings.stage} runs every test of its suites ({suites}), and this run "
             f"would select fewer: {'; '.join(settings.narrowed)}. Nothing was changed. Drop the selection, or, if "
             "this really is an emergency, add --emergency --reason TEXT (recorded with the stage)")
+    if settings.observe:
+        _check_observe(settings, policy)
     return loaded
+
+
+def _check_observe(settings: Settings, policy: Any) -> None:
+    """``--observe`` applies to a stage with a watch or an analysis suite; a guarded env needs an emergency."""
+    from .guard import GUARDED_ENVS
+    from .observe import ANALYSIS_SUITES
+
+    stage = policy.stages[settings.stage]
+    if not stage.watch and not set(stage.suites) & {"monitoring", *ANALYSIS_SUITES}:
+        raise pytest.UsageError(
+            f"--observe does not apply to --stage={settings.stage}: it has no watch and no analysis suite "
+            f"(monitoring, {', '.join(ANALYSIS_SUITES)}), so nothing would be observed; leave it out")
+    if policy.name in GUARDED_ENVS and not settings.emergency:
+        raise pytest.UsageError(
+            f"{settings.env} is guarded: --observe would let a breach of the runbook's rollback triggers pass "
+            f"{settings.stage} without a rollback. Nothing was changed. Drop --observe (mark a single new rule "
+            "`observe: true` in the policy to tune it), or, if this really is an emergency, add --emergency "
+            "--reason TEXT (recorded with the stage)")
 
 
 def _aws_unreadable(exc: Exception) -> str | None:
@@ -146,7 +170,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
             f"be read: {why}. Configure credentials and region the standard boto3 way (AWS_PROFILE, or "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION; AWS_ENDPOINT_URL for a moto server); "
             "nothing was changed") from None
-    print(render_plan(decision, loaded, runner.ledger.describe()))
+    print(render_plan(decision, loaded, runner.ledger.describe(), observe=settings.observe))
     return 0 if decision.ok else 4
 
 
@@ -180,6 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[FAILURES_KEY] = []
     config.stash[RAN_KEY] = [0]
     config.stash[PASSED_KEY] = {}
+    config.stash[OBSERVED_KEY] = []
     if not settings.active or _is_worker(config):
         return
     loaded = _gate_setup(config, settings)
@@ -342,6 +367,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 _SUITE_KEY = pytest.StashKey[str | None]()
 
 
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed analysis test observed only (``--observe``, a rule's ``observe: true``) fails nothing (observe.py).
+
+    ``trylast``: the innermost wrapper, so allure-pytest and every reporter see the observed outcome.
+    """
+    report = yield
+    settings = item.config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.active or report.when != "call" or not report.failed:
+        return report
+    from .observe import mark_observed, observed_only
+
+    if POLICY_KEY not in item.config.stash:
+        from .policy import load_policy
+
+        item.config.stash[POLICY_KEY] = load_policy(settings.policy_dir, settings.env or "").policy
+    why = observed_only(item, item.stash.get(_SUITE_KEY, None), settings.observe, item.config.stash[POLICY_KEY])
+    if why is not None:
+        mark_observed(report, why)
+    return report
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
     """The stage's action and bake, once, on the controller, before any gate test runs."""
@@ -371,9 +418,14 @@ class _GateObserver:
         self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from .observe import observed_of
+
         if report.when == "call" or (report.when == "setup" and report.failed):
             self.config.stash[RAN_KEY][0] += 1
-        if report.when == "call" and report.passed:
+        observed = observed_of(report) if report.when == "call" else None
+        if observed is not None:
+            self.config.stash[OBSERVED_KEY].append(observed)
+        if report.when == "call" and (report.passed or observed is not None):  # an observed analysis ran
             suite = str(dict(report.user_properties).get(SUITE_PROPERTY) or "")
             if suite:
                 passed = self.config.stash[PASSED_KEY]
@@ -401,7 +453,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     with interrupts.shield(raise_after=False):
         try:
             status, reason = runner.finish(session.config.stash[FAILURES_KEY], session.config.stash[RAN_KEY][0],
-                                           interrupted, passed_by_suite=session.config.stash[PASSED_KEY])
+                                           interrupted, passed_by_suite=session.config.stash[PASSED_KEY],
+                                           observed_tests=session.config.stash[OBSERVED_KEY])
         finally:
             interrupts.disarm()
         session.config.stash[VERDICT_KEY] = (status, reason)
@@ -426,10 +479,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if verdict is None or runner is None:
         return
     status, reason = verdict
-    terminalreporter.section("llamadeploy verdict", sep="=", green=status == "passed", red=status != "passed", bold=True)
+    details = runner.record.details if runner.record else {}
+    observed = (details.get("observed") or {}).get("breaches") or []
+    terminalreporter.section("llamadeploy verdict", sep="=", green=status == "passed" and not observed,
+                             yellow=status == "paused" or (status == "passed" and bool(observed)),
+                             red=status not in ("passed", "paused"), bold=True)
     terminalreporter.write_line(f"{runner.env} {runner.stage} {runner.release or ''}: {status.upper()}")
     if reason:
         terminalreporter.write_line(f"reason: {reason}")
+    if observed:
+        terminalreporter.write_line(
+            f"!!! {len(observed)} BREACH(ES) OBSERVED ONLY ({details['observed']['mode']}): NOT ACTED ON - no "
+            "rollback, the stage was not failed by them. Enforced, they would have failed it:", yellow=True, bold=True)
+        for line in observed[:20]:
+            terminalreporter.write_line(f"  observed: {line}", yellow=True)
+    elif details.get("observed"):
+        terminalreporter.write_line(f"observed only ({details['observed']['mode']}): no breach seen")
+    if status == "paused":
+        commands = (details.get("awaiting") or {}).get("commands") or {}
+        terminalreporter.write_line(f"PAUSED (exit 6): awaiting a decision; every later stage of {runner.env} is "
+                                    f"refused until: `{commands.get('promote')}` or `{commands.get('rollback')}`",
+                                    yellow=True, bold=True)
     scope = (runner.record.details.get("release_scope") or {}) if runner.record else {}
     if scope.get("unchanged"):
         terminalreporter.write_line(f"partial release: shifts {', '.join(scope['shifted'])}, leaves "
@@ -457,7 +527,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if interrupts is not None:
         interrupts.uninstall()
     for key in (SETTINGS_KEY, RUNNER_KEY, FAILURES_KEY, RAN_KEY, PASSED_KEY, VERDICT_KEY, INTERRUPTS_KEY,
-                PROBE_CHECKS_KEY):
+                PROBE_CHECKS_KEY, OBSERVED_KEY, POLICY_KEY):
         if key in config.stash:
             del config.stash[key]
 

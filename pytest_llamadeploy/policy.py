@@ -181,6 +181,10 @@ class MetricRule(_Model):
     #: significance level (a one-sided two-proportion z-test on the two versions' counts). At 10 %
     #: and a few seconds, 33 lookups a side read 75.8 % against 97 % on a healthy release.
     alpha: Annotated[float, number_within(0, 0.5, above=True)] = 0.001
+    #: Observe-only (Argo Rollouts' per-metric ``dryRun``): the rule is evaluated and reported in the
+    #: verdict, marked observed, and never acts: a breach rolls nothing back and fails no stage.
+    #: For tuning a new rule before it is enforced; prod's guard refuses it on a rule the runbook requires.
+    observe: bool = False
 
     @model_validator(mode="after")
     def _baseline_fits(self) -> MetricRule:
@@ -214,6 +218,9 @@ class Watch(_Model):
     provider_error_limit: Annotated[int, number_within(1, 100)] = 4
     #: How long "no data" may last before the metric is inconclusive.
     no_data_grace: Annotated[Duration, duration_within(0, 3600)] = 60.0
+    #: What an inconclusive watch does: ``fail`` (the stage fails and rolls back) or ``pause`` (the
+    #: stage ends ``paused``, exit 6, traffic left where it put it, until ``llamadeploy decide``).
+    on_inconclusive: Literal["fail", "pause"] = "fail"
 
 
 class Compare(_Model):

@@ -18,6 +18,11 @@ Lifecycle and its guarantees:
   ``--stage=rollback`` run repairs it.
 - ``finish``: the verdict is written with retries; the lock is released with
   retries; :meth:`StageRunner.exit_code` says what the process must exit with.
+
+Observed, not acted on: under ``--observe`` (and for a rule with ``observe: true``) a breach is
+recorded in ``details.observed`` and reported, and moves nothing (metrics/watch.py). With
+``watch.on_inconclusive: pause`` an inconclusive watch ends the stage ``paused`` (exit 6), traffic
+left where the stage put it, until ``llamadeploy decide`` (judgement.py) promotes or rolls back.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ __all__ = ["Decision", "Precondition", "Refused", "StageRunner", "context_path"]
 class LostLock(Exception):
     """This run no longer holds the env's lock: it must not act."""
 
+
+#: The exit code of a stage that ended ``paused`` (README's table): neither passed (0) nor failed (1).
+PAUSED_EXIT = 6
 
 #: Backoff between attempts to write the verdict and to release the lock (seconds).
 _RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
@@ -132,6 +140,9 @@ class StageRunner:
         self._watched_until = 0.0
         self._rolling_back = False
         self._bake_stop = threading.Event()
+        self._lock_began = 0.0
+        #: Why the stage waits for a human (``watch.on_inconclusive: pause``): it then ends ``paused``.
+        self.awaiting: str | None = None
         if hasattr(self.driver, "on_write"):
             self.driver.on_write = self._on_alias_write
 
@@ -163,29 +174,14 @@ class StageRunner:
         self.step = "lock and started record"
         # Shielded: a signal between taking the lock and writing `started` must not leave a lock nobody records.
         with self.interrupts.shield(raise_after=False):
-            began = time.monotonic()
-            try:
-                taken = self.ledger.acquire_lock(self.env, self.run_id, lease, stage=self.stage,
-                                                 release=self.release, observe=self._observe_lapse)
-            except LockHeld as exc:
-                raise Refused([f"precondition lock not met: {exc}"]) from None
-            # The lease counts from the conditional write, which follows any lease-long watch of a lapsed lock.
-            began = max(began, self._watched_until)
+            taken = self.take_lock(lease)
             try:
                 self._checkpoint("lock_acquired")
                 recheck = self.decide()  # what we decided on may have changed before the lock was ours
                 if not recheck.ok:
                     raise Refused(["the preconditions changed while the lock was being taken:", *recheck.problems()])
                 decision = recheck
-                self.heartbeat = Heartbeat(lambda: self.ledger.renew_lock(self.env, self.run_id, lease), lease,
-                                           on_lost=self._on_lease_lost, conflict=LedgerConflict,
-                                           acquired_at=began).start()
-                if taken is not None:
-                    why = taken.holder_gone() or self._takeover_reason or "its lease lapsed"
-                    self.out(f"llamadeploy: took over the lock of {self.env}: {taken.describe()} ({why})")
-                    self.ledger.put_artifact(self.env, self.release, "lock_takeover",
-                                             {"previous": taken.__dict__, "reason": why, "by": this_owner(),
-                                              "run_id": self.run_id})
+                self.start_heartbeat(lease, taken)
                 self.record = StageRecord(
                     env=self.env, release=self.release, stage=self.stage, status="started", run_id=self.run_id,
                     owner=this_owner(), started_at=now(), approver=decision.approver, policy_hash=self.loaded.sha256,
@@ -208,6 +204,30 @@ class StageRunner:
         self._notify("start")
         self.out(f"llamadeploy: {self.stage} of {self.release or '(no release)'} in {self.env} started "
                  f"(run {self.run_id}, ledger {self.ledger.describe()})")
+
+    def take_lock(self, lease: float) -> LockInfo | None:
+        """Take the env's lock (taken over only per lease.py); the stale lock taken over, if any; else Refused."""
+        began = time.monotonic()
+        try:
+            taken = self.ledger.acquire_lock(self.env, self.run_id, lease, stage=self.stage,
+                                             release=self.release, observe=self._observe_lapse)
+        except LockHeld as exc:
+            raise Refused([f"precondition lock not met: {exc}"]) from None
+        # The lease counts from the conditional write, which follows any lease-long watch of a lapsed lock.
+        self._lock_began = max(began, self._watched_until)
+        return taken
+
+    def start_heartbeat(self, lease: float, taken: LockInfo | None) -> None:
+        """Renew the lock from now on; a lock taken over is said and recorded."""
+        self.heartbeat = Heartbeat(lambda: self.ledger.renew_lock(self.env, self.run_id, lease), lease,
+                                   on_lost=self._on_lease_lost, conflict=LedgerConflict,
+                                   acquired_at=self._lock_began).start()
+        if taken is not None:
+            why = taken.holder_gone() or self._takeover_reason or "its lease lapsed"
+            self.out(f"llamadeploy: took over the lock of {self.env}: {taken.describe()} ({why})")
+            self.ledger.put_artifact(self.env, self.release, "lock_takeover",
+                                     {"previous": taken.__dict__, "reason": why, "by": this_owner(),
+                                      "run_id": self.run_id})
 
     def _observe_lapse(self, lock: LockInfo) -> str | None:
         reason = observe_lapse(lambda: self.ledger.current_lock(self.env), lock, out=self.out,
@@ -513,15 +533,18 @@ class StageRunner:
                 old_versions=self.record.old_versions if self.record else {},
                 new_versions=self.record.new_versions if self.record else {},
                 started_at=started, probe=probe, on_breach=self._on_breach, out=self.progress,
-                baseline=sp.action == "shift",
+                baseline=sp.action == "shift", observe=self.settings.observe,
             )
             self.watch.start()
-            self.out(f"llamadeploy: baking {sp.bake:g}s with the watch on ({len(self.policy.rollback_triggers)} rollback triggers)")
+            observed = "every breach OBSERVED ONLY (--observe), none acted on" if self.settings.observe else ", ".join(
+                f"{n} observed only" for n in self.watch.evidence()["observed_rules"])
+            self.out(f"llamadeploy: baking {sp.bake:g}s with the watch on ({len(self.policy.rollback_triggers)} rollback "
+                     f"triggers{'; ' + observed if observed else ''})")
             self._checkpoint("baking")
             if self.lease_lost is not None:
                 self.watch.stop()
             outcome = self.watch.wait(sp.bake)
-            if outcome is not None and self.failure is None:
+            if outcome is not None and self.failure is None and not self._pauses(outcome):
                 self.failure = self._breach_text(outcome)
         else:
             self.out(f"llamadeploy: baking {sp.bake:g}s")
@@ -543,9 +566,20 @@ class StageRunner:
         message = str(getattr(breach, "message", breach))
         return message if message.startswith(f"{prefix}:") else f"{prefix}: {message}"
 
+    def _pauses(self, breach: Any) -> bool:
+        """An inconclusive watch waits for a human (``watch.on_inconclusive: pause``) instead of failing."""
+        if self.policy.watch.on_inconclusive != "pause" or getattr(breach, "kind", "") != "inconclusive":
+            return False
+        self.awaiting = self.awaiting or self._breach_text(breach)
+        return True
+
     def _on_breach(self, breach: Any) -> None:
         """Called from the watch thread at the first breach: roll back now, not at the end of the bake."""
         text = self._breach_text(breach)
+        if self._pauses(breach):
+            self.out(f"llamadeploy: PAUSED: {text}; traffic stays where the stage put it (watch.on_inconclusive: "
+                     "pause): the stage ends awaiting a decision")
+            return
         self.failure = self.failure or text
         if self.policy.rollback_on_failure:
             self.rollback(text)
@@ -693,11 +727,14 @@ class StageRunner:
     # ------------------------------------------------------------------ verdict
 
     def finish(self, failed_tests: list[str], ran_tests: int, interrupted: str | None = None, *,
-               passed_by_suite: dict[str, int] | None = None) -> tuple[str, str]:
+               passed_by_suite: dict[str, int] | None = None, observed_tests: list[str] | None = None,
+               passed_reason: str = "") -> tuple[str, str]:
         """Verdict: (status, reason). Rolls back on failure when the policy says so; never raises.
 
         ``passed_by_suite``: gate tests passed per suite; a suite of the stage without one
         (not collected, deselected, every test skipped) makes the stage inconclusive.
+        ``observed_tests``: analysis tests that failed observed only (observe.py): reported, not failures.
+        ``passed_reason``: recorded as the reason when the stage passes (a decision: judgement.py).
         """
         assert self.record is not None
         self.step = "verdict"
@@ -731,9 +768,13 @@ class StageRunner:
         reason = self._judged(reason, failed_tests, passed_by_suite)
         if self.rollback_failed:
             status = "rollback_failed"
+        elif not reason and self.awaiting:
+            status = "paused"
+            reason = self._await_decision()
         elif not reason:
             status = "passed"
-        elif self.policy.rollback_on_failure and self.rollback(reason):
+            reason = passed_reason
+        elif (self.policy.rollback_on_failure or self.rolled_back) and self.rollback(reason):
             status = "rolled_back"
         elif self.rollback_failed:
             status = "rollback_failed"
@@ -741,10 +782,18 @@ class StageRunner:
             status = "failed"
         if self._lease_problem() is not None:
             return self._finish_without_lock(reason)
+        observed = self._observed(observed_tests or [])
+        if observed is not None and (observed["breaches"] or "observed" not in self.record.details):
+            self.record.details["observed"] = observed
+            if status == "passed" and observed["breaches"]:
+                reason = (f"passed with {len(observed['breaches'])} breach(es) OBSERVED ONLY ({observed['mode']}): "
+                          f"not acted on, nothing rolled back; first: {observed['breaches'][0]}"
+                          + (f"; {reason}" if reason else ""))
         refused = (self.rollback_detail or {}).get("refused")
         if refused:
             reason += f" ({refused})"
-        elif status not in ("passed", "rollback_failed") and self.stage_policy.action in MOVES and not self.rolled_back \
+        elif status not in ("passed", "rollback_failed", "paused") and self.stage_policy.action in MOVES \
+                and not self.rolled_back \
                 and self._rollback_to() and not self.policy.rollback_on_failure:
             reason += " (rollback_on_failure is off: traffic left as it is)"
         elif status == "failed" and self.stage_policy.action in MOVES and not self.record.new_versions:
@@ -773,7 +822,7 @@ class StageRunner:
         if not self.verdict_unrecorded and status in ("passed", "rolled_back") and self.stage_policy.action == "rollback":
             self._resolve_leftovers()
         self._checkpoint("verdict_recorded")
-        self._notify("pass" if status == "passed" else "fail")
+        self._notify("pass" if status == "passed" else "fail")  # a pause is told as "fail" with status paused
         self._release()
         return status, self.record.reason
 
@@ -794,6 +843,30 @@ class StageRunner:
             self.record.details["verdict_plugins"] = said
         return reason
 
+    def _observed(self, observed_tests: list[str]) -> dict[str, Any] | None:
+        """What was observed and not acted on (``details.observed``), or None when nothing is observe-only."""
+        rules = sorted(n for n, r in {**self.policy.rollback_triggers, **self.policy.key_metrics}.items() if r.observe)
+        breaches = [str(b.get("message", "")) for b in (self.watch.observed if self.watch is not None else [])]
+        breaches += observed_tests
+        if not (self.settings.observe or rules or breaches):
+            return None
+        return {"mode": "--observe: every rule" if self.settings.observe else f"observe: true on {', '.join(rules)}",
+                "rules": rules, "acted": False, "breaches": [redact(b) for b in breaches]}
+
+    def _await_decision(self) -> str:
+        """The paused stage's reason and ``details.awaiting``: what is awaited and the exact commands."""
+        assert self.record is not None
+        from .judgement import decide_command
+
+        commands = {choice: decide_command(self.env, self.release, self.stage, choice, self.settings.policy_dir,
+                                           approval=self.policy.approval.required)
+                    for choice in ("promote", "rollback")}
+        self.record.details["awaiting"] = {
+            "decision": "promote or roll back (watch.on_inconclusive: pause)", "why": self.awaiting,
+            "since": iso(time.time()), "commands": commands}
+        return (f"paused: {self.awaiting}; traffic left where {self.stage} put it, awaiting a decision: "
+                f"`{commands['promote']}` or `{commands['rollback']}`")
+
     def _resolve_leftovers(self) -> None:
         """A passed rollback ends the unfinished runs it was told about and clears 'needs attention'."""
         d = self.decision
@@ -803,6 +876,13 @@ class StageRunner:
             self._put_quietly(rec)
         for rec in d.attention if d else []:
             rec.details["resolved_by"] = f"rollback run {self.run_id} at {iso(time.time())}"
+            self._put_quietly(rec)
+        for rec in d.paused if d else []:  # a rollback is a decision: the paused stage ends rolled back
+            rec.status, rec.ended_at = "rolled_back", now()
+            rec.reason = f"{rec.reason}; decided: rolled back by rollback run {self.run_id}"
+            rec.details["decision"] = {"decision": "rollback", "by": self.record.approver if self.record else None,
+                                       "run_id": self.run_id, "at": iso(time.time()), "pending": False,
+                                       "via": f"--stage={self.stage}"}
             self._put_quietly(rec)
 
     def _put_quietly(self, record: StageRecord) -> None:
@@ -881,6 +961,8 @@ class StageRunner:
             return 3
         if self.interrupts.received:
             return 2
+        if self.record is not None and self.record.status == "paused":
+            return PAUSED_EXIT
         return None
 
     def release_scope(self) -> dict[str, Any] | None:

@@ -189,6 +189,7 @@ ON_NEW = {fn: {"version": "2", "weights": {}} for fn in NEW}
     ("rollback", {"details": {"rollback": {"reason": "inconclusive: the run was interrupted (interrupted)"}}},
      "rollback"),
     ("fail", {"status": "rolled_back"}, "failed"),
+    ("fail", {"status": "paused"}, "paused"),  # watch.on_inconclusive: pause, awaiting llamadeploy decide
 ])
 def test_kind_of_each_event(event: str, record: dict[str, Any], kind: str) -> None:
     assert kind_of(event, record) == kind

@@ -27,6 +27,11 @@ What triggers, and from which version:
   path (this host, the network, an overloaded front door) failed, not the
   release. Those are counted and shown, never in the rule's window.
 
+Observed, not acted on (Argo Rollouts' ``dryRun``): with ``observe`` (``--observe``) every breach,
+and with a rule's ``observe: true`` that rule's breaches, are recorded (``observed``: the first of
+each rule, version and function, with how many polls saw it) and reported, and ``on_breach`` is not
+called: the watch goes on to the end of the bake, so every rule is evaluated over the whole bake.
+
 Physics (../shared/AWS.md, policy ``metrics:``): every window ends where its
 source's data has arrived (``now - lag``). The functions' EMF signal (per version,
 1-s resolution, seconds late) is what decides within a bake; AWS's own metrics
@@ -146,6 +151,7 @@ class BakeWatch:
         *,
         clock: Callable[[], float] = time.time,
         baseline: bool = True,
+        observe: bool = False,
     ) -> None:
         #: Who answers each source's series (providers.py): a stage passes its router (plugins' providers
         #: included); a CloudWatch client is wrapped with the policy's declared sources.
@@ -160,6 +166,8 @@ class BakeWatch:
         self.on_breach = on_breach
         self.out = out or (lambda line, same_line: None)
         self.clock = clock
+        #: Every breach observed only (``--observe``); a rule's own ``observe: true`` does it for that rule.
+        self.observe = observe
         # ``baseline: old`` rules compare two versions serving side by side (a shift); at a
         # promote or a rollback one of them has no traffic left to compare with.
         self.rules = {name: rule for name, rule in policy.rollback_triggers.items() if baseline or not rule.baseline}
@@ -192,6 +200,8 @@ class BakeWatch:
         self._probe_throttled = 0
         self._probe_unattributed = 0
         self._probe_failures: list[dict[str, Any]] = []
+        #: Breaches observed and not acted on: (rule, label, function) -> the first one, with a count of polls.
+        self._observed: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         self._hook_id = f"llamadeploy-watch-{id(self)}"
 
@@ -278,7 +288,21 @@ class BakeWatch:
                 "probes": probes,
                 "breach": self._breach.to_json() if self._breach else None,
                 "on_breach_error": self._on_breach_error,
+                "observe": self.observe,
+                "observed_rules": sorted(n for n, r in self.rules.items() if getattr(r, "observe", False)),
+                "observed": [dict(o) for o in self._observed.values()],
             }
+
+    @property
+    def observed(self) -> list[dict[str, Any]]:
+        """Breaches observed and not acted on (see the module docstring), first seen first."""
+        with self._lock:
+            return [dict(o) for o in self._observed.values()]
+
+    def observes(self, rule: str) -> bool:
+        """Is a breach of ``rule`` observed only (``--observe``, or the rule's ``observe: true``)?"""
+        spec = self.rules.get(rule)
+        return self.observe or bool(getattr(spec, "observe", False))
 
     # ------------------------------------------------------------ internals
 
@@ -286,10 +310,14 @@ class BakeWatch:
         with self._lock:
             self._counters.calls += 1
 
-    def _fire(self, breach: Breach) -> None:
+    def _fire(self, breach: Breach) -> bool:
+        """Act on ``breach`` (True), or, when its rule is observed only, record it and go on (False)."""
+        if self.observes(breach.rule):
+            self._observe_breach(breach)
+            return False
         with self._lock:
             if self._breach_fired:
-                return
+                return True
             self._breach_fired = True
             breach.at = breach.at or self.clock()
             self._breach = breach
@@ -301,6 +329,19 @@ class BakeWatch:
             self._emit(f"on_breach failed: {self._on_breach_error}", False)
         finally:
             self._finished.set()
+        return True
+
+    def _observe_breach(self, breach: Breach) -> None:
+        breach.at = breach.at or self.clock()
+        key = (breach.rule, breach.label, breach.function)
+        with self._lock:
+            seen = self._observed.get(key)
+            if seen is not None:
+                seen["polls"] += 1
+                seen["last_value"], seen["last_at"] = breach.value, breach.at
+                return
+            self._observed[key] = {**breach.to_json(), "observed": True, "acted": False, "polls": 1}
+        self._emit(f"OBSERVED (not acted on) {breach.message}", False)
 
     def _emit(self, line: str, same_line: bool) -> None:
         try:
@@ -414,8 +455,8 @@ class BakeWatch:
             if result.version not in ("new", ALL):
                 continue
             if result.verdict == "fail" or (result.verdict == "inconclusive" and not waiting):
-                self._fire(self._breach_of(result))
-                return "decided"
+                if self._fire(self._breach_of(result)):
+                    return "decided"
         if waiting:
             self._emit(self._progress(now, results, False) + " | bake over, waiting for its last data", True)
             return "waiting"

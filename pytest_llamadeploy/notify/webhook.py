@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "passed": ("good", "passed"),
     "failed": ("danger", "FAILED"),
     "rollback_failed": ("danger", "ROLLBACK FAILED: traffic is split, the env needs attention"),
+    "paused": ("warning", "PAUSED: traffic left as it is, awaiting a decision (llamadeploy decide)"),
 }
 
 
@@ -66,7 +67,7 @@ def _serving_all(state: Mapping[str, Any], versions: Mapping[str, str]) -> bool:
 
 
 def kind_of(event: str, record: Mapping[str, Any]) -> str:
-    """The notice a runner event is: start, breach, rollback, rollback_failed, promoted, passed or failed."""
+    """The notice a runner event is: start, breach, rollback, rollback_failed, promoted, passed, paused or failed."""
     if event in ("start", "rollback_failed"):
         return event
     if event == "rollback":
@@ -77,6 +78,8 @@ def kind_of(event: str, record: Mapping[str, Any]) -> str:
         moved_now = _serving_all(record.get("weights_after") or {}, new) and not _serving_all(
             record.get("weights_before") or {}, new)
         return "promoted" if moved_now else "passed"
+    if record.get("status") == "paused":  # told as "fail" (watch.on_inconclusive: pause; judgement.py)
+        return "paused"
     return "failed"
 
 

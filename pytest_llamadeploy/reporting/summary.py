@@ -20,7 +20,8 @@ from typing import Any
 from pytest_llamadeploy.redact import redact
 from pytest_llamadeploy.reporting.stage_result import VERDICT
 
-_ICON = {"passed": ":white_check_mark:", "rolled_back": ":leftwards_arrow_with_hook:", "failed": ":x:"}
+_ICON = {"passed": ":white_check_mark:", "rolled_back": ":leftwards_arrow_with_hook:", "failed": ":x:",
+         "paused": ":double_vertical_bar:"}
 _METRIC_COLUMNS = ("metric", "function", "version", "value", "op", "threshold", "window", "samples", "verdict")
 
 
@@ -118,6 +119,13 @@ def render(result: Mapping[str, Any], decision: Mapping[str, Any]) -> str:
     failed = decision.get("failed_tests") or []
     if failed:
         lines += ["", f"#### Failed gate tests ({len(failed)})", ""] + [f"- {_cell(t)}" for t in failed[:20]]
+    observed = (decision.get("observed") or {}).get("breaches") or []
+    if observed:  # --observe / observe: true: a breach that did not act must not hide in a green summary
+        lines += ["", f"#### Observed only, NOT acted on ({len(observed)}; {_cell(decision['observed'].get('mode'))})",
+                  ""] + [f"- {_cell(b)}" for b in observed[:20]]
+    commands = (decision.get("awaiting") or {}).get("commands") or {}
+    if status == "paused" and commands:
+        lines += ["", "#### Awaiting a decision", ""] + [f"- `{_cell(c)}`" for c in commands.values()]
     return "\n".join(lines) + "\n"
 
 
