@@ -72,6 +72,18 @@ class _Hooks:
     def pytest_llamadeploy_checkpoint(self, **_: Any) -> None:
         return None
 
+    def pytest_llamadeploy_metric_provider(self, **_: Any) -> None:
+        return None  # the built-in providers of the policy's sources
+
+    class _NoVerdictPlugins:
+        """No verdict plugin is asked outside a pytest session (stage.py asks only when one is registered)."""
+
+        @staticmethod
+        def get_hookimpls() -> list[Any]:
+            return []
+
+    pytest_llamadeploy_verdict = _NoVerdictPlugins()
+
     def pytest_llamadeploy_notify(self, event: str, record: dict[str, Any]) -> None:
         if self.notifier is not None:
             self.notifier.pytest_llamadeploy_notify(event=event, record=record)

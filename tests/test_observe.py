@@ -42,7 +42,7 @@ TRIGGERS = list(load_policy(REPO / "policies", "prod").policy.rollback_triggers)
 
 
 def _exploding_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    def factory(context: object, policy: object) -> object:
+    def factory(context: object, policy: object, plugins: object = None) -> object:
         def probe() -> tuple[bool | None, str]:
             raise ConnectionError("probe refused")
         return probe

@@ -298,7 +298,8 @@ def test_readme_prometheus_example_is_a_valid_policy(pdir: Path) -> None:
     # The README's "Extend it" example, as written, loads and passes `policy check`.
     readme = (POLICIES.parent / "README.md").read_text()
     section = readme.split("## Extend it", 1)[1]
-    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    example = next(b for b in blocks if "provider: prometheus" in b)
     (pdir / "withprom.yaml").write_text("extends: sandbox\n" + example)
     policy = load_policy(pdir, "withprom").policy
     assert policy.metrics.sources["prom"].url == "${PROMETHEUS_URL}"
