@@ -80,9 +80,14 @@ def run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     for message in misnamed:
         print(f"error: {message}", file=sys.stderr)
+    # A problem of a file several envs extend (prod.yaml: sandbox, sandbox-aws) is one problem: said once.
+    envs_of: dict[str, list[str]] = {}
     for env, result in results.items():
         for item in result["problems"] + result["violations"]:
-            print(f"error: {item['message']}", file=sys.stderr)
+            envs_of.setdefault(item["message"], []).append(env)
+    for message, where in envs_of.items():
+        print(f"error: {message}" + (f" (envs: {', '.join(where)})" if len(where) > 1 else ""), file=sys.stderr)
+    for env, result in results.items():
         if result["ok"]:
             chain = " <- ".join(reversed(result["files"]))
             print(f"ok: {env} ({chain}, sha256 {result['sha256'][:12]})")

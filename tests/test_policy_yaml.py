@@ -103,6 +103,8 @@ def test_duplicate_keys_are_refused_at_any_level_naming_both_lines(pdir: Path, c
     assert cli(["policy", "check", str(pdir)]) == 1
     err = capsys.readouterr().err
     assert f"{pdir / 'prod.yaml'}: line" in err and "duplicate key 'rollback_on_failure'" in err
+    # Once, not once per env that extends prod.yaml (it was printed three times).
+    assert err.count("duplicate key 'rollback_on_failure'") == 1 and "(envs: prod, sandbox, sandbox-aws)" in err
 
 
 def test_non_utf8_policy_names_file_and_byte_offset(pdir: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
