@@ -436,6 +436,9 @@ class Policy(_Model):
     name: str
     description: str = ""
     extends: str | None = None
+    #: Unset: guarded when the env is prod, or extends prod and acts on AWS (guard.is_guarded). ``false`` says, in
+    #: review, that an env extending prod is not production (a test env pointed elsewhere); prod itself cannot.
+    guarded: bool | None = None
     approval: Approval = Approval()
     rollback_on_failure: bool = True
     #: A rollback is retried with backoff (0.5 s doubling to 8 s) until this long after its first attempt.

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .guard import check_guard
+from .guard import check_guard, is_guarded
 from .policy import PolicyError, available_envs, json_schema, load_policy, misnamed_policy_files
 
 #: A problem line of policy.py: ``FILE: KEY[ = VALUE]: WHAT IS ALLOWED``.
@@ -51,7 +51,8 @@ def check_env(directory: Path, env: str) -> dict[str, Any]:
                 "violations": []}
     # Each violation names the file that sets the key: where to fix it.
     violations = [{"file": str(loaded.origin(v.key)), "key": v.key, "value": v.value, "allowed": v.allowed,
-                   "rule": v.rule, "message": f"{loaded.origin(v.key)}: {v}"} for v in check_guard(loaded.policy)]
+                   "rule": v.rule, "message": f"{loaded.origin(v.key)}: {v}"}
+                  for v in check_guard(loaded.policy, guarded=is_guarded(loaded))]
     return {"ok": not violations, "files": [str(f) for f in loaded.files], "sha256": loaded.sha256,
             "problems": [], "violations": violations}
 
