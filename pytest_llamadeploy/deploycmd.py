@@ -3,7 +3,8 @@
 The command runs in its own process group (a new session), so a timeout or an
 interrupted gate kills the whole group, grandchildren included (``serverless``
 spawns node, which spawns more); a process that starts a session of its own
-has left the group and is its own business. Its output is streamed line by
+has left the group and is its own business, but if it still holds the output
+open the gate stops reading it rather than wait for it. Its output is streamed line by
 line, redacted, into the run's ``deploy.log`` up to :data:`OUTPUT_CAP` bytes;
 memory holds only the last :data:`TAIL_CHARS` characters, which the ledger
 and the report keep.
@@ -74,6 +75,8 @@ class _Pump(threading.Thread):
         self.written = 0
         self.total = 0
         self.truncated = False
+        self._lock = threading.Lock()
+        self._abandoned = False
 
     def run(self) -> None:
         try:
@@ -81,18 +84,29 @@ class _Pump(threading.Thread):
                 raw = self.source.readline(_LINE_MAX)
                 if not raw:
                     return
-                self.total += len(raw)
-                line = redact(raw.decode(errors="replace"), self.secrets)
-                self._keep(line)
-                if self.written + len(line) <= self.cap:
-                    self.log.write(line)
-                    self.written += len(line)
-                elif not self.truncated:
-                    self.truncated = True
-                    self.log.write(f"\n[llamadeploy: output beyond {self.cap} bytes is not kept in this file; "
-                                   "its last lines are in the stage record]\n")
+                with self._lock:
+                    if self._abandoned:
+                        return
+                    self._take(raw)
         except (OSError, ValueError):
             return  # the pipe was closed under us (the group was killed)
+
+    def abandon(self) -> None:
+        """Stop keeping output: what comes later belongs to no stage (the log file is closed soon after)."""
+        with self._lock:
+            self._abandoned = True
+
+    def _take(self, raw: bytes) -> None:
+        self.total += len(raw)
+        line = redact(raw.decode(errors="replace"), self.secrets)
+        self._keep(line)
+        if self.written + len(line) <= self.cap:
+            self.log.write(line)
+            self.written += len(line)
+        elif not self.truncated:
+            self.truncated = True
+            self.log.write(f"\n[llamadeploy: output beyond {self.cap} bytes is not kept in this file; "
+                           "its last lines are in the stage record]\n")
 
     def _keep(self, line: str) -> None:
         self.tail.append(line)
@@ -101,7 +115,8 @@ class _Pump(threading.Thread):
             self.tail_chars -= len(self.tail.popleft())
 
     def text(self) -> str:
-        return "".join(self.tail)[-TAIL_CHARS:]
+        with self._lock:
+            return "".join(self.tail)[-TAIL_CHARS:]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -122,6 +137,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         break
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def run_deploy(command: DeployCommand, *, env: str, release: str, cwd: Path, log_path: Path | None = None,
@@ -169,11 +192,19 @@ def run_deploy(command: DeployCommand, *, env: str, release: str, cwd: Path, log
             pump.join(KILL_GRACE)
             raise
         pump.join(KILL_GRACE)
-        if pump.is_alive():
+        if pump.is_alive() and _group_alive(proc):
             # The command exited but something it started still holds its output open.
             _kill_group(proc)
             pump.join(KILL_GRACE)
-        _close(proc.stdout)
+        if pump.is_alive():
+            # A process that left the group (a session of its own: `setsid cmd &`) holds the output open.
+            # Closing the pipe would wait for it to end (seen: a 1.5 s timeout returned after 121 s), so the
+            # pump is left to die with the gate; nothing it reads from now on is kept.
+            pump.abandon()
+            log.write("\n[llamadeploy: a process outside the command's process group still holds its output "
+                      "open; its output is not read any further]\n")
+        else:
+            _close(proc.stdout)
         result = DeployResult(argv, code, time.monotonic() - start, pump.text(), timed_out,
                               bytes_total=pump.total, truncated=pump.truncated)
         log.write(f"\n# {result.summary()}\n")

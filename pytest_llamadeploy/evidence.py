@@ -100,18 +100,13 @@ def _steps(runner: Any, attachments: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _known_secrets(runner: Any) -> list[str]:
-    """Passwords of the DSNs/URLs the stage probed (from CI's secret store on AWS): masked wherever they appear."""
-    from urllib.parse import urlsplit
+    """Passwords of the DSNs/URLs the stage probed (from CI's secret store on AWS): masked wherever they appear.
 
-    found = []
-    for value in (getattr(runner, "targets", None) or {}).values():
-        try:
-            password = urlsplit(str(value)).password
-        except ValueError:
-            continue
-        if password:
-            found.append(password)
-    return found
+    Whole and in the pieces a driver's error may quote (a password with an unencoded '/' or '@').
+    """
+    from .redact import url_passwords
+
+    return [p for value in (getattr(runner, "targets", None) or {}).values() for p in url_passwords(str(value))]
 
 
 def _rate_points(entry: dict[str, Any]) -> list[tuple[float, float]]:

@@ -12,8 +12,11 @@ is what it is. What holds for every env (finite numbers, sane ranges, known
 ``deploy.argv`` placeholders, no generic approval variables) is enforced by the
 policy models themselves (:mod:`.policy`, :mod:`.units`), not here.
 
-The sandbox extends prod but is not guarded: it rehearses prod's plan with
-bakes of seconds, a short lease and the sandbox's endpoints.
+An env that extends prod and acts on AWS (``prod-eu.yaml`` with ``extends: prod``)
+moves prod's functions under its own lock and history, so it is guarded like prod
+unless its file says ``guarded: false``. The sandbox extends prod but is not
+guarded: it rehearses prod's plan with bakes of seconds, a short lease and the
+sandbox's endpoints (``aws.endpoint: sandbox``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import BaseModel
 from .policy import LoadedPolicy, MetricRule, Policy, is_generic_env_var
 from .units import format_duration
 
-#: Environments the floor applies to.
+#: Environments the floor applies to, and every env that extends one of them and acts on AWS (:func:`is_guarded`).
 GUARDED_ENVS = ("prod",)
 
 # RUNBOOK.md:97-120 "Traffic Shifting Stages": deploy at 0 %, then 10 %, 50 %, 100 %.
@@ -343,11 +346,32 @@ def _non_finite(data: Any, key: str = "") -> list[Violation]:
     return []
 
 
-def check_guard(policy: Policy) -> list[Violation]:
-    """Every way ``policy`` is looser than the runbook (empty for envs that are not guarded)."""
-    if policy.name not in GUARDED_ENVS:
+def is_guarded(loaded: LoadedPolicy) -> bool:
+    """prod; an env that says ``guarded: true``; an env that extends prod and acts on AWS, unless it says ``false``.
+
+    Before, only the name counted: ``prod-eu.yaml`` (``extends: prod``) with a deploy at 100 % and a
+    file ledger passed `policy check` and ran on prod's functions.
+    """
+    policy = loaded.policy
+    if policy.name in GUARDED_ENVS:
+        return True
+    # Said by this env or a parent of it below prod, never by prod.yaml (check_guard refuses it there).
+    if policy.guarded is not None and loaded.origin("guarded").stem not in GUARDED_ENVS:
+        return policy.guarded
+    return policy.aws.endpoint != "sandbox" and any(f.stem in GUARDED_ENVS for f in loaded.files[:-1])
+
+
+def check_guard(policy: Policy, *, guarded: bool | None = None) -> list[Violation]:
+    """Every way ``policy`` is looser than the runbook (empty for envs that are not guarded).
+
+    ``guarded``: :func:`is_guarded` of its loaded files; when None, by the env's name alone.
+    """
+    if not (policy.name in GUARDED_ENVS if guarded is None else guarded):
         return []
     out: list[Violation] = _non_finite(policy)
+    if policy.name in GUARDED_ENVS and policy.guarded is False:
+        # Every env extending prod would inherit it: the switch is each env's own, never prod's.
+        out.append(Violation("prod's guard cannot be switched off", "guarded", False, "unset (or true)"))
     out += _approval(policy)
     if not policy.rollback_on_failure:
         out.append(Violation("prod rolls back on failure", "rollback_on_failure", False, "must be true",
@@ -364,4 +388,4 @@ def check_guard(policy: Policy) -> list[Violation]:
 
 def guard_problems(loaded: LoadedPolicy) -> list[str]:
     """The violations of ``loaded``, each prefixed with the file that sets the key (where to fix it)."""
-    return [f"{loaded.origin(v.key)}: {v}" for v in check_guard(loaded.policy)]
+    return [f"{loaded.origin(v.key)}: {v}" for v in check_guard(loaded.policy, guarded=is_guarded(loaded))]

@@ -96,9 +96,9 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
     misplaced = misplaced_options(settings, settings.stage, {name: s.action for name, s in policy.stages.items()})
     if misplaced:
         raise pytest.UsageError("options that this stage would ignore; nothing was changed:\n  " + "\n  ".join(misplaced))
-    from .guard import GUARDED_ENVS
+    from .guard import is_guarded
 
-    if settings.narrowed and policy.name in GUARDED_ENVS and not settings.emergency:
+    if settings.narrowed and is_guarded(loaded) and not settings.emergency:
         suites = ", ".join(policy.stages[settings.stage].suites)
         raise pytest.UsageError(
             f"{settings.env} is guarded: {settings.stage} runs every test of its suites ({suites}), and this run "

@@ -630,6 +630,9 @@ class Policy(_Model):
     #: The team's own suites, by name (a folder under suites/), beside the built-in ones (suitenames.py):
     #: a stage may list only a built-in or declared suite, and a folder under suites/ named neither is refused.
     suites: dict[Annotated[str, Field(pattern=SUITE_NAME)], SuiteSpec | None] = Field(default_factory=dict)
+    #: Unset: guarded when the env is prod, or extends prod and acts on AWS (guard.is_guarded). ``false`` says, in
+    #: review, that an env extending prod is not production (a test env pointed elsewhere); prod itself cannot.
+    guarded: bool | None = None
     approval: Approval = Approval()
     rollback_on_failure: bool = True
     #: A rollback is retried with backoff (0.5 s doubling to 8 s) until this long after its first attempt.

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .guard import check_guard
+from .guard import check_guard, is_guarded
 from .policy import PolicyError, available_envs, json_schema, load_policy, misnamed_policy_files
 
 #: A problem line of policy.py: ``FILE: KEY[ = VALUE]: WHAT IS ALLOWED``.
@@ -51,7 +51,8 @@ def check_env(directory: Path, env: str) -> dict[str, Any]:
                 "violations": []}
     # Each violation names the file that sets the key: where to fix it.
     violations = [{"file": str(loaded.origin(v.key)), "key": v.key, "value": v.value, "allowed": v.allowed,
-                   "rule": v.rule, "message": f"{loaded.origin(v.key)}: {v}"} for v in check_guard(loaded.policy)]
+                   "rule": v.rule, "message": f"{loaded.origin(v.key)}: {v}"}
+                  for v in check_guard(loaded.policy, guarded=is_guarded(loaded))]
     return {"ok": not violations, "files": [str(f) for f in loaded.files], "sha256": loaded.sha256,
             "problems": [], "violations": violations}
 
@@ -80,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     for message in misnamed:
         print(f"error: {message}", file=sys.stderr)
+    # A problem of a file several envs extend (prod.yaml: sandbox, sandbox-aws) is one problem: said once.
+    envs_of: dict[str, list[str]] = {}
     for env, result in results.items():
         for item in result["problems"] + result["violations"]:
-            print(f"error: {item['message']}", file=sys.stderr)
+            envs_of.setdefault(item["message"], []).append(env)
+    for message, where in envs_of.items():
+        print(f"error: {message}" + (f" (envs: {', '.join(where)})" if len(where) > 1 else ""), file=sys.stderr)
+    for env, result in results.items():
         if result["ok"]:
             chain = " <- ".join(reversed(result["files"]))
             print(f"ok: {env} ({chain}, sha256 {result['sha256'][:12]})")

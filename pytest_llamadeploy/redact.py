@@ -23,6 +23,25 @@ def _mask_url(match: re.Match[str]) -> str:
     return f"{match['scheme']}{match['user']}:***@{match['host']}"
 
 
+def url_passwords(url: str) -> list[str]:
+    """Every form of ``url``'s password a driver may echo back, to pass to :func:`redact` as known values.
+
+    A password holding an unencoded '/', '@' or ':' is split by the driver's URL parser, and the
+    error then quotes a piece of it as a host, a port or a database name (redis-py: "Port could not
+    be cast to integer value as 'T0ken'"): the whole password, its percent-decoded form and each
+    piece between '/', '@', ':', '?' and '#' (:func:`redact` masks those of 4 characters or more).
+    """
+    from urllib.parse import unquote
+
+    found: list[str] = []
+    for match in _URL_CREDENTIALS.finditer(url or ""):
+        password = match["password"]
+        if not password or (match["user"] and _PORT.fullmatch(password)):
+            continue
+        found += [password, unquote(password), *re.split(r"[/@:?#]", password)]
+    return list(dict.fromkeys(p for p in found if p))
+
+
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization header values of every scheme (Bearer, Token, Basic, AWS4-HMAC-SHA256 Credential=...,
     # Signature=...) or none, also as a Python/JSON mapping: the credentials run to the end of the value.
@@ -42,8 +61,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Mask known secret values and anything that looks like one."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+    """Mask known secret values and anything that looks like one.
+
+    A known value that is a URL or DSN with a password also masks that password's pieces
+    (:func:`url_passwords`), which a driver's error may quote without the rest of the URL.
+    """
+    known = [piece for s in secrets if s for piece in (s, *url_passwords(s))]
+    for secret in sorted((s for s in known if len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, "***")
     text = _URL_CREDENTIALS.sub(_mask_url, text)
     for pattern, replacement in _PATTERNS:

@@ -611,9 +611,11 @@ class StageRunner:
     def rollback(self, reason: str) -> bool:
         """Idempotent; safe from any thread. Returns True if traffic is (now) on the old version.
 
-        Moves only traffic this release put there: when any function serves a version
-        that is neither the release's old nor its new one (a later release promoted
-        since, or someone moved the alias), nothing is moved and the verdict says why.
+        Moves only traffic this release put there: a function serving a version that is
+        neither the release's old nor its new one (a later release promoted since, or
+        someone moved the alias by hand) is left alone, and the verdict says so; the
+        functions still serving this release are rolled back. When none is (verify of an
+        older release), nothing is moved.
         """
         with self._rollback_lock:
             if self.rolled_back:
@@ -631,18 +633,31 @@ class StageRunner:
                 current: dict[str, AliasState] | None = self._read_retrying()
             except Exception:
                 current = None  # unknown: the rollback's own reads retry until its deadline
+            left_alone = None
             if current is not None and self.record is not None:
                 foreign = foreign_traffic(current, to, self.record.new_versions)
                 if foreign:
                     serving = "; ".join(f"{fn} serves {d}" for fn, d in foreign.items())
-                    refused = (f"not rolled back: {serving}, which release {self.release or '(none)'} "
-                               f"({self.record.new_versions} over {to}) did not put there; traffic left as it is")
-                    self.rollback_detail = {"ok": False, "refused": refused, "reason": reason, "at": iso(time.time()),
-                                            "before": {fn: st.to_json() for fn, st in current.items()}}
-                    self.record.details["rollback"] = self.rollback_detail
-                    self.out(f"llamadeploy: {refused}")
-                    return False
+                    not_mine = (f"not rolled back: {serving}, which release {self.release or '(none)'} "
+                                f"({self.record.new_versions} over {to}) did not put there; traffic left as it is")
+                    # A hand-moved function does not keep the failed release on the others (seen: onchain-api
+                    # pointed at a hotfix during shift10's bake left onchain-ws serving the failed v2 at 10 %).
+                    mine = {fn: v for fn, v in to.items() if fn not in foreign and fn in current
+                            and current[fn].share_of(str(self.record.new_versions.get(fn))) > 0}
+                    if not mine:
+                        self.rollback_detail = {"ok": False, "refused": not_mine, "reason": reason,
+                                                "at": iso(time.time()),
+                                                "before": {fn: st.to_json() for fn, st in current.items()}}
+                        self.record.details["rollback"] = self.rollback_detail
+                        self.out(f"llamadeploy: {not_mine}")
+                        return False
+                    to = mine
+                    left_alone = (not_mine.replace("not rolled back:", "left alone:", 1)
+                                  .replace("traffic left as it is", f"rolled back {', '.join(mine)} only"))
+                    self.out(f"llamadeploy: {left_alone}")
             report = self._restore(rollback_target(to), reason)
+            if report is not None and left_alone is not None and self.rollback_detail is not None:
+                self.rollback_detail["left_alone"] = left_alone
             return report is not None and report.ok
 
     def _restore(self, target: dict[str, AliasState], reason: str) -> RestoreReport | None:
@@ -790,8 +805,9 @@ class StageRunner:
                           f"not acted on, nothing rolled back; first: {observed['breaches'][0]}"
                           + (f"; {reason}" if reason else ""))
         refused = (self.rollback_detail or {}).get("refused")
-        if refused:
-            reason += f" ({refused})"
+        left_alone = (self.rollback_detail or {}).get("left_alone")
+        if refused or left_alone:
+            reason += f" ({refused or left_alone})"
         elif status not in ("passed", "rollback_failed", "paused") and self.stage_policy.action in MOVES \
                 and not self.rolled_back \
                 and self._rollback_to() and not self.policy.rollback_on_failure:

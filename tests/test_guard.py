@@ -169,6 +169,28 @@ def test_non_finite_numbers_in_a_policy_built_in_code_are_violations() -> None:
     assert ("stages.shift10.bake", "a finite number") in violations
 
 
+def test_an_env_that_extends_prod_is_guarded_like_prod(pdir: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    # Before: only the name counted, so prod-eu (prod's functions, its own lock and history) passed with these.
+    eu = pdir / "prod-eu.yaml"
+    loose = "extends: prod\nstages:\n  deploy: {weight: 100%}\nledger:\n  backend: file\n"
+    eu.write_text(loose)
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {eu}: stages.deploy.weight = 1.0: breaks guard rule 'deploy moves at most 0%'" in err
+    assert f"error: {eu}: ledger.backend = 'file': breaks guard rule" in err and "sandbox" not in err
+    assert guard_problems(load_policy(pdir, "prod-eu"))  # what pytest refuses with exit 4 (plugin._gate_setup)
+    # Said in review, in the env's own file: not production (a test env pointed elsewhere).
+    eu.write_text(loose + "guarded: false\n")
+    assert cli(["policy", "check", str(pdir)]) == 0
+    # prod cannot say it: every env extending prod would inherit it.
+    edit(pdir / "prod.yaml", {"guarded": False})
+    eu.write_text(loose)
+    assert cli(["policy", "check", str(pdir)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {pdir / 'prod.yaml'}: guarded = False: breaks guard rule \"prod's guard cannot be switched off\"" in err
+    assert f"error: {eu}: stages.deploy.weight = 1.0" in err  # and prod-eu is still guarded
+
+
 def test_violation_names_the_file_that_sets_the_key(pdir: Path) -> None:  # noqa: F811
     edit(pdir / "defaults.yaml", {"watch": {"probe_rate": 0}})
     edit(pdir / "prod.yaml", {"stages": {"shift50": {"weight": "60%"}}})

@@ -119,7 +119,33 @@ def test_doctor_never_prints_a_redis_auth_token(tmp_path) -> None:  # noqa: ANN0
         proc.terminate()
         proc.wait(10)
     assert good.ok and "T0ken" not in good.detail and f"redis://:***@127.0.0.1:{port}/0" in good.detail
-    assert not bad.ok and "T0ken" not in bad.detail + "".join(bad.resolution)
+    # redis-py splits the unencoded password at its '/' and quotes the first piece as the port.
+    assert not bad.ok and "T0ken" not in bad.detail + "".join(bad.resolution) and "wrong" not in bad.detail
+
+
+@pytest.mark.parametrize(("url", "error", "piece"), [
+    # redis-py: the unencoded '/' ends the netloc, so the password's first piece becomes the port.
+    ("redis://:ElastiCacheT0ken/x@cache:6379/0", "Port could not be cast to integer value as 'ElastiCacheT0ken'",
+     "ElastiCacheT0ken"),
+    # libpq: the first '@' ends the password, so its next piece becomes the host.
+    ("postgresql://app:pa55@w0rd/2024@db:5432/x", "failed to resolve host 'w0rd'", "w0rd"),
+], ids=["redis-port", "libpq-host"])
+def test_pieces_of_a_known_urls_password_are_masked_in_driver_errors(url: str, error: str, piece: str) -> None:
+    # Finding 10, seen in `llamadeploy doctor --env staging` with LLAMA_REDIS_URL holding such a token.
+    from types import SimpleNamespace
+
+    from pytest_llamadeploy.evidence import _known_secrets
+
+    assert piece not in redact(error, [url])
+    assert piece not in redact(error, _known_secrets(SimpleNamespace(targets={"redis_url": url})))  # JUnit, Allure
+
+
+def test_a_port_and_path_are_not_taken_for_a_password() -> None:
+    from pytest_llamadeploy.redact import url_passwords
+
+    assert url_passwords("http://127.0.0.1:8080/users/@me") == []
+    assert url_passwords("postgresql://postgres@127.0.0.1:5432/db") == []
+    assert redact("GET /users answered 8080", ["http://127.0.0.1:8080/users/@me"]) == "GET /users answered 8080"
 
 
 def test_structured_records_are_redacted_per_value_and_stay_valid() -> None:

@@ -78,6 +78,27 @@ def test_rollback_of_a_release_that_does_not_serve_is_refused(v3_serving: pytest
     assert alias_state(aws) == {fn: ("2", {}) for fn in FUNCTIONS}
 
 
+def test_a_function_moved_by_hand_during_the_bake_is_left_alone_and_the_others_rolled_back(
+        project: pytest.Pytester, aws: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Before: onchain-api pointed at a hotfix during shift10's bake made the whole rollback refuse, and the
+    # failed v2 went on serving 10 % of onchain-ws with exit 1 and nothing marking the env.
+    add_checkpoint_plugin(project)
+    set_policy(project, {"stages": {"shift10": {"bake": "1s"}}})
+    lg = ledger(aws)
+    seed_deployed(aws, lg)
+    publish(aws, "hotfix")  # version 3 of each function
+    monkeypatch.setenv("MOVE_ALIAS_AT", "baking")
+    monkeypatch.setenv("MOVE_ALIAS_TO", "onchain-api=3")
+    monkeypatch.setenv("FAIL_GATE_AT", "shift10")
+    r = gate(project, "shift10")
+    assert r.ret == 1, r.stdout.str()
+    assert alias_state(aws) == {"onchain-api": ("3", {}), "onchain-ws": ("1", {})}
+    rec = lg.get("fastprod", "v2", "shift10")
+    assert rec.status == "rolled_back" and "left alone: onchain-api serves v3 100%" in rec.reason, rec.reason
+    assert "rolled back onchain-ws only" in rec.reason
+    assert list(rec.details["rollback"]["functions"]) == ["onchain-ws"] and rec.details["rollback"]["ok"]
+
+
 # ------------------------------------------------------------------------- finding 3
 
 

@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from pytest_llamadeploy import deploycmd
 from pytest_llamadeploy.deploycmd import TAIL_CHARS, run_deploy
 from pytest_llamadeploy.policy import DeployCommand
 from pytest_llamadeploy.procs import pid_alive
@@ -18,6 +21,16 @@ grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 with open(sys.argv[1], "w") as f:
     f.write(f"{os.getpid()} {grandchild.pid}")
+print("deploying...", flush=True)
+time.sleep(60)
+"""
+
+LEAVES_A_SESSION_HOLDING_ITS_OUTPUT = """\
+import os, subprocess, sys, time
+# `setsid cmd &` in a deploy script: out of the process group, but holding the command's stdout.
+daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+with open(sys.argv[1], "w") as f:
+    f.write(str(daemon.pid))
 print("deploying...", flush=True)
 time.sleep(60)
 """
@@ -79,3 +92,26 @@ def test_the_deploy_command_is_told_the_release_it_must_stamp(tmp_path: Path) ->
     result = run_deploy(DeployCommand(argv=[sys.executable, str(script)]), env="prod", release="v2.1",
                         cwd=tmp_path, log_path=tmp_path / "deploy.log")
     assert result.ok and result.output.strip() == "v2.1 prod"
+
+
+def test_a_process_that_left_the_group_holding_the_output_does_not_hold_the_gate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: closing the pipe waited for that process (a 1.5 s timeout returned after 121 s).
+    monkeypatch.setattr(deploycmd, "KILL_GRACE", 1.0)
+    script, pid_file = tmp_path / "deploy.py", tmp_path / "pid"
+    script.write_text(LEAVES_A_SESSION_HOLDING_ITS_OUTPUT)
+    log = tmp_path / "deploy.log"
+    pids: list[int] = []
+    try:
+        started = time.monotonic()
+        result = run_deploy(DeployCommand(argv=[sys.executable, str(script), str(pid_file)], timeout=1.0),
+                            env="prod", release="v2", cwd=tmp_path, log_path=log)
+        took = time.monotonic() - started
+        pids = [int(pid_file.read_text())]
+        assert result.timed_out and not result.ok and "deploying..." in result.output
+        assert took < 6, f"run_deploy returned {took:.1f} s after its start, on a 1 s timeout"
+        assert "its output is not read any further" in log.read_text()
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
