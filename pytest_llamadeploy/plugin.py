@@ -105,13 +105,12 @@ def _gate_setup(config: pytest.Config, settings: Settings) -> Any:
             f"would select fewer: {'; '.join(settings.narrowed)}. Nothing was changed. Drop the selection, or, if "
             "this really is an emergency, add --emergency --reason TEXT (recorded with the stage)")
     if settings.observe:
-        _check_observe(settings, policy)
+        _check_observe(settings, policy, guarded=is_guarded(loaded))
     return loaded
 
 
-def _check_observe(settings: Settings, policy: Any) -> None:
+def _check_observe(settings: Settings, policy: Any, guarded: bool) -> None:
     """``--observe`` applies to a stage with a watch or an analysis suite; a guarded env needs an emergency."""
-    from .guard import GUARDED_ENVS
     from .observe import ANALYSIS_SUITES
 
     stage = policy.stages[settings.stage]
@@ -119,7 +118,7 @@ def _check_observe(settings: Settings, policy: Any) -> None:
         raise pytest.UsageError(
             f"--observe does not apply to --stage={settings.stage}: it has no watch and no analysis suite "
             f"(monitoring, {', '.join(ANALYSIS_SUITES)}), so nothing would be observed; leave it out")
-    if policy.name in GUARDED_ENVS and not settings.emergency:
+    if guarded and not settings.emergency:
         raise pytest.UsageError(
             f"{settings.env} is guarded: --observe would let a breach of the runbook's rollback triggers pass "
             f"{settings.stage} without a rollback. Nothing was changed. Drop --observe (mark a single new rule "
