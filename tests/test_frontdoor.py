@@ -61,7 +61,11 @@ class Moto:
         self.proc = subprocess.Popen([sys.executable, "-m", "pytest_llamadeploy.sandbox.moto_server", "--port",
                                       str(self.port), "--state-dir", str(state_dir)],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.proc.poll() is None and _http_ok(f"{self.url}/moto-api/data.json"), 20, "moto")
+        try:  # 60 s: its imports alone (moto, CloudFormation's models) took over 20 s at load average 11
+            wait_for(lambda: self.proc.poll() is None and _http_ok(f"{self.url}/moto-api/data.json"), 60, "moto")
+        except BaseException:
+            self.stop()  # a server that never answered is still ours to end
+            raise
 
     def client(self, service: str) -> Any:
         from pytest_llamadeploy.aws import AwsConfig
