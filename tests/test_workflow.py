@@ -287,3 +287,28 @@ def test_what_the_workflows_install_is_in_the_repository(deploy: dict[str, Any],
                         for s in _steps(job))
     assert "pip install -r requirements-llamadeploy.txt" in commands and "pip install -e" not in commands
     assert (ROOT / "requirements-llamadeploy.txt").is_file() and (ROOT / "tools/allure/package-lock.json").is_file()
+
+
+@pytest.mark.parametrize("code", [0, 1, 6])
+def test_a_paused_stage_is_left_to_decide_not_rolled_back(gate: dict[str, Any], calls: dict[str, dict[str, Any]],
+                                                         tmp_path: Path, code: int) -> None:
+    # The gate step's own script, run by bash with `python` answering `code`: exit 6 (paused) sets `paused`.
+    (job,) = gate["jobs"].values()
+    (step,) = [s for s in _steps(job) if s.get("id") == "gate"]
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text(f"#!/bin/sh\nexit {code}\n")
+    (stub / "python").chmod(0o755)
+    output = tmp_path / "github_output"
+    output.touch()
+    env = {"PATH": f"{stub}:/usr/bin:/bin", "GITHUB_OUTPUT": str(output), "GATE_ENV": "prod",
+           "GATE_STAGE": "shift10", "RELEASE": "v2"}
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == code, done.stderr
+    assert ("paused=true" in output.read_text()) == (code == 6)
+    assert gate["on"]["workflow_call"]["outputs"]["paused"]["value"] == "${{ jobs.gate.outputs.paused }}"
+    assert job["outputs"]["paused"] == "${{ steps.gate.outputs.paused }}"
+    # deploy.yml's automatic rollback skips a run whose watched stage paused: a reviewer decides.
+    condition = " ".join(calls["prod-rollback"]["if"].split())
+    for stage in ("shift10", "shift50", "shift100"):
+        assert f"needs.prod-{stage}.outputs.paused != 'true'" in condition
