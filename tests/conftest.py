@@ -45,12 +45,14 @@ _EXCLUSIVE_MODULES = {"test_adopt_wheel", "test_ops_sandbox", "test_report_brows
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = getattr(item, "module", None)
         if "sandbox_exclusive" in getattr(item, "fixturenames", ()) or (
                 module is not None and module.__name__.rpartition(".")[2] in _EXCLUSIVE_MODULES):
             item.add_marker(pytest.mark.xdist_group(SANDBOX_EXCLUSIVE_GROUP))
+    if config.getvalue("loadgroup"):  # only set on an xdist worker of --dist loadgroup
+        _group_suffix_for_xdist(items)
     # STYLE.md: warnings are errors in the project's own tests (not in the gate suites users run,
     # which share pyproject's [tool.pytest.ini_options]): a deprecation fails here, not in production.
     # Except the two the garbage collector raises: an unclosed file or an exception in a __del__
@@ -60,3 +62,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                       "default::pytest.PytestUnraisableExceptionWarning")
     for item in items:
         item.add_marker(mark)
+
+
+def _group_suffix_for_xdist(items: list[pytest.Item]) -> None:
+    """Put each grouped test's ``@group`` into its node id where pytest 9.2 reads it.
+
+    xdist's scheduler groups tests by that suffix, which its worker hook writes into ``item._nodeid``;
+    pytest 9.2 builds ``item.nodeid`` from a structured id instead, so the suffix never arrived and every
+    group was spread over every worker (pytest-dev/pytest-xdist#1386, open; 4 test files marked
+    ``xdist_group("g")`` ran on 3 workers here). The sandbox-exclusive tests then ran on all workers at
+    once, each waiting on the cross-worker lock for the others. When xdist writes the structured id itself,
+    the suffix is appended twice; its scheduler reads the last one, the same group.
+    """
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest before 9.2: xdist's own hook works
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and not item.nodeid.endswith("@" + "_".join(names)):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
