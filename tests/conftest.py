@@ -41,7 +41,8 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 #: while the other worker's queue could have used it. The rest is spread over every worker.
 SANDBOX_EXCLUSIVE_GROUP = "sandbox-exclusive"
 #: Modules whose module-scoped fixtures hold the sandbox alone (``exclusive(...)``), so every test in them.
-_EXCLUSIVE_MODULES = {"test_adopt_wheel", "test_ops_sandbox", "test_report_browser", "test_watch_sandbox"}
+_EXCLUSIVE_MODULES = {"test_adopt_wheel", "test_ops_sandbox", "test_report_browser", "test_verify_sandbox",
+                      "test_watch_sandbox"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups (--dist loadgroup)
