@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "sandbox_exclusive" in getattr(item, "fixturenames", ()) or (
                 module is not None and module.__name__.rpartition(".")[2] in _EXCLUSIVE_MODULES):
             item.add_marker(pytest.mark.xdist_group(SANDBOX_EXCLUSIVE_GROUP))
-    if config.getvalue("loadgroup"):  # only set on an xdist worker of --dist loadgroup
+    if getattr(config.option, "loadgroup", False):  # set only on an xdist worker of --dist loadgroup
         _group_suffix_for_xdist(items)
     # STYLE.md: warnings are errors in the project's own tests (not in the gate suites users run,
     # which share pyproject's [tool.pytest.ini_options]): a deprecation fails here, not in production.
