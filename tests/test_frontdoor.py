@@ -370,7 +370,10 @@ def test_lambda_invoke_api_runs_a_version_as_lambda_does(rig: Rig) -> None:
     # other tests move its weights, and xdist does not promise their order).
     lam.update_alias(FunctionName=API, Name="live", FunctionVersion=rig.versions["r1"][API],
                      RoutingConfig={"AdditionalVersionWeights": {}})
-    assert invoke("/ok", qualifier="live")["ExecutedVersion"] == rig.versions["r1"][API]
+    # The front door reads the alias from the Lambda API as it polls it, as Lambda's routing follows an
+    # UpdateAlias within moments: the first invoke right after it may still see the old routing.
+    wait_for(lambda: invoke("/ok", qualifier="live")["ExecutedVersion"] == rig.versions["r1"][API], 10,
+             "the alias update to reach the front door")
     # Every other Lambda call is moto's, passed through unchanged.
     assert lam.get_alias(FunctionName=API, Name="live")["FunctionVersion"] == rig.versions["r1"][API]
 

@@ -259,11 +259,14 @@ def test_breach_calls_on_breach_within_two_polls(moto: Moto, policy: Any) -> Non
     feeder = threading.Thread(target=_feed, args=(feeder_cw, policy, stop), kwargs={"errors_new": 3}, daemon=True)
     feeder.start()
     try:
-        # Wait until enough samples exist, then the next two polls must fire.
-        deadline = time.time() + 10
+        # Wait until enough samples exist in the window the watch reads (it ends `lag` before now: data
+        # younger than that is not there yet on AWS), then the next two polls must fire. Asked up to
+        # now + 1 s instead, this saw samples the watch's first polls could not: 3 polls under load.
+        lag = max(float(policy.metrics.source(name).lag) for name in ("service", "aws"))
+        deadline = time.time() + 10 + lag
         while time.time() < deadline:
             res = evaluate_rules(cw, policy, {"e": policy.rollback_triggers["lambda_error_rate"]},
-                                 {"new": {"onchain-api": NEW}}, started, time.time() + 1)
+                                 {"new": {"onchain-api": NEW}}, started, time.time() - lag)
             if res[0].samples >= 20:
                 break
             time.sleep(0.1)
