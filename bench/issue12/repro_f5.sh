@@ -1,7 +1,7 @@
 #!/bin/bash
 # Finding 5: each hostile prod value of the issue, appended to a copy of the shipped policies.
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-$(mktemp -d)}"
+OUT="${OUT:-$(mktemp -d)}"; mkdir -p "$OUT"
 run() {
   name=$1; shift
   d=$OUT/f5-$name; rm -rf $d; cp -r policies $d

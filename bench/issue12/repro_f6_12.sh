@@ -1,7 +1,7 @@
 #!/bin/bash
 # Findings 6 and 12 at the pytest command line, no AWS credentials, from the repository root.
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-$(mktemp -d)}"
+OUT="${OUT:-$(mktemp -d)}"; mkdir -p "$OUT"
 export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL
 p() { echo "\$ pytest $*"; out=$(timeout 120 .venv/bin/python -m pytest -p no:cacheprovider "$@" 2>&1); rc=$?; echo "  exit $rc: $(echo "$out" | grep -v '^$' | grep -iv 'warning' | grep -m3 -i 'error\|refus\|usage\|not ' | cut -c1-330)"; echo "  traceback: $(echo "$out" | grep -c Traceback)"; }
