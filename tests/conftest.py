@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +39,12 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_url
 
 
+#: Fixtures that start a server process (moto, PostgreSQL, Redis, a release's service, the front door, the
+#: shared sandbox): a test that uses one, directly or through another fixture, is a sandbox test. Tests that
+#: start processes themselves carry the mark in their module; ``_pure_logic_only`` keeps the two sets honest.
+_SERVER_FIXTURES = frozenset({"moto_url", "sandbox", "rig", "live", "ops_moto_url", "ops_pg", "postgres_dsn",
+                              "redis_url", "moto_endpoint", "app_url"})
+
 #: Every test that holds the shared sandbox alone runs on ONE xdist worker, one after another: spread
 #: over two workers, the second waited on the cross-worker lock, idle (setups of 80-220 s measured),
 #: while the other worker's queue could have used it. The rest is spread over every worker.
@@ -48,6 +57,8 @@ _EXCLUSIVE_MODULES = {"test_adopt_wheel", "test_ops_sandbox", "test_report_brows
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sandbox)
         module = getattr(item, "module", None)
         if "sandbox_exclusive" in getattr(item, "fixturenames", ()) or (
                 module is not None and module.__name__.rpartition(".")[2] in _EXCLUSIVE_MODULES):
@@ -84,3 +95,35 @@ def _group_suffix_for_xdist(items: list[pytest.Item]) -> None:
                         for m in item.iter_markers("xdist_group")})
         if names and not item.nodeid.endswith("@" + "_".join(names)):
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _pure_logic_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``sandbox`` mark is pure logic: it may not start a process.
+
+    ``pytest tests -m "not sandbox"`` is the developer's answer in under a minute (issue 10); one test
+    that forks a gate run or starts a server would cost it seconds each, unseen. So here it fails, naming
+    the fix. Only the test's own thread is watched: a sandbox test's leftover thread may still run.
+    """
+    if request.node.get_closest_marker("sandbox") is not None:
+        return
+    owner = threading.current_thread()
+
+    def refuse(what: str) -> None:
+        if threading.current_thread() is owner:
+            raise RuntimeError(f"{request.node.nodeid} {what}: mark it @pytest.mark.sandbox (tests that start "
+                               "processes or servers), or keep it pure logic")
+
+    execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+    fork = os.fork
+
+    def guarded_execute_child(self: subprocess.Popen[bytes], args: object, *rest: object, **kw: object) -> None:
+        refuse(f"started a process ({args!r:.80})")
+        execute_child(self, args, *rest, **kw)
+
+    def guarded_fork() -> int:
+        refuse("forked")
+        return fork()
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", guarded_execute_child)
+    monkeypatch.setattr(os, "fork", guarded_fork)

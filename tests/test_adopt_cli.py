@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
 
 
+@pytest.mark.sandbox
 def test_version_is_the_installed_distribution() -> None:
     done = subprocess.run([sys.executable, "-m", "pytest_llamadeploy.cli", "--version"], capture_output=True,
                           text=True, timeout=60, check=False)

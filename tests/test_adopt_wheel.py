@@ -36,7 +36,7 @@ BUILD_TIMEOUT = 300
 VERIFY_TIMEOUT = 240
 
 # Both tests of the module share the built wheel: keep them on one xdist worker (scripts/test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("sandbox-exclusive")
+pytestmark = [pytest.mark.sandbox, pytest.mark.xdist_group("sandbox-exclusive")]
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from tests.support.reliability import (
 )
 from tests.test_gate import ledger, project, statuses  # noqa: F401 - the gate project fixture
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 pytest_plugins = ["pytester"]
 
 AT_OLD = {fn: ("1", {}) for fn in FUNCTIONS}

@@ -702,6 +702,7 @@ def test_traffic_runs_at_its_rate_and_stops_by_itself(rig: Rig) -> None:
     assert elapsed < 30
 
 
+@pytest.mark.sandbox
 def test_traffic_refuses_bad_arguments(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pytest_llamadeploy.sandbox.traffic", "--state-dir", str(tmp_path),
                              "--rate", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -24,6 +24,8 @@ from tests.support.aws_setup import FUNCTIONS, alias_state
 from tests.support.botocalls import allowed_actions, not_allowed, recorded
 from tests.support.forked import run_forked
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 REPO = Path(__file__).parent.parent
 pytest_plugins = ["pytester"]
 

@@ -23,7 +23,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_frontdoor import API, ROOT, WS, Rig, _wait_routing, free_port, set_alias, wait_for  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is not installed")
+pytestmark = [pytest.mark.sandbox,
+              pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is not installed")]
 
 CONTEXT_PLUGIN = '''
 import os

@@ -14,6 +14,8 @@ from tests.support.aws_setup import FUNCTIONS, alias_state
 from tests.support.reliability import publish, record, seed_deployed, set_alias, set_policy
 from tests.test_gate import events, ledger, project, statuses  # noqa: F401 - the gate project fixture
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 pytest_plugins = ["pytester"]
 
 AT = {v: {fn: (v, {}) for fn in FUNCTIONS} for v in ("1", "2", "3")}

@@ -28,7 +28,7 @@ from pytest_llamadeploy.ledger import (
 )
 
 
-@pytest.fixture(params=["file", "dynamodb"])
+@pytest.fixture(params=["file", pytest.param("dynamodb", marks=pytest.mark.sandbox)])  # moto in server mode
 def ledger(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "file":
         return FileLedger(tmp_path / "ledger")
@@ -73,6 +73,7 @@ def test_expired_lease_is_taken_over_and_reported(ledger) -> None:
     assert ledger.current_lock("prod").run_id == "run-b"
 
 
+@pytest.mark.sandbox
 def test_lock_of_a_dead_process_on_this_host_is_stale(ledger) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     ledger.acquire_lock("prod", "run-a", 3600)
@@ -181,6 +182,7 @@ def test_wall_clock_expiry_alone_does_not_hand_over_a_renewed_lock(ledger, monke
     assert taken.run_id == "run-a" and ledger.current_lock("prod").run_id == "run-b"
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("differs", ["boot_id", "pidns", "host"])
 def test_takeover_does_not_trust_hostname_and_pid_alone(tmp_path: Path, differs: str) -> None:
     """A dead PID proves nothing about a holder in another container or boot that shares our host name."""
@@ -199,6 +201,7 @@ def test_takeover_does_not_trust_hostname_and_pid_alone(tmp_path: Path, differs:
         ledger.acquire_lock("prod", "run-b", 60)
 
 
+@pytest.mark.sandbox
 def test_a_reused_pid_is_not_the_holder() -> None:
     """The holder's PID now runs another process (another start time): the holder is gone."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -284,6 +287,7 @@ def test_file_ledger_writes_atomically_and_keeps_the_previous_copy(tmp_path: Pat
     assert [r.stage for r in ledger.records("prod")] == ["deploy", "shift10"]
 
 
+@pytest.mark.sandbox
 def test_corrupt_file_ledger_is_refused_with_a_recovery_command(tmp_path: Path) -> None:
     ledger = FileLedger(tmp_path)
     ledger.put(_record("deploy"))

@@ -135,6 +135,7 @@ def _server_counts(url: str) -> dict[str, int]:
 # -- pure logic ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sandbox
 def test_percentile_equals_locusts_own_function() -> None:
     rng = random.Random(7)
     cases = []
@@ -257,6 +258,7 @@ def test_timeout_stops_locust_and_says_so(app_url: str, locustfile: Path, tmp_pa
     assert "Log " in str(info.value)
 
 
+@pytest.mark.sandbox
 def test_broken_locustfile_is_reported_with_its_log(tmp_path: Path) -> None:
     bad = tmp_path / "broken_locustfile.py"
     bad.write_text("import no_such_module_here\n")
@@ -288,6 +290,7 @@ def test_master_with_two_workers_on_loopback(app_url: str, locustfile: Path, tmp
         assert "Starting Locust" in text and "Got quit message from master" in text, f"worker-{i}.log: {text[-800:]}"
 
 
+@pytest.mark.sandbox
 def test_master_without_workers_gives_up_with_the_worker_command(locustfile: Path, tmp_path: Path) -> None:
     with pytest.raises(LocustError) as info:
         run_locust(locustfile, "http://127.0.0.1:9", users=1, spawn_rate=1, duration=1, artifacts_dir=tmp_path,

@@ -130,6 +130,7 @@ def test_source_no_plugin_provides_is_refused_naming_key_and_fix(team_policy: Po
         metric_providers(team_policy, _no_cloudwatch, _hook(Broken()))
 
 
+@pytest.mark.sandbox
 def test_gate_run_without_the_provider_plugin_is_refused_before_anything(no_aws: pytest.Pytester) -> None:  # noqa: F811
     (no_aws.path / "policies" / "team.yaml").write_text(TEAM_POLICY.replace("extends: sandbox", "extends: staging"))
     r = no_aws.runpytest_subprocess("-p", "no:cacheprovider", "--env=team", "--stage=verify", "--plan", timeout=60)

@@ -26,6 +26,8 @@ from pytest_llamadeploy.net import free_port
 from pytest_llamadeploy.policy import load_policy
 from pytest_llamadeploy.sandbox.observability import ALARM_NAMES, DASHBOARD_NAMES, provision
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 OLD, NEW = "3", "4"
 

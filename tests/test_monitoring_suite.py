@@ -21,6 +21,8 @@ import pytest
 
 from tests.support.aws_setup import FUNCTIONS
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,8 @@ from pytest_llamadeploy.ops.restore import run_restore
 from pytest_llamadeploy.ops.results import OpsError
 from tests.test_ops_support import REPO, kinds, make_ctx, new_ledger, ops_aws, ops_dsn, ops_moto_url, ops_pg  # noqa: F401
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 
 @pytest.fixture
 def ctx(tmp_path, ops_aws, ops_dsn, monkeypatch):  # noqa: F811

@@ -12,6 +12,8 @@ from pytest_llamadeploy.ops import pg
 from pytest_llamadeploy.ops.migrations import run_migrations
 from tests.test_ops_support import REPO, kinds, make_ctx, new_ledger, ops_aws, ops_dsn, ops_moto_url, ops_pg  # noqa: F401
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 
 @pytest.fixture
 def migdir(tmp_path: Path) -> Path:

@@ -14,6 +14,8 @@ import pytest
 from tests.support.forked import run_forked
 from tests.test_gate import project  # noqa: F401  (the stand-in gate project fixture)
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 pytest_plugins = ["pytester"]
 
 

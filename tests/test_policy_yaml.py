@@ -52,6 +52,7 @@ print(json.dumps({"rc": rc, "seconds": time.process_time() - start, "err": err.g
 """
 
 
+@pytest.mark.sandbox
 def test_alias_bomb_is_refused_in_milliseconds_without_expanding(pdir: Path) -> None:  # noqa: F811
     (pdir / "bomb.yaml").write_text(alias_bomb())
     assert (pdir / "bomb.yaml").stat().st_size < 2048
@@ -118,6 +119,7 @@ def test_non_utf8_policy_names_file_and_byte_offset(pdir: Path, capsys: pytest.C
     assert f"byte offset {offset + 2}" in capsys.readouterr().err
 
 
+@pytest.mark.sandbox
 def test_non_utf8_policy_is_a_usage_error_in_pytest_not_internalerror(pytester: pytest.Pytester) -> None:
     shutil.copytree(REPO / "policies", pytester.path / "policies")
     path = pytester.path / "policies" / "staging.yaml"

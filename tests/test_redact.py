@@ -88,6 +88,7 @@ def test_stage_context_never_writes_an_elasticache_token(tmp_path) -> None:  # n
     assert "Au7h-T0ken" not in (tmp_path / "context.json").read_text()
 
 
+@pytest.mark.sandbox
 def test_doctor_never_prints_a_redis_auth_token(tmp_path) -> None:  # noqa: ANN001
     """``llamadeploy doctor``'s Redis check against a real Redis that requires AUTH (ElastiCache's shape)."""
     import shutil

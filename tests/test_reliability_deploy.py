@@ -15,6 +15,8 @@ from pytest_llamadeploy.deploycmd import TAIL_CHARS, run_deploy
 from pytest_llamadeploy.policy import DeployCommand
 from pytest_llamadeploy.procs import pid_alive
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 SPAWNS_AND_SLEEPS = """\
 import os, subprocess, sys, time
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],

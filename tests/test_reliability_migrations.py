@@ -19,6 +19,8 @@ import pytest
 from pytest_llamadeploy.ops.migrations import run_migrations
 from tests.test_ops_support import REPO, make_ctx, new_ledger, ops_aws, ops_dsn, ops_moto_url, ops_pg  # noqa: F401
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 
 @pytest.fixture
 def migrate(tmp_path: Path, ops_aws, ops_dsn, monkeypatch):  # noqa: ANN001, ANN201, F811

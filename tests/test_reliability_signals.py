@@ -25,6 +25,8 @@ from tests.support.reliability import (
 )
 from tests.test_gate import events, ledger, project  # noqa: F401 - the gate project fixture
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 pytest_plugins = ["pytester"]
 
 AT_10 = {fn: ("1", {"2": 0.1}) for fn in FUNCTIONS}

@@ -223,6 +223,7 @@ def _results(alluredir: Path) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.sandbox
 def test_apply_labels_from_collection_and_from_setup(pytester: pytest.Pytester,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
@@ -269,6 +270,7 @@ def _gate_results(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *r
     return alluredir
 
 
+@pytest.mark.sandbox
 def test_two_releases_of_a_rehearsal_are_not_retries_of_each_other(pytester: pytest.Pytester,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     alluredir = _gate_results(pytester, monkeypatch, "v1", "v2", "v2")
@@ -282,6 +284,7 @@ def test_two_releases_of_a_rehearsal_are_not_retries_of_each_other(pytester: pyt
                                       ["test_shift50@v1"], ["test_shift50@v2", "test_shift50@v2"]]
 
 
+@pytest.mark.sandbox
 def test_apply_labels_is_a_no_op_without_alluredir(pytester: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))

@@ -14,6 +14,8 @@ from pytest_llamadeploy.cli import main
 from pytest_llamadeploy.reporting import Attachment, record_stage, write_environment
 from pytest_llamadeploy.reporting.cli import TOOLS_DIR
 
+pytestmark = pytest.mark.sandbox  # the Allure CLI runs as a process (tests/conftest.py)
+
 needs_allure = pytest.mark.skipif(
     not (TOOLS_DIR / "node_modules" / "allure" / "cli.js").is_file(),
     reason="Allure 3 CLI not installed: run `bash scripts/install-report-tools.sh`",

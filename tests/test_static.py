@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.sandbox  # ruff and mypy run as processes (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

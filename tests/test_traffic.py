@@ -14,6 +14,8 @@ from pytest_llamadeploy.traffic import (
 from tests.support.aws_setup import FUNCTIONS, alias_state, create_service, lambda_client
 from tests.support.moto import reset
 
+pytestmark = pytest.mark.sandbox  # starts moto, services or gate runs (tests/conftest.py)
+
 
 @pytest.fixture
 def driver(aws: str) -> LambdaAliasDriver:

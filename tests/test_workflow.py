@@ -73,6 +73,7 @@ def _needs(job: dict[str, Any]) -> list[str]:
     return [needs] if isinstance(needs, str) else list(needs)
 
 
+@pytest.mark.sandbox
 @needs_actionlint
 def test_workflows_are_actionlint_clean() -> None:
     result = _lint(str(WORKFLOWS / "*.yml"))
@@ -80,6 +81,7 @@ def test_workflows_are_actionlint_clean() -> None:
     assert "Checking 2 workflow file(s)" in result.stdout and "passed lint checks" in result.stdout
 
 
+@pytest.mark.sandbox
 @needs_actionlint
 def test_actionlint_catches_a_broken_chain(tmp_path: Path) -> None:
     # proves the lint above can fail: the same workflow with a needs: pointing nowhere
@@ -205,6 +207,7 @@ APPROVALS = [
 ]
 
 
+@pytest.mark.sandbox
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed (gh's --jq is the same language)")
 @pytest.mark.parametrize(("approvals", "expected"), [
     (APPROVALS, "alice"),
@@ -289,6 +292,7 @@ def test_what_the_workflows_install_is_in_the_repository(deploy: dict[str, Any],
     assert (ROOT / "requirements-llamadeploy.txt").is_file() and (ROOT / "tools/allure/package-lock.json").is_file()
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("code", [0, 1, 6])
 def test_a_paused_stage_is_left_to_decide_not_rolled_back(gate: dict[str, Any], calls: dict[str, dict[str, Any]],
                                                          tmp_path: Path, code: int) -> None:
