@@ -25,11 +25,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llamadeploy.sandbox.state import ENV_DIR, SandboxState
+
+if TYPE_CHECKING:
+    from tests.support.stagerun import BadReleaseRun
 
 #: Background traffic of the shared sandbox (requests/s); bake windows need data, tests need CPU.
 TRAFFIC_RATE_ENV = "LLAMADEPLOY_TEST_TRAFFIC_RATE"
@@ -166,3 +169,18 @@ def sandbox_exclusive(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFa
     """The shared sandbox, reset and held for this test alone (across xdist workers)."""
     with exclusive(sandbox, tmp_path_factory) as state:
         yield state
+
+
+@pytest.fixture(scope="session")
+def bad_release(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> BadReleaseRun:
+    """One bad release, run once for every module that reads it (the watch's rollback, the report).
+
+    Its deploy passes; ``error_rate=0.3`` injected mid-bake at shift10 is caught by the CloudWatch
+    trigger and rolled back (tests/support/stagerun.py). Two stages of ~10 and ~25 s: each module ran
+    its own before. The run holds the sandbox alone; what it leaves is its records, read here, and its
+    release, deployed at 0 %.
+    """
+    from tests.support.stagerun import bad_release_run
+
+    with exclusive(sandbox, tmp_path_factory):
+        return bad_release_run(tmp_path_factory.mktemp("bad-release"))

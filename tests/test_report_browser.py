@@ -1,9 +1,10 @@
 """The report of a real sandbox run as a reviewer sees it: built with `llamadeploy report`, opened in headless Chromium.
 
-One bad release per module on the shared sandbox (held exclusively): its deploy
+The run's one bad release on the shared sandbox (``bad_release``,
+tests/sandbox_fixtures.py, also read by test_watch_sandbox.py): its deploy
 passes, then ``error_rate=0.3`` is injected into it mid-bake at shift10, so the
-watch rolls back and the stage verdict carries the trigger, its value and its
-threshold. The tests read the raw allure-results (labels, parameters, steps,
+watch's CloudWatch trigger rolls back and the stage verdict carries the
+trigger, its value and its threshold. The tests read the raw allure-results (labels, parameters, steps,
 attachments, no secrets) and the HTML report in Chromium (screenshots kept
 under artifacts/).
 """
@@ -17,13 +18,10 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,12 @@ import pytest
 from pytest_llamadeploy.cli import main
 from pytest_llamadeploy.reporting.cli import TOOLS_DIR
 from pytest_llamadeploy.sandbox.state import SandboxState
-from tests.sandbox_fixtures import exclusive
+from tests.support.stagerun import BadReleaseRun
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_TIMEOUT_S = 90
-STAGE_TIMEOUT_S = 240
 
 pytestmark = [
     pytest.mark.sandbox,
@@ -52,10 +49,12 @@ pytestmark = [
 
 
 class BadRelease:
-    def __init__(self, release: str, results: Path, state: SandboxState) -> None:
-        self.release, self.results, self.state = release, results, state
-        self.codes: dict[str, int] = {}
-        self.output: dict[str, str] = {}
+    """The bad release's run (tests/support/stagerun.py) as its Allure results read."""
+
+    def __init__(self, run: BadReleaseRun, state: SandboxState) -> None:
+        self.release, self.results, self.state = run.release, run.results, state
+        self.codes = {"deploy": run.deploy.rc, "shift10": run.shift10.rc}
+        self.output = {"deploy": run.deploy.text(), "shift10": run.shift10.text()}
 
     def results_json(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in self.results.glob("*-result.json")]
@@ -78,73 +77,9 @@ def _all_attachments(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _all_attachments(step)
 
 
-def _policies_without_probes(folder: Path) -> Path:
-    """The sandbox policy with the watch's probes off, so the CloudWatch trigger catches the fault.
-
-    The probes catch error_rate=0.3 within 1-2 s, before CloudWatch holds a series to plot;
-    this test is about the report a reviewer reads for a metric breach: the metric, its value,
-    its threshold and the plotted series.
-    """
-    import yaml
-
-    if not (folder / "sandbox.yaml").exists():
-        shutil.copytree(ROOT / "policies", folder, dirs_exist_ok=True)
-        data = yaml.safe_load((folder / "sandbox.yaml").read_text())
-        data.setdefault("watch", {})["probe_rate"] = 0
-        (folder / "sandbox.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
-
-
-def _gate(release: str, stage: str, results: Path) -> list[str]:
-    policies = _policies_without_probes(results.parent / "policies")
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--env=sandbox", f"--stage={stage}",
-            f"--release={release}", f"--policy-dir={policies}", f"--llama-alluredir={results}",
-            f"--llama-artifacts={results.parent / 'art'}"]
-
-
-def _shift10_with_fault_mid_bake(bad: BadRelease) -> None:
-    """shift10, and error_rate=0.3 on the new release once the bake (and its watch) has started."""
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    proc = subprocess.Popen([*_gate(bad.release, "shift10", bad.results), "-s"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines: list[str] = []
-    timer = threading.Timer(STAGE_TIMEOUT_S, proc.kill)  # a wedged stage must not hang the suite
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "baking" in line and "fault" not in bad.output:
-                fault = subprocess.run(
-                    [sys.executable, "-m", "pytest_llamadeploy.cli", "sandbox", "fault", "--release", bad.release,
-                     "error_rate=0.3"], cwd=ROOT, capture_output=True, text=True,
-                    timeout=max(5.0, deadline - time.monotonic()))
-                bad.output["fault"] = fault.stdout + fault.stderr
-                assert fault.returncode == 0, bad.output["fault"]
-        bad.codes["shift10"] = proc.wait(timeout=max(5.0, deadline - time.monotonic()))
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        bad.output["shift10"] = "".join(lines)
-
-
-@pytest.fixture(scope="module")
-def bad_release(sandbox: SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadRelease]:
-    """deploy (passes) then shift10 with a fault injected mid-bake (rolled back), once for the module.
-
-    Holds the sandbox alone (``exclusive``, the context manager behind ``sandbox_exclusive``) for the two stages.
-    """
-    results = tmp_path_factory.mktemp("bad-release") / "allure-results"
-    bad = BadRelease(f"t-{uuid.uuid4().hex[:6]}", results, sandbox)
-    with exclusive(sandbox, tmp_path_factory):
-        deploy = subprocess.run(_gate(bad.release, "deploy", results), cwd=ROOT, capture_output=True,
-                                text=True, timeout=STAGE_TIMEOUT_S)
-        bad.codes["deploy"], bad.output["deploy"] = deploy.returncode, deploy.stdout + deploy.stderr
-        assert deploy.returncode == 0, f"deploy of the bad release failed:\n{bad.output['deploy'][-4000:]}"
-        _shift10_with_fault_mid_bake(bad)
-    yield bad
+@pytest.fixture(name="bad")
+def bad_release_results(bad_release: BadReleaseRun, sandbox: SandboxState) -> BadRelease:
+    return BadRelease(bad_release, sandbox)
 
 
 @pytest.fixture
@@ -192,8 +127,7 @@ def _test_id(report: Path, name: str) -> str:
 
 
 
-def test_gate_runs_write_the_stage_evidence_into_allure_results(bad_release: BadRelease) -> None:
-    bad = bad_release
+def test_gate_runs_write_the_stage_evidence_into_allure_results(bad: BadRelease) -> None:
     assert bad.codes == {"deploy": 0, "shift10": 1}, bad.output.get("shift10", "")[-4000:]
     verdict = bad.verdict("shift10")
     assert verdict["status"] == "failed"
@@ -250,14 +184,14 @@ def test_gate_runs_write_the_stage_evidence_into_allure_results(bad_release: Bad
     assert {"versions.old", "versions.new", "weights", "policy.sha256", "approver"} <= set(env)
 
 
-def test_no_secret_lands_in_allure_results(bad_release: BadRelease) -> None:
-    state = bad_release.state
+def test_no_secret_lands_in_allure_results(bad: BadRelease) -> None:
+    state = bad.state
     secrets = [p.read_text().strip() for p in [state.directory / "auth_secret"] if p.is_file()]
     for url in (state.postgres_dsn, state.redis_url):
         password = urllib.parse.urlsplit(url).password
         if password:
             secrets.append(password)
-    files = [p for p in bad_release.results.iterdir() if p.is_file()]
+    files = [p for p in bad.results.iterdir() if p.is_file()]
     assert len(files) > 10
     leaks = []
     for path in files:
@@ -269,9 +203,8 @@ def test_no_secret_lands_in_allure_results(bad_release: BadRelease) -> None:
     assert not leaks, leaks[:10]
 
 
-def test_reviewer_sees_stage_failed_metric_and_plot(bad_release: BadRelease, tmp_path: Path,
+def test_reviewer_sees_stage_failed_metric_and_plot(bad: BadRelease, tmp_path: Path,
                                                     served_report: tuple[Path, str]) -> None:
-    bad = bad_release
     report, base = served_report
     assert main(["report", "--results", str(bad.results), "--out", str(report), "--no-history"]) == 0
     title = f"[sandbox] shift10 {bad.release}: stage verdict"
