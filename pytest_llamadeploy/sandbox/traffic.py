@@ -252,7 +252,10 @@ class Traffic:
         while not self.stop.is_set():
             hold = self.ws_hold * self._rng.uniform(0.5, 1.5)
             try:
-                async with connect(self.ws_url, open_timeout=5, close_timeout=2, compression=None) as ws:
+                # proxy=None: loopback only, and websockets otherwise reads the proxy variables of
+                # the environment on every connect (a tenth of this process's CPU, bench/IDLE.md).
+                async with connect(self.ws_url, open_timeout=5, close_timeout=2, compression=None,
+                                   proxy=None) as ws:
                     hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     self.stats.ws_connects += 1
                     self.stats.releases[f"ws:{hello.get('release', '?')}"] += 1
@@ -347,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     if not state.api_url:
         print(f"traffic: {state.path} has no api_url; start the front door first", file=sys.stderr)
         return 2
-    stats = asyncio.run(amain(args, state.api_url, state.ws_url))
+    import uvloop
+
+    # The C event loop: the traffic runs all day beside the gates, and on asyncio's own loop a
+    # third of its CPU went to the selector and transports (bench/IDLE.md).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        stats = runner.run(amain(args, state.api_url, state.ws_url))
     print("traffic done " + json.dumps(stats.summary(), sort_keys=True), flush=True)
     return 0
 
