@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = state.extra.get("physics") or {}
     router = Router(aws.client("lambda"), [args.api_function, args.ws_function],
                     aliases=(args.alias, args.preview_alias), refresh_interval=args.refresh_interval)
-    telemetry = Telemetry({s: aws.client(s) for s in ("cloudwatch", "logs", "xray")},
+    # The flush thread's calls carry what this process built itself: botocore's parameter validation
+    # and gzip of each PutMetricData (which moto then inflates) were a quarter of its CPU (bench/IDLE.md).
+    telemetry = Telemetry({s: aws.client(s, parameter_validation=False, disable_request_compression=True)
+                           for s in ("cloudwatch", "logs", "xray")},
                           names=ApiNames(**{k: v for k, v in names.items() if k in ApiNames.__dataclass_fields__}),
                           physics=physics(chosen.get("name", "fast"), chosen.get("metric_lag")),
                           redis_url=state.redis_url, trace_sample=args.trace_sample, state_dir=state_dir)
