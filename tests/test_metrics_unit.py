@@ -332,6 +332,20 @@ def test_nearest_rank_percentile() -> None:
     assert moto_ext.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
 
 
+@pytest.mark.parametrize("value", [1796194903, 1796194903.0, 1796194903.125, 0, 951782400.5])
+def test_epoch_timestamps_parse_as_moto_parses_them(value: float) -> None:
+    """moto_ext's fast path for PutMetricData timestamps gives moto's own result: the same naive UTC instant."""
+    from datetime import UTC
+
+    from moto.core.parse import botocore_parse_timestamp
+
+    moto_result = botocore_parse_timestamp(value).astimezone(UTC).replace(tzinfo=None)
+    assert moto_ext.epoch_timestamp(value) == moto_result
+    assert moto_ext.epoch_timestamp(value).tzinfo is None  # type: ignore[union-attr]
+    assert moto_ext.epoch_timestamp("2026-12-02T07:00:00Z") is None  # ISO strings stay moto's
+    assert moto_ext.epoch_timestamp(True) is None
+
+
 class Series(dict):  # type: ignore[type-arg]
     """What moto_ext reads series from: ``get(key)`` is the series' datums, empty when there are none."""
 
