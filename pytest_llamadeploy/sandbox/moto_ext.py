@@ -579,7 +579,7 @@ def install() -> None:
 def _install_module_list_cache() -> None:
     """moto's server lists its package folder (a listdir and ~150 isdir calls) on every request to
     find the backend a Host names; the folder does not change while it runs. Profiled idle, that
-    was a tenth of moto's CPU (bench/IDLE.md)."""
+    was 5-10 % of moto's CPU (bench/IDLE.md)."""
     from moto import backends
 
     modules = tuple(backends.list_of_moto_modules())

@@ -253,7 +253,7 @@ class Traffic:
             hold = self.ws_hold * self._rng.uniform(0.5, 1.5)
             try:
                 # proxy=None: loopback only, and websockets otherwise reads the proxy variables of
-                # the environment on every connect (a tenth of this process's CPU, bench/IDLE.md).
+                # the environment on every connect (~5 % of this process's CPU, bench/IDLE.md).
                 async with connect(self.ws_url, open_timeout=5, close_timeout=2, compression=None,
                                    proxy=None) as ws:
                     hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -352,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvloop
 
-    # The C event loop: the traffic runs all day beside the gates, and on asyncio's own loop a
-    # third of its CPU went to the selector and transports (bench/IDLE.md).
+    # The C event loop: the traffic runs all day beside the gates (bench/IDLE.md).
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         stats = runner.run(amain(args, state.api_url, state.ws_url))
     print("traffic done " + json.dumps(stats.summary(), sort_keys=True), flush=True)
