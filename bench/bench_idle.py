@@ -3,10 +3,14 @@
     .venv/bin/llamadeploy sandbox up
     .venv/bin/python bench/bench_idle.py [--seconds 60]
 
+    .venv/bin/python bench/bench_idle.py --state-dir A --state-dir B   # a before/after pair, same interval
+
 Reads utime+stime from /proc/PID/stat (and of each process's children that
 still run, e.g. PostgreSQL's backends) for every process state.json records,
 twice, ``--seconds`` apart. Prints each component's share of one core and the
-sum. Goal (issue 10): the sum <= 25 % of one core.
+sum. Goal (issue 10): the sum <= 25 % of one core. Profiles, figures and what
+stands in the way: bench/IDLE.md (the machine's load moves a lone figure by
++-10 %: compare two sandboxes in one interval).
 """
 
 from __future__ import annotations

@@ -51,8 +51,13 @@ are meaningless; the watch must use a sliding window of counts).
   per-interval samples needs ``compare.min_samples`` <= 10 at this bake, or
   per-request Duration values (published as a values list).
 
-CPU: 20 req/s through the front door and the service costs about a tenth of
-a core here; a higher default would tax the 2-core machine other work shares.
+CPU (bench/IDLE.md, measured idle): the whole sandbox without WebSocket clients,
+20 req/s included, costs ~14 % of a core. Each WebSocket connect a second adds
+~0.95 % (~6.5 ms of CPU per connect, mostly the handshakes in the front door,
+this client and the release). ``sandbox up``'s 16 clients therefore cost about
+half the idle sandbox, and that connect rate is what the WebSocket function's
+per-version key metrics need at ``shift10``. Cheapen a connect before thinning
+the connects.
 """
 
 from __future__ import annotations
