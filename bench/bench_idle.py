@@ -3,10 +3,14 @@
     .venv/bin/llamadeploy sandbox up
     .venv/bin/python bench/bench_idle.py [--seconds 60]
 
+    .venv/bin/python bench/bench_idle.py --state-dir A --state-dir B   # a before/after pair, same interval
+
 Reads utime+stime from /proc/PID/stat (and of each process's children that
 still run, e.g. PostgreSQL's backends) for every process state.json records,
 twice, ``--seconds`` apart. Prints each component's share of one core and the
-sum. Goal (issue 10): the sum <= 25 % of one core.
+sum. Goal (issue 10): the sum <= 25 % of one core. Profiles, figures and what
+stands in the way: bench/IDLE.md (the machine's load moves a lone figure by
++-10 %: compare two sandboxes in one interval).
 """
 
 from __future__ import annotations
@@ -56,10 +60,10 @@ def sample(pids: dict[str, int]) -> dict[str, float]:
     return {name: sum(_cpu(p) for p in _tree(pid)) for name, pid in pids.items()}
 
 
-def sandbox_pids() -> dict[str, int]:
+def sandbox_pids(state_dir: str | None = None) -> dict[str, int]:
     from pytest_llamadeploy.sandbox.state import SandboxState
 
-    state = SandboxState.load(None)
+    state = SandboxState.load(state_dir)
     pids = {name: int(c["pid"]) for name, c in state.components.items() if c.get("pid")}
     pids.update({f"service {r}": int(v["pid"]) for r, v in state.versions.items() if v.get("pid")})
     return pids
@@ -69,18 +73,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--state-dir", action="append", default=[],
+                        help="a sandbox to measure (repeatable: several sandboxes in the same interval, so a "
+                             "before/after pair sees the same machine load); default: the current sandbox")
     args = parser.parse_args()
-    pids = sandbox_pids()
-    before = sample(pids)
+    dirs = args.state_dir or [None]
+    pids = {d: sandbox_pids(d) for d in dirs}
+    before = {d: sample(p) for d, p in pids.items()}
     t0 = time.monotonic()
     time.sleep(args.seconds)  # the measurement interval itself
-    after = sample(pids)
+    after = {d: sample(p) for d, p in pids.items()}
     elapsed = time.monotonic() - t0
-    shares = {name: round(100.0 * (after[name] - before[name]) / elapsed, 1) for name in pids}
-    shares["total"] = round(sum(shares.values()), 1)
-    if args.json:
-        print(json.dumps(shares))
-    else:
+    for d in dirs:
+        shares = {name: round(100.0 * (after[d][name] - before[d][name]) / elapsed, 1) for name in pids[d]}
+        shares["total"] = round(sum(shares.values()), 1)
+        if args.json:
+            print(json.dumps({"state_dir": d, **shares} if d else shares))
+            continue
+        if d:
+            print(f"== {d}")
         for name, pct in sorted(shares.items(), key=lambda kv: -kv[1]):
             print(f"{name:16} {pct:5.1f} % of one core")
     return 0

@@ -45,10 +45,12 @@ class AwsConfig:
         return _session(self.region, tuple(sorted(self.credentials.items())), threading.get_ident())
 
     def client(self, service: str, **overrides: Any) -> Any:
+        """A client of ``service``; ``overrides`` replace this config's attempts and timeouts, the rest go to botocore's Config."""
         config = Config(
             retries={"max_attempts": overrides.pop("max_attempts", self.max_attempts), "mode": "standard"},
             connect_timeout=overrides.pop("connect_timeout", self.connect_timeout),
             read_timeout=overrides.pop("read_timeout", self.read_timeout),
+            **overrides,
         )
         kwargs: dict[str, Any] = {"config": config}
         endpoint = self.endpoints.get(service) or self.endpoint_url

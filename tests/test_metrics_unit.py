@@ -333,11 +333,63 @@ def test_nearest_rank_percentile() -> None:
     assert moto_ext.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
 
 
-class Series(dict):  # type: ignore[type-arg]
-    """What moto_ext reads series from: ``get(key)`` is the series' datums, empty when there are none."""
+@pytest.mark.parametrize("value", [1796194903, 1796194903.0, 1796194903.125, 0, 951782400.5])
+def test_epoch_timestamps_parse_as_moto_parses_them(value: float) -> None:
+    """moto_ext's fast path for PutMetricData timestamps gives moto's own result: the same naive UTC instant."""
+    from datetime import UTC
 
-    def get(self, key: Any) -> Any:  # type: ignore[override]
-        return self[key] if key in self else []
+    from moto.core.parse import botocore_parse_timestamp
+
+    moto_result = botocore_parse_timestamp(value).astimezone(UTC).replace(tzinfo=None)
+    assert moto_ext.epoch_timestamp(value) == moto_result
+    assert moto_ext.epoch_timestamp(value).tzinfo is None  # type: ignore[union-attr]
+    assert moto_ext.epoch_timestamp("2026-12-02T07:00:00Z") is None  # ISO strings stay moto's
+    assert moto_ext.epoch_timestamp(True) is None
+
+
+class _Backend:
+    """The two lists of moto's CloudWatch backend that moto_ext's index reads."""
+
+    def __init__(self) -> None:
+        self.metric_data: list[Any] = []
+        self.aws_metric_data: list[Any] = []
+
+
+def test_series_windows_and_prune_read_only_the_instants_asked() -> None:
+    """The index keeps each series in timestamp order (a late datum lands in its place), a window is
+    exactly [start, end), and prune drops exactly what is older than the retention, index and list alike."""
+    from moto.cloudwatch.models import MetricDatum
+
+    dims = [{"Name": "FunctionName", "Value": "f"}]
+    t0 = datetime(2026, 12, 2, 6, 0, 0)
+    backend = _Backend()
+
+    def put(*seconds: int) -> None:
+        backend.metric_data += [MetricDatum("NS", "Errors", float(s), dims, t0 + timedelta(seconds=s), "Count")
+                                for s in seconds]
+
+    key = ("NS", "Errors", (("FunctionName", "f"),))
+    put(0, 1, 2, 5, 6)
+    put(3, 4)  # late: a bucket released after the next one
+    put(7)
+    window = moto_ext._Snapshot(backend).window(key, t0 + timedelta(seconds=2), t0 + timedelta(seconds=6))
+    assert [d.value for d in window] == [2.0, 3.0, 4.0, 5.0]
+    assert moto_ext._Snapshot(backend).window(("NS", "Other", ()), t0, t0 + timedelta(hours=1)) == []
+
+    now = t0 + moto_ext._RETENTION + timedelta(seconds=3)  # the cutoff is t0 + 3 s
+    assert moto_ext.prune(backend, now) == 3
+    assert sorted(d.value for d in backend.metric_data) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert moto_ext.prune(backend, now) == 0
+    put(8)  # indexed after a prune too
+    window = moto_ext._Snapshot(backend).window(key, t0, t0 + timedelta(hours=1))
+    assert [d.value for d in window] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+class Series(dict):  # type: ignore[type-arg]
+    """What moto_ext reads series from: ``window(key, start, end)`` is the series' datums in [start, end)."""
+
+    def window(self, key: Any, start: datetime, end: datetime) -> list[Any]:
+        return sorted((d for d in self.get(key, []) if start <= d.timestamp < end), key=lambda d: d.timestamp)
 
 
 def test_alarm_evaluation_states() -> None:

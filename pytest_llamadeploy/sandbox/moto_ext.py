@@ -37,6 +37,7 @@ for the gate's thresholds the difference is within one sample.
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import math
 import operator
@@ -115,8 +116,19 @@ def _key(datum: Any) -> SeriesKey:
     return datum.namespace, datum.name, tuple(sorted((d.name, d.value) for d in datum.dimensions))
 
 
+def _stamp(datum: Any) -> datetime:
+    return _naive_utc(datum.timestamp)
+
+
 def _index(backend: Any) -> dict[SeriesKey, list[Any]]:
-    """Per-series lists of moto's datums, brought up to date incrementally (call under _LOCK)."""
+    """Per-series lists of moto's datums, each in timestamp order, brought up to date incrementally
+    (call under _LOCK).
+
+    In order so that a window is two bisections: the alarms (every second) and each GetMetricData
+    read a few seconds or minutes of series that hold up to an hour (bench/IDLE.md). Datums come
+    nearly in order (each namespace's buckets are released after their own drawn lag): a late one
+    is inserted in its place.
+    """
     index = backend.__dict__.get("_llama_index")
     data = backend.metric_data
     if index is None or backend.__dict__.get("_llama_list") is not data or backend._llama_indexed > len(data):
@@ -125,7 +137,11 @@ def _index(backend: Any) -> dict[SeriesKey, list[Any]]:
         backend._llama_list = data
         backend._llama_indexed = 0
     for datum in data[backend._llama_indexed:]:
-        index[_key(datum)].append(datum)
+        series = index[_key(datum)]
+        if series and _stamp(series[-1]) > _stamp(datum):
+            bisect.insort_right(series, datum, key=_stamp)
+        else:
+            series.append(datum)
     backend._llama_indexed = len(data)
     return index
 
@@ -160,27 +176,25 @@ def list_series(backend: Any, metric_name: str | None, namespace: str | None,
 
 
 class _Snapshot:
-    """Copies of the series one call asks for, each taken under the lock when first asked.
+    """The datums of one series between two instants, each window copied under the lock.
 
-    Copying the whole index for every GetMetricData call and every alarm pass cost
-    moto time growing with everything stored (an hour of 1-s data is ~10^5 points).
+    Copying whole series for every GetMetricData call and every alarm pass cost moto time
+    growing with everything stored: the idle sandbox stores ~280 points a second, ~10^6 in
+    the hour kept, and its four alarms are evaluated every second (bench/IDLE.md).
     """
 
     def __init__(self, backend: Any):
         self._backend = backend
         self._provider: dict[SeriesKey, list[Any]] | None = None
-        self._copies: dict[SeriesKey, list[Any]] = {}
 
-    def get(self, key: SeriesKey) -> list[Any]:
-        copy = self._copies.get(key)
-        if copy is None:
-            with _LOCK:
-                copy = list(_index(self._backend).get(key, ()))
-            if self._provider is None:
-                self._provider = _provider_series(self._backend)
-            copy += self._provider.get(key, [])
-            self._copies[key] = copy
-        return copy
+    def window(self, key: SeriesKey, start: datetime, end: datetime) -> list[Any]:
+        """Datums of the series ``key`` with ``start <= timestamp < end`` (naive UTC), in timestamp order."""
+        with _LOCK:
+            series = _index(self._backend).get(key, [])
+            copy = series[bisect.bisect_left(series, start, key=_stamp):bisect.bisect_left(series, end, key=_stamp)]
+        if self._provider is None:
+            self._provider = _provider_series(self._backend)
+        return copy + [d for d in self._provider.get(key, ()) if start <= _stamp(d) < end]
 
 
 #: Series that received a datum with StorageResolution 1: only these answer sub-minute periods.
@@ -251,7 +265,8 @@ def _get_metric_data(self: Any, queries: list[dict[str, Any]], start_time: datet
             messages.append({"Code": "NoDataForPeriod", "Value": f"{metric['MetricName']} is stored at standard "
                              f"resolution: Period {period} needs a high-resolution metric (StorageResolution 1)"})
         else:
-            stamps, values = series_values(snapshot.get(key), request_start(requested, period), end, period, stat,
+            first = request_start(requested, period)
+            stamps, values = series_values(snapshot.window(key, first, end), first, end, period, stat,
                                            stat_spec.get("Unit"))
         if scan_by == "TimestampDescending":
             stamps.reverse()
@@ -325,7 +340,8 @@ def _alarm_period_values(alarm: Any, snapshot: _Snapshot, now: datetime) -> tupl
         out: list[float | None] = []
         for k in range(periods):
             end = now - timedelta(seconds=k * period)
-            _, values = series_values(snapshot.get(key), end - timedelta(seconds=period), end, period, stat, alarm.unit)
+            start = end - timedelta(seconds=period)
+            _, values = series_values(snapshot.window(key, start, end), start, end, period, stat, alarm.unit)
             out.append(values[0] if values else None)
         return period, out
     stats = [q for q in alarm.metric_data_queries if q.metric_stat is not None]
@@ -341,7 +357,8 @@ def _alarm_period_values(alarm: Any, snapshot: _Snapshot, now: datetime) -> tupl
             ms = q.metric_stat
             key = (ms.metric.namespace, ms.metric.metric_name,
                    tuple(sorted((d.name, d.value) for d in ms.metric.dimensions)))
-            _, values = series_values(snapshot.get(key), end - timedelta(seconds=period), end, period, ms.stat)
+            start = end - timedelta(seconds=period)
+            _, values = series_values(snapshot.window(key, start, end), start, end, period, ms.stat)
             named[q.id] = values[0] if values else None
         if expr:
             out.append(_arith(expr[-1].expression, named))
@@ -405,13 +422,22 @@ def prune(backend: Any, now: datetime | None = None) -> int:
     now = now or datetime.now(UTC).replace(tzinfo=None)
     cutoff = now - _RETENTION
     with _LOCK:
+        index = _index(backend)
+        # The index knows each series' oldest point: nothing to drop is found without a scan.
+        if all(not series or _stamp(series[0]) >= cutoff for series in index.values()):
+            return 0
+        # Each series drops its head; the index stays valid trimmed (rebuilding it cost seconds).
+        dropped: set[int] = set()
+        for series in index.values():
+            head = bisect.bisect_left(series, cutoff, key=_stamp)
+            if head:
+                dropped.update(map(id, series[:head]))
+                del series[:head]
         before = len(backend.metric_data)
-        kept = [d for d in backend.metric_data if _naive_utc(d.timestamp) >= cutoff]
-        if len(kept) != before:
-            # In place: moto's own code holds a reference to this list.
-            backend.metric_data[:] = kept
-            backend.__dict__.pop("_llama_index", None)
-        return before - len(kept)
+        # In place: moto's own code holds a reference to this list. By identity: no timestamp per datum.
+        backend.metric_data[:] = [d for d in backend.metric_data if id(d) not in dropped]
+        backend._llama_indexed = len(backend.metric_data)
+        return before - len(backend.metric_data)
 
 
 def publish_sqs_metrics(now: datetime | None = None) -> None:
@@ -567,11 +593,45 @@ def install() -> None:
 
     _install_stack_failure()
     _install_xray_filters()
+    _install_module_list_cache()
+    _install_epoch_timestamps()
     models.CloudWatchBackend.put_metric_data = put_metric_data  # type: ignore[method-assign]
     models.CloudWatchBackend.get_metric_data = _get_metric_data  # type: ignore[method-assign]
     models.CloudWatchBackend.get_filtered_metrics = list_series  # type: ignore[method-assign,assignment]
     models.Alarm.__init__ = alarm_init  # type: ignore[method-assign]
     _INSTALLED = True
+
+
+def _install_module_list_cache() -> None:
+    """moto's server lists its package folder (a listdir and ~150 isdir calls) on every request to
+    find the backend a Host names; the folder does not change while it runs. Profiled idle, that
+    was 5-10 % of moto's CPU (bench/IDLE.md)."""
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]
+
+
+def _install_epoch_timestamps() -> None:
+    """A JSON-protocol timestamp (epoch seconds, as botocore sends every PutMetricData datum's) parsed
+    straight to moto's naive UTC datetime. moto's parser goes through dateutil's tzlocal for each one:
+    a seventh of moto's CPU on the front door's metrics, profiled idle (bench/IDLE.md). Same result."""
+    from moto.core import parse
+
+    original = parse.default_timestamp_parser
+
+    def timestamp(value: Any) -> datetime:
+        parsed = epoch_timestamp(value)
+        return original(value) if parsed is None else parsed
+
+    parse.default_timestamp_parser = timestamp
+
+
+def epoch_timestamp(value: Any) -> datetime | None:
+    """Epoch seconds as moto keeps timestamps (naive UTC); None for anything else (ISO strings etc.)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+    return None
 
 
 def _install_stack_failure() -> None:

@@ -51,8 +51,13 @@ are meaningless; the watch must use a sliding window of counts).
   per-interval samples needs ``compare.min_samples`` <= 10 at this bake, or
   per-request Duration values (published as a values list).
 
-CPU: 20 req/s through the front door and the service costs about a tenth of
-a core here; a higher default would tax the 2-core machine other work shares.
+CPU (bench/IDLE.md, measured idle): the whole sandbox without WebSocket clients,
+20 req/s included, costs ~14 % of a core. Each WebSocket connect a second adds
+~0.95 % (~6.5 ms of CPU per connect, mostly the handshakes in the front door,
+this client and the release). ``sandbox up``'s 16 clients therefore cost about
+half the idle sandbox, and that connect rate is what the WebSocket function's
+per-version key metrics need at ``shift10``. Cheapen a connect before thinning
+the connects.
 """
 
 from __future__ import annotations
@@ -252,7 +257,10 @@ class Traffic:
         while not self.stop.is_set():
             hold = self.ws_hold * self._rng.uniform(0.5, 1.5)
             try:
-                async with connect(self.ws_url, open_timeout=5, close_timeout=2, compression=None) as ws:
+                # proxy=None: loopback only, and websockets otherwise reads the proxy variables of
+                # the environment on every connect (~5 % of this process's CPU, bench/IDLE.md).
+                async with connect(self.ws_url, open_timeout=5, close_timeout=2, compression=None,
+                                   proxy=None) as ws:
                     hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     self.stats.ws_connects += 1
                     self.stats.releases[f"ws:{hello.get('release', '?')}"] += 1
@@ -347,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     if not state.api_url:
         print(f"traffic: {state.path} has no api_url; start the front door first", file=sys.stderr)
         return 2
-    stats = asyncio.run(amain(args, state.api_url, state.ws_url))
+    import uvloop
+
+    # The C event loop: the traffic runs all day beside the gates (bench/IDLE.md).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        stats = runner.run(amain(args, state.api_url, state.ws_url))
     print("traffic done " + json.dumps(stats.summary(), sort_keys=True), flush=True)
     return 0
 

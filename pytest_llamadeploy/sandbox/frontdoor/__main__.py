@@ -21,6 +21,7 @@ from pathlib import Path
 from ...net import bind_loopback
 from ...procs import pid_alive
 from ..state import SANDBOX_CREDENTIALS, SandboxNotRunning, SandboxState
+from ..supervisor import freeze_startup_heap
 
 #: Seconds from the stop request to a forced exit (the supervisor's SIGKILL comes at 10 s).
 STOP_DEADLINE = 6.0
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = state.extra.get("physics") or {}
     router = Router(aws.client("lambda"), [args.api_function, args.ws_function],
                     aliases=(args.alias, args.preview_alias), refresh_interval=args.refresh_interval)
-    telemetry = Telemetry({s: aws.client(s) for s in ("cloudwatch", "logs", "xray")},
+    # The flush thread's calls carry what this process built itself: botocore's parameter validation
+    # and gzip of each PutMetricData (which moto then inflates) were a quarter of its CPU (bench/IDLE.md).
+    telemetry = Telemetry({s: aws.client(s, parameter_validation=False, disable_request_compression=True)
+                           for s in ("cloudwatch", "logs", "xray")},
                           names=ApiNames(**{k: v for k, v in names.items() if k in ApiNames.__dataclass_fields__}),
                           physics=physics(chosen.get("name", "fast"), chosen.get("metric_lag")),
                           redis_url=state.redis_url, trace_sample=args.trace_sample, state_dir=state_dir)
@@ -106,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                             access_log=False, timeout_graceful_shutdown=3, loop="uvloop", http="httptools",
                             ws_per_message_deflate=False)
     server = uvicorn.Server(config)
-    # A proxy allocates many short-lived objects; full collections of everything imported at
-    # start-up stalled the event loop for whole seconds under load (seen with gdb). Freeze the
-    # start-up heap and collect young objects less often.
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    freeze_startup_heap()
 
     def watchdog() -> None:
         missing_since: float | None = None

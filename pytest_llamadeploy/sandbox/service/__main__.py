@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ...net import bind_loopback
 from ..state import SandboxNotRunning, SandboxState
+from ..supervisor import freeze_startup_heap
 from .faults import KNOBS, parse_faults
 
 READY = "llamadeploy-service ready"
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(uvicorn.Config(create_app(config), log_level=args.log_level, access_log=False,
                                    lifespan="on", timeout_graceful_shutdown=3, ws_ping_interval=20,
                                    loop="uvloop", http="httptools", ws_per_message_deflate=False))
-    asyncio.run(server.serve(sockets=[sock]))
+    freeze_startup_heap()
+    # Server.run, not asyncio.run(server.serve()): only run() builds the loop from config.loop;
+    # asyncio.run gave the service asyncio's pure-Python loop (bench/IDLE.md).
+    server.run(sockets=[sock])
     return 0 if server.started else 1
 
 
