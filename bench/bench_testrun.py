@@ -101,6 +101,14 @@ def main() -> int:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
+        # Under xdist an interrupted session does not always reach its teardown: whatever the run
+        # started and left (it carries the run's mark), this bench stops, by PID.
+        for pid in ours:
+            try:
+                if mark in Path(f"/proc/{pid}/environ").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, interrupt)
