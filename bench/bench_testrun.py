@@ -79,6 +79,13 @@ def _snapshot(mark: bytes, ours: set[int]) -> dict[int, tuple[float, str]]:
     return out
 
 
+def _machine() -> tuple[float, float]:
+    """Ticks the machine's cores were busy (user, nice, system) and stolen by the hypervisor: a VM's
+    steal time makes the same run slower and its CPU dearer, which explains runs that differ alone."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return sum(fields[0:3]), fields[7]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--interval", type=float, default=0.5)
@@ -89,7 +96,7 @@ def main() -> int:
     seen: dict[int, float] = {}
     per_kind: dict[str, float] = defaultdict(float)
     started = time.monotonic()
-    machine0 = sum(float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:4])
+    machine0, steal0 = _machine()
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args.pytest_args],
                             cwd=ROOT, env={**os.environ, MARK: run_id})
 
@@ -121,10 +128,11 @@ def main() -> int:
                 per_kind[_kind(cmd)] += delta
             seen[pid] = cpu
     wall = time.monotonic() - started
-    machine1 = sum(float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:4])
+    machine1, steal1 = _machine()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"\nexit {proc.returncode}, wall {wall:.0f} s, machine busy {(machine1 - machine0) / TICKS / wall:.2f} "
-          f"cores on average (every process), the run's rusage {usage.ru_utime + usage.ru_stime:.0f} s CPU")
+          f"cores on average (every process), the run's rusage {usage.ru_utime + usage.ru_stime:.0f} s CPU; "
+          f"stolen by the host: {(steal1 - steal0) / TICKS / wall:.2f} cores on average")
     total = sum(per_kind.values())
     for kind, cpu in sorted(per_kind.items(), key=lambda kv: -kv[1]):
         if cpu >= 1.0:

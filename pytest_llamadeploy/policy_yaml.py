@@ -113,7 +113,21 @@ class _Strict:
                                    node.start_mark) from None
 
 
-if yaml.__with_libyaml__:
+def _libyaml_usable() -> bool:
+    """libyaml's parser, if it builds its events from the ``yaml.events`` classes the composer checks against.
+
+    The C module is imported once per process and keeps the classes of that first import: when the
+    ``yaml`` modules were dropped from ``sys.modules`` and imported again (pytester does that between
+    tests), its events match none of the composer's classes and every file fails to compose.
+    """
+    if not yaml.__with_libyaml__:
+        return False
+    from yaml import _yaml, events
+
+    return getattr(_yaml, "ScalarEvent", None) is events.ScalarEvent
+
+
+if _libyaml_usable():
     from yaml._yaml import CParser
 
     class StrictLoader(_Strict, Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
@@ -126,7 +140,7 @@ if yaml.__with_libyaml__:
             Composer.__init__(self)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
-else:  # a PyYAML built without libyaml: the same checks on the pure-Python parser
+else:  # without libyaml (or with a stale one): the same checks on the pure-Python parser
     class StrictLoader(_Strict, yaml.SafeLoader):  # type: ignore[no-redef]
         """SafeLoader with the checks."""
 

@@ -598,11 +598,18 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
     assert any(f"REPORT Version: {v6}" in e["message"] for e in events)
     xray = rig.moto.client("xray")
     end = datetime.now(UTC) + timedelta(seconds=5)
-    traces = wait_for(lambda: xray.get_trace_summaries(StartTime=start, EndTime=end)["TraceSummaries"], SLOW_FLUSH + 5,
-                      "traces")
+    sent = sum(n for (_, path), n in served.items() if path == "/annotated")
+
+    def all_annotated_arrived() -> list[dict[str, Any]]:
+        # Segments go out in batches every SLOW_FLUSH seconds: the /annotated requests came last, so
+        # they may arrive a batch after the others (waiting for any trace read the earlier batch alone).
+        found = xray.get_trace_summaries(StartTime=start, EndTime=end)["TraceSummaries"]
+        return found if sum(1 for t in found if t.get("Annotations")) >= sent else []
+
+    traces = wait_for(all_annotated_arrived, 2 * SLOW_FLUSH + 5, "the traces of every /annotated request")
     # Annotations are what the function wrote, nothing more: the stand-in annotates /annotated only.
     annotated = [t for t in traces if t.get("Annotations")]
-    assert annotated and all(set(t["Annotations"]) == {"function_version"} for t in annotated), annotated
+    assert len(annotated) == sent and all(set(t["Annotations"]) == {"function_version"} for t in annotated), annotated
     assert all("ExecutedVersion" not in (t.get("Annotations") or {}) for t in traces)
     assert len(annotated) < len(traces)
     mine = xray.get_trace_summaries(StartTime=start, EndTime=end,

@@ -184,3 +184,26 @@ def test_deep_nesting_huge_integers_and_bad_dates_are_errors_not_tracebacks(tmp_
     path.write_text("when: 2024-02-31\n")
     with pytest.raises(PolicyYamlError, match="line 1, column 7: '2024-02-31' cannot be read: day is out of range"):
         read_policy_yaml(path)
+
+
+_REIMPORTED = """
+import sys
+from pathlib import Path
+
+import yaml, yaml._yaml  # the C module keeps the yaml.events classes of this first import
+for name in [m for m in sys.modules if m.split(".")[0] in ("yaml", "pytest_llamadeploy")]:
+    del sys.modules[name]  # as pytester does between tests
+from pytest_llamadeploy.policy_yaml import read_policy_yaml
+
+print(sorted(read_policy_yaml(Path(sys.argv[1]))))
+"""
+
+
+@pytest.mark.sandbox  # a fresh interpreter, whose sys.modules it changes
+def test_a_policy_reads_after_the_yaml_modules_were_imported_again() -> None:
+    # libyaml's events then match none of the composer's classes: every file failed with an
+    # UnboundLocalError inside PyYAML's composer (seen in a pytester test after another one).
+    done = subprocess.run([sys.executable, "-c", _REIMPORTED, str(Path(__file__).parents[1] / "policies" / "prod.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'extends'" in done.stdout and "'approval'" in done.stdout, done.stdout
