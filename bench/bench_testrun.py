@@ -60,22 +60,31 @@ def _kind(cmdline: str) -> str:
 MARK = "LLAMADEPLOY_BENCH_TESTRUN"
 
 
-def _snapshot(mark: bytes, ours: set[int]) -> dict[int, tuple[float, str]]:
-    out: dict[int, tuple[float, str]] = {}
+#: A process: its pid and its start time (clock ticks after boot). A pid is reused; the pair is not.
+Proc = tuple[int, int]
+
+
+def _snapshot(mark: bytes, ours: set[Proc], theirs: set[Proc]) -> dict[Proc, tuple[float, str]]:
+    """CPU seconds and command line of every process of this run; each process's environment is read
+    once (it is fixed at exec), so the others' are not read again at every sample."""
+    out: dict[Proc, tuple[float, str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            if int(entry.name) not in ours:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            key = (int(entry.name), int(fields[19]))
+            if key in theirs:
+                continue
+            if key not in ours:
                 if mark not in Path(f"/proc/{entry.name}/environ").read_bytes():
+                    theirs.add(key)
                     continue
-                ours.add(int(entry.name))
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
+                ours.add(key)
             cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / TICKS, cmd.strip())
+        out[key] = ((int(fields[11]) + int(fields[12])) / TICKS, cmd.strip())
     return out
 
 
@@ -92,8 +101,8 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", default=["tests", "-n", "2", "--dist", "loadgroup"])
     args = parser.parse_args()
     run_id = uuid.uuid4().hex
-    mark, ours = f"{MARK}={run_id}".encode(), set[int]()
-    seen: dict[int, float] = {}
+    mark, ours, theirs = f"{MARK}={run_id}".encode(), set[Proc](), set[Proc]()
+    seen: dict[Proc, float] = {}
     per_kind: dict[str, float] = defaultdict(float)
     started = time.monotonic()
     machine0, steal0 = _machine()
@@ -110,7 +119,7 @@ def main() -> int:
             proc.kill()
         # Under xdist an interrupted session does not always reach its teardown: whatever the run
         # started and left (it carries the run's mark), this bench stops, by PID.
-        for pid in ours:
+        for pid, _ in ours:
             try:
                 if mark in Path(f"/proc/{pid}/environ").read_bytes():
                     os.kill(pid, signal.SIGTERM)
@@ -122,11 +131,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, interrupt)
     while proc.poll() is None:
         time.sleep(args.interval)  # the sampling period
-        for pid, (cpu, cmd) in _snapshot(mark, ours).items():
-            delta = cpu - seen.get(pid, 0.0)
+        for process, (cpu, cmd) in _snapshot(mark, ours, theirs).items():
+            delta = cpu - seen.get(process, 0.0)
             if delta > 0:
                 per_kind[_kind(cmd)] += delta
-            seen[pid] = cpu
+            seen[process] = cpu
     wall = time.monotonic() - started
     machine1, steal1 = _machine()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

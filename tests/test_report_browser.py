@@ -52,9 +52,11 @@ class BadRelease:
     """The bad release's run (tests/support/stagerun.py) as its Allure results read."""
 
     def __init__(self, run: BadReleaseRun, state: SandboxState) -> None:
-        self.release, self.results, self.state = run.release, run.results, state
-        self.codes = {"deploy": run.deploy.rc, "shift10": run.shift10.rc}
-        self.output = {"deploy": run.deploy.text(), "shift10": run.shift10.text()}
+        self.run, self.release, self.results, self.state = run, run.release, run.results, state
+
+    def output(self, stage: str) -> str:
+        """The stage's output (``deploy`` or ``shift10``)."""
+        return getattr(self.run, stage).text()
 
     def results_json(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in self.results.glob("*-result.json")]
@@ -62,7 +64,7 @@ class BadRelease:
     def verdict(self, stage: str) -> dict[str, Any]:
         name = f"[sandbox] {stage} {self.release}: stage verdict"
         found = [r for r in self.results_json() if r["name"] == name]
-        assert len(found) == 1, f"{len(found)} results named {name!r}; output:\n{self.output.get(stage, '')[-3000:]}"
+        assert len(found) == 1, f"{len(found)} results named {name!r}; output:\n{self.output(stage)[-3000:]}"
         return found[0]
 
     def attachment(self, result: dict[str, Any], name: str) -> Path:
@@ -128,7 +130,7 @@ def _test_id(report: Path, name: str) -> str:
 
 
 def test_gate_runs_write_the_stage_evidence_into_allure_results(bad: BadRelease) -> None:
-    assert bad.codes == {"deploy": 0, "shift10": 1}, bad.output.get("shift10", "")[-4000:]
+    assert (bad.run.deploy.rc, bad.run.shift10.rc) == (0, 1), bad.output("shift10")[-4000:]
     verdict = bad.verdict("shift10")
     assert verdict["status"] == "failed"
     message = verdict["statusDetails"]["message"]

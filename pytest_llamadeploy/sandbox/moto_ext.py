@@ -422,17 +422,16 @@ def prune(backend: Any, now: datetime | None = None) -> int:
     now = now or datetime.now(UTC).replace(tzinfo=None)
     cutoff = now - _RETENTION
     with _LOCK:
-        index = _index(backend)
-        # The index knows each series' oldest point: nothing to drop is found without a scan.
-        if all(not series or _stamp(series[0]) >= cutoff for series in index.values()):
-            return 0
-        # Each series drops its head; the index stays valid trimmed (rebuilding it cost seconds).
+        # Each series (in timestamp order) drops its head; the index stays valid trimmed (rebuilding it
+        # cost seconds), and nothing to drop is found without a scan of moto's list.
         dropped: set[int] = set()
-        for series in index.values():
+        for series in _index(backend).values():
             head = bisect.bisect_left(series, cutoff, key=_stamp)
             if head:
                 dropped.update(map(id, series[:head]))
                 del series[:head]
+        if not dropped:
+            return 0
         before = len(backend.metric_data)
         # In place: moto's own code holds a reference to this list. By identity: no timestamp per datum.
         backend.metric_data[:] = [d for d in backend.metric_data if id(d) not in dropped]

@@ -117,11 +117,10 @@ def policies_without_probes(folder: Path) -> Path:
     """
     import yaml
 
-    if not (folder / "sandbox.yaml").exists():
-        shutil.copytree(ROOT / "policies", folder, dirs_exist_ok=True)
-        data = yaml.safe_load((folder / "sandbox.yaml").read_text())
-        data.setdefault("watch", {})["probe_rate"] = 0
-        (folder / "sandbox.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(ROOT / "policies", folder)
+    data = yaml.safe_load((folder / "sandbox.yaml").read_text())
+    data.setdefault("watch", {})["probe_rate"] = 0
+    (folder / "sandbox.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 
 
@@ -147,12 +146,12 @@ def bad_release_run(work: Path) -> BadReleaseRun:
     cleared afterwards, the release stays deployed. The caller holds the sandbox alone."""
     release = f"t-{uuid.uuid4().hex[:6]}"
     results = work / "allure-results"
-    policy_dir = f"--policy-dir={policies_without_probes(work / 'policies')}"
-    deploy = run_stage("deploy", release, work / "deploy", None, policy_dir, alluredir=results)
+    policies = f"--policy-dir={policies_without_probes(work / 'policies')}"
+    deploy = run_stage("deploy", release, work / "deploy", None, policies, alluredir=results)
     assert deploy.rc == 0, f"deploy of the bad release failed:\n{deploy.text()[-4000:]}"
     deploy_record = ledger_record(release, "deploy")
     try:
-        shift10 = run_stage("shift10", release, work / "shift10", BAD_FAULT, policy_dir, alluredir=results)
+        shift10 = run_stage("shift10", release, work / "shift10", BAD_FAULT, policies, alluredir=results)
         shift10_record, after = ledger_record(release, "shift10"), status()
     finally:
         cleared = cli("sandbox", "fault", "--release", release, f"{BAD_FAULT.split('=')[0]}=0")
