@@ -48,12 +48,18 @@ def _tree(pid: int) -> list[int]:
     return seen
 
 
-def _cpu(pid: int) -> float:
+def _stat(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, utime + stime; start time, clock ticks after boot) of ``pid``; None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS, int(fields[19])
+
+
+def _cpu(pid: int) -> float:
+    stat = _stat(pid)
+    return stat[0] if stat else 0.0
 
 
 def sample(pids: dict[str, int]) -> dict[str, float]:

@@ -29,7 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_idle import TICKS, _stat  # noqa: E402
 
 #: (kind, pattern over the command line), first match wins.
 KINDS: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
@@ -71,9 +73,11 @@ def _snapshot(mark: bytes, ours: set[Proc], theirs: set[Proc]) -> dict[Proc, tup
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        stat = _stat(int(entry.name))
+        if stat is None:
+            continue
+        key = (int(entry.name), stat[1])
         try:
-            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            key = (int(entry.name), int(fields[19]))
             if key in theirs:
                 continue
             if key not in ours:
@@ -84,7 +88,7 @@ def _snapshot(mark: bytes, ours: set[Proc], theirs: set[Proc]) -> dict[Proc, tup
             cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        out[key] = ((int(fields[11]) + int(fields[12])) / TICKS, cmd.strip())
+        out[key] = (stat[0], cmd.strip())
     return out
 
 
