@@ -116,7 +116,7 @@ def fault_kind_breaches(bad_release: BadReleaseRun, held: Any, policy: Any) -> d
     """The bake watch of shift10, in this process, once per fault kind: (breach or None, seconds from the shift).
 
     The watch and its probes are the stage's own (BakeWatch, bake_probe); the rollback that follows a
-    breach is the stage's, proven end to end by the subprocess cases above, so here the alias is put back
+    breach is the stage's, proven end to end by the bad release's run (test above), so here the alias is put back
     by the test. Each case starts its windows at its own shift, so an earlier case's data is never judged.
     """
     from types import SimpleNamespace
