@@ -108,8 +108,9 @@ def ledger_record(release: str, stage: str) -> dict[str, Any]:
     return record.to_json()
 
 
-def policies_without_probes(folder: Path) -> Path:
-    """The sandbox policy with the watch's probes off, so the CloudWatch trigger catches the fault.
+def bad_release_policies(folder: Path) -> Path:
+    """The sandbox policy as the bad release's run needs it: the watch's probes off, so the CloudWatch
+    trigger catches the fault, and shift10 baking ``BAD_RELEASE_BAKE``.
 
     The probes catch error_rate=0.3 within 1-2 s, before CloudWatch holds a series to plot; a run
     read for a metric breach (the metric, its value, its threshold, the window, the plotted series)
@@ -120,9 +121,18 @@ def policies_without_probes(folder: Path) -> Path:
     shutil.copytree(ROOT / "policies", folder)
     data = yaml.safe_load((folder / "sandbox.yaml").read_text())
     data.setdefault("watch", {})["probe_rate"] = 0
+    data["stages"]["shift10"]["bake"] = f"{BAD_RELEASE_BAKE:g}s"
     (folder / "sandbox.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 
+
+#: shift10's bake in the bad release's run. With the probes off, the error-rate trigger waits for the
+#: new version's organic traffic: 10 % of ~20 requests/s, so its 10 samples (min_samples) take ~5 s, and
+#: Poisson spread, the EMF delay (0.5-1.5 s), the 1-s bucket and the 1-s poll come on top. Measured from
+#: the shift to the breach: 9.1, 9.1 and 11.1 s on a quiet machine, 13.2 s in CI (2026-12-02), against
+#: the policy's 15-s bake. The breach stops the stage, so a longer bake costs nothing and keeps "mid-bake"
+#: a matter of the watch, not of the machine's load.
+BAD_RELEASE_BAKE = 40.0
 
 #: The fault injected mid-bake into the bad release.
 BAD_FAULT = "error_rate=0.3"
@@ -146,7 +156,7 @@ def bad_release_run(work: Path) -> BadReleaseRun:
     cleared afterwards, the release stays deployed. The caller holds the sandbox alone."""
     release = f"t-{uuid.uuid4().hex[:6]}"
     results = work / "allure-results"
-    policies = f"--policy-dir={policies_without_probes(work / 'policies')}"
+    policies = f"--policy-dir={bad_release_policies(work / 'policies')}"
     deploy = run_stage("deploy", release, work / "deploy", None, policies, alluredir=results)
     assert deploy.rc == 0, f"deploy of the bad release failed:\n{deploy.text()[-4000:]}"
     deploy_record = ledger_record(release, "deploy")
