@@ -149,17 +149,22 @@ def test_deploy_publishes_versions_pointing_at_the_release_and_leaves_the_alias(
 
 def test_fault_with_an_unknown_knob_or_bad_value_is_a_clear_error(
         sandbox: SandboxState, deployed: tuple[str, subprocess.CompletedProcess[str]]) -> None:
+    from pytest_llamadeploy.sandbox.deploy import state_lock
+
     release, _ = deployed
-    before = SandboxState.load(sandbox.directory).versions[release].get("faults")
-    unknown = sandbox_cli(sandbox.directory, "fault", "--release", release, "bogus_knob=1")
+    # Under the state lock every writer of state.json takes (the CLI, and the exclusive tests' reset, which
+    # clears every running release's faults): the bad input is refused before the CLI takes that lock, and
+    # between the two reads nothing else may write. A CLI that took the lock first would wait and time out.
+    with state_lock(sandbox.directory):
+        before = SandboxState.load(sandbox.directory).versions[release].get("faults")
+        unknown = sandbox_cli(sandbox.directory, "fault", "--release", release, "bogus_knob=1", timeout=60)
+        bad = sandbox_cli(sandbox.directory, "fault", "--release", release, "error_rate=2", timeout=60)
+        after = SandboxState.load(sandbox.directory).versions[release].get("faults")
     assert unknown.returncode == 2
     assert "bogus_knob" in unknown.stderr and "error_rate" in unknown.stderr
-
-    bad = sandbox_cli(sandbox.directory, "fault", "--release", release, "error_rate=2")
     assert bad.returncode == 2
     assert "error_rate" in bad.stderr and "between 0 and 1" in bad.stderr
-    # Nothing changed: the release keeps the faults it was deployed with.
-    assert before and SandboxState.load(sandbox.directory).versions[release].get("faults") == before
+    assert after == before
 
 
 def test_stop_pid_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
