@@ -592,10 +592,14 @@ def test_metrics_logs_and_traces_per_version(rig: Rig, client: Any) -> None:
             return []  # the group is created with the first batch of log events
         return [s["logStreamName"] for s in found if f"[{v6}]" in s["logStreamName"]]
 
+    def v6_reports() -> list[dict[str, Any]]:
+        # The stream is created just before its first batch is put, and a line can come a batch later:
+        # wait for the line itself, not for the stream (reading the stream once failed a full run).
+        return [e for stream in v6_streams() for e in logs.get_log_events(
+            logGroupName=m.log_group(API), logStreamName=stream)["events"] if f"REPORT Version: {v6}" in e["message"]]
+
     # Log events go out in batches every SLOW_FLUSH seconds, as CloudWatch Logs shows them seconds late.
-    streams = wait_for(v6_streams, SLOW_FLUSH + 5, "log stream")
-    events = logs.get_log_events(logGroupName=m.log_group(API), logStreamName=streams[0])["events"]
-    assert any(f"REPORT Version: {v6}" in e["message"] for e in events)
+    assert wait_for(v6_reports, 2 * SLOW_FLUSH + 5, f"the REPORT line of version {v6} in its log stream")
     xray = rig.moto.client("xray")
     end = datetime.now(UTC) + timedelta(seconds=5)
     sent = sum(n for (_, path), n in served.items() if path == "/annotated")
