@@ -455,18 +455,17 @@ class BakeWatch:
         self._record(now, results, data, plan.span_start)
         c.poll_seconds.append(time.perf_counter() - t0)
         # A final window ends at the deadline, on buckets that are arriving as this poll reads them; a
-        # store may show one of a ratio's series before the other of the same put (the sandbox's moto
-        # did: a healthy release's event delivery read 92.1 % on 89 events, every bucket 100 % in the
-        # release's own EMF). So a rollback trigger failing on final data acts when the next poll, one
-        # interval later, fails it too. During the bake, windows end ``lag`` before now: it acts at once.
-        failing = {(r.rule, r.version, r.function or "") for r in results
-                   if final and r.verdict == "fail" and r.version in ("new", ALL)}
+        # store may show one of a ratio's series before the other of the same put. A healthy release's
+        # event delivery read 92.1 % on 89 events while its own EMF said 100 % in every second (most
+        # likely a read racing moto's PutMetricData; not caught in the act). So a rollback trigger failing
+        # on final data acts when the next poll, one interval later, fails it too. During the bake,
+        # windows end ``lag`` before now: it acts at once.
+        failing = {(r.rule, r.version, r.function) for r in results
+                   if r.verdict == "fail" and r.version in ("new", ALL)} if final else set()
         unconfirmed = failing - self._final_failing
         self._final_failing = failing
         for result in results:
-            if result.version not in ("new", ALL):
-                continue
-            if (result.rule, result.version, result.function or "") in unconfirmed:
+            if result.version not in ("new", ALL) or (result.rule, result.version, result.function) in unconfirmed:
                 continue
             if result.verdict == "fail" or (result.verdict == "inconclusive" and not waiting):
                 if self._fire(self._breach_of(result)):
